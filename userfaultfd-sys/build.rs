@@ -96,9 +96,8 @@ fn main() {
                  newest kernel API) because bindgen could not run: {why}"
             );
             let fallback = manifest_dir.join("src/generated.rs");
-            fs::read_to_string(&fallback).unwrap_or_else(|e| {
-                fail(&format!("cannot read {}: {e}", fallback.display()))
-            })
+            fs::read_to_string(&fallback)
+                .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", fallback.display())))
         }
     };
     let target = out_dir.join("bindings.rs");

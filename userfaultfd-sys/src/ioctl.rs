@@ -21,9 +21,10 @@ use core::mem::size_of;
 
 use crate::{
     pm_scan_arg, uffdio_api, uffdio_continue, uffdio_copy, uffdio_move, uffdio_poison,
-    uffdio_range, uffdio_register, uffdio_writeprotect, uffdio_zeropage, PROCFS_IOCTL_MAGIC,
-    UFFDIO, _UFFDIO_API, _UFFDIO_CONTINUE, _UFFDIO_COPY, _UFFDIO_MOVE, _UFFDIO_POISON,
-    _UFFDIO_REGISTER, _UFFDIO_UNREGISTER, _UFFDIO_WAKE, _UFFDIO_WRITEPROTECT, _UFFDIO_ZEROPAGE,
+    uffdio_range, uffdio_register, uffdio_writeprotect, uffdio_zeropage, _UFFDIO_API,
+    _UFFDIO_CONTINUE, _UFFDIO_COPY, _UFFDIO_MOVE, _UFFDIO_POISON, _UFFDIO_REGISTER,
+    _UFFDIO_UNREGISTER, _UFFDIO_WAKE, _UFFDIO_WRITEPROTECT, _UFFDIO_ZEROPAGE, PROCFS_IOCTL_MAGIC,
+    UFFDIO,
 };
 
 /// The architecture's `_IOC` field layout.
@@ -77,7 +78,10 @@ const DIRSHIFT: u32 = SIZESHIFT + encoding::SIZEBITS;
 /// Panics at compile time (these are only evaluated in constants) if `size` does not fit the
 /// architecture's size field.
 pub const fn ioc(dir: u32, ty: u32, nr: u32, size: usize) -> u32 {
-    assert!(size < (1 << encoding::SIZEBITS), "ioctl argument too large for _IOC");
+    assert!(
+        size < (1 << encoding::SIZEBITS),
+        "ioctl argument too large for _IOC"
+    );
     (dir << DIRSHIFT) | (ty << TYPESHIFT) | (nr << NRSHIFT) | ((size as u32) << SIZESHIFT)
 }
 
@@ -108,8 +112,10 @@ const UFFDIO_TYPE: u32 = UFFDIO as u32;
 /// `UFFDIO_API`: the handshake that enables features; argument [`uffdio_api`]. Linux 4.3.
 pub const UFFDIO_API: libc::Ioctl = request(iowr::<uffdio_api>(UFFDIO_TYPE, _UFFDIO_API as u32));
 /// `UFFDIO_REGISTER`: register a range; argument [`uffdio_register`]. Linux 4.3.
-pub const UFFDIO_REGISTER: libc::Ioctl =
-    request(iowr::<uffdio_register>(UFFDIO_TYPE, _UFFDIO_REGISTER as u32));
+pub const UFFDIO_REGISTER: libc::Ioctl = request(iowr::<uffdio_register>(
+    UFFDIO_TYPE,
+    _UFFDIO_REGISTER as u32,
+));
 /// `UFFDIO_UNREGISTER`: unregister a range; argument [`uffdio_range`]. Linux 4.3.
 ///
 /// The kernel declares it `_IOR` although it only reads the range; the code keeps that.
@@ -118,14 +124,14 @@ pub const UFFDIO_UNREGISTER: libc::Ioctl =
 /// `UFFDIO_WAKE`: wake threads waiting on a range; argument [`uffdio_range`]. Linux 4.3.
 ///
 /// Declared `_IOR` by the kernel, like [`UFFDIO_UNREGISTER`].
-pub const UFFDIO_WAKE: libc::Ioctl =
-    request(ior::<uffdio_range>(UFFDIO_TYPE, _UFFDIO_WAKE as u32));
+pub const UFFDIO_WAKE: libc::Ioctl = request(ior::<uffdio_range>(UFFDIO_TYPE, _UFFDIO_WAKE as u32));
 /// `UFFDIO_COPY`: atomically copy pages into a range; argument [`uffdio_copy`]. Linux 4.3.
-pub const UFFDIO_COPY: libc::Ioctl =
-    request(iowr::<uffdio_copy>(UFFDIO_TYPE, _UFFDIO_COPY as u32));
+pub const UFFDIO_COPY: libc::Ioctl = request(iowr::<uffdio_copy>(UFFDIO_TYPE, _UFFDIO_COPY as u32));
 /// `UFFDIO_ZEROPAGE`: map zero pages into a range; argument [`uffdio_zeropage`]. Linux 4.3.
-pub const UFFDIO_ZEROPAGE: libc::Ioctl =
-    request(iowr::<uffdio_zeropage>(UFFDIO_TYPE, _UFFDIO_ZEROPAGE as u32));
+pub const UFFDIO_ZEROPAGE: libc::Ioctl = request(iowr::<uffdio_zeropage>(
+    UFFDIO_TYPE,
+    _UFFDIO_ZEROPAGE as u32,
+));
 /// `UFFDIO_WRITEPROTECT`: set or clear write protection; argument [`uffdio_writeprotect`].
 /// Linux 5.7.
 pub const UFFDIO_WRITEPROTECT: libc::Ioctl = request(iowr::<uffdio_writeprotect>(
@@ -134,20 +140,20 @@ pub const UFFDIO_WRITEPROTECT: libc::Ioctl = request(iowr::<uffdio_writeprotect>
 ));
 /// `UFFDIO_CONTINUE`: map page-cache pages after a minor fault; argument [`uffdio_continue`].
 /// Linux 5.13.
-pub const UFFDIO_CONTINUE: libc::Ioctl =
-    request(iowr::<uffdio_continue>(UFFDIO_TYPE, _UFFDIO_CONTINUE as u32));
+pub const UFFDIO_CONTINUE: libc::Ioctl = request(iowr::<uffdio_continue>(
+    UFFDIO_TYPE,
+    _UFFDIO_CONTINUE as u32,
+));
 /// `UFFDIO_POISON`: mark a range poisoned (access raises SIGBUS); argument [`uffdio_poison`].
 /// Linux 6.6.
 pub const UFFDIO_POISON: libc::Ioctl =
     request(iowr::<uffdio_poison>(UFFDIO_TYPE, _UFFDIO_POISON as u32));
 /// `UFFDIO_MOVE`: move anonymous pages into a range; argument [`uffdio_move`]. Linux 6.8.
-pub const UFFDIO_MOVE: libc::Ioctl =
-    request(iowr::<uffdio_move>(UFFDIO_TYPE, _UFFDIO_MOVE as u32));
+pub const UFFDIO_MOVE: libc::Ioctl = request(iowr::<uffdio_move>(UFFDIO_TYPE, _UFFDIO_MOVE as u32));
 /// `USERFAULTFD_IOC_NEW`: on an open `/dev/userfaultfd`, create a userfaultfd. The argument is
 /// the `userfaultfd(2)` flags, passed by value, and the new descriptor is the return value.
 /// Linux 6.1.
 pub const USERFAULTFD_IOC_NEW: libc::Ioctl = request(io(crate::USERFAULTFD_IOC, 0x00));
 /// `PAGEMAP_SCAN`: on an open `/proc/<pid>/pagemap`, report (and optionally write-protect) pages
 /// by category; argument [`pm_scan_arg`]. Linux 6.7.
-pub const PAGEMAP_SCAN: libc::Ioctl =
-    request(iowr::<pm_scan_arg>(PROCFS_IOCTL_MAGIC as u32, 16));
+pub const PAGEMAP_SCAN: libc::Ioctl = request(iowr::<pm_scan_arg>(PROCFS_IOCTL_MAGIC as u32, 16));

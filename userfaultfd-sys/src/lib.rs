@@ -121,8 +121,7 @@ pub use ioctl::{
 ///
 /// Written out here because its value, `0x8000_0000_0000_0003`, does not fit the `i64` that
 /// bindgen evaluates macros into, so bindgen drops it. A test compares it with the header.
-pub const UFFD_API_IOCTLS: u64 =
-    1 << _UFFDIO_REGISTER | 1 << _UFFDIO_UNREGISTER | 1 << _UFFDIO_API;
+pub const UFFD_API_IOCTLS: u64 = 1 << _UFFDIO_REGISTER | 1 << _UFFDIO_UNREGISTER | 1 << _UFFDIO_API;
 
 #[cfg(test)]
 mod layout_tests;

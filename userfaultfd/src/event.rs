@@ -1,0 +1,194 @@
+//! [`Event`]: what a `uffd_msg` says, decoded.
+
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+use libc::c_void;
+
+use crate::{Error, FeatureFlags, Result, Uffd};
+use userfaultfd_sys as sys;
+
+/// Whether a faulting access was a read or a write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReadWrite {
+    /// The access was a read (or an instruction fetch).
+    Read,
+    /// The access was a write (`UFFD_PAGEFAULT_FLAG_WRITE`).
+    Write,
+}
+
+/// Why a page fault was reported: the registration mode that caught it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FaultKind {
+    /// The page is not present ([`RegisterMode::MISSING`](crate::RegisterMode::MISSING)):
+    /// resolve with `copy`, `zeropage`, `move` or `poison`.
+    Missing,
+    /// A write to a write-protected page
+    /// ([`RegisterMode::WRITE_PROTECT`](crate::RegisterMode::WRITE_PROTECT)): resolve with
+    /// `remove_write_protection`.
+    WriteProtected,
+    /// The page is in the page cache but not mapped
+    /// ([`RegisterMode::MINOR`](crate::RegisterMode::MINOR)): resolve with `r#continue`.
+    Minor,
+}
+
+/// An event read from a userfaultfd.
+///
+/// Non-cooperative events (`Fork`, `Remap`, `Remove`, `Unmap`) are reported only when their
+/// feature was enabled; while one is pending and unread, ioctls that change the address space
+/// fail with `EAGAIN`.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// A thread faulted on a registered range and waits until the fault is resolved.
+    Pagefault {
+        /// The registration mode that caught the fault.
+        kind: FaultKind,
+        /// Whether the access was a read or a write.
+        rw: ReadWrite,
+        /// The faulting address, rounded down to the page (unless
+        /// `FeatureFlags::EXACT_ADDRESS`).
+        addr: *mut c_void,
+        /// The faulting thread, `Some` only when [`FeatureFlags::THREAD_ID`] is enabled on the
+        /// descriptor (userfaultfd 0.9 returned an undefined value otherwise).
+        thread_id: Option<libc::pid_t>,
+    },
+    /// The process forked (`FeatureFlags::EVENT_FORK`): `uffd` is the child's userfaultfd,
+    /// with the parent's registrations, owned by this event (dropping it closes it).
+    Fork {
+        /// The child's userfaultfd.
+        uffd: Uffd,
+    },
+    /// A registered range was moved by `mremap(2)` (`FeatureFlags::EVENT_REMAP`).
+    Remap {
+        /// The old start address.
+        from: *mut c_void,
+        /// The new start address.
+        to: *mut c_void,
+        /// The length of the moved range.
+        len: usize,
+    },
+    /// Pages of a registered range were dropped by `madvise(2)` with `MADV_DONTNEED`,
+    /// `MADV_FREE` or `MADV_REMOVE` (`FeatureFlags::EVENT_REMOVE`): they will fault again.
+    Remove {
+        /// Start of the range.
+        start: *mut c_void,
+        /// End of the range (exclusive).
+        end: *mut c_void,
+    },
+    /// A registered range was unmapped (`munmap(2)`, or replaced by `mmap(2)`/`mremap(2)`;
+    /// `FeatureFlags::EVENT_UNMAP`).
+    Unmap {
+        /// Start of the range.
+        start: *mut c_void,
+        /// End of the range (exclusive).
+        end: *mut c_void,
+    },
+}
+
+/// A message decoded without taking ownership of anything: a fork's descriptor is a number.
+pub(crate) enum Decoded {
+    Event(Event),
+    Fork(RawFd),
+}
+
+/// Decodes one message. `features` are the descriptor's: they decide whether the thread id
+/// field means anything.
+pub(crate) fn decode(msg: &sys::uffd_msg, features: FeatureFlags) -> Result<Decoded> {
+    let event = match msg.event {
+        sys::UFFD_EVENT_PAGEFAULT => {
+            // SAFETY: the event code says the union holds `pagefault`; all fields are plain
+            // integers, valid for any bit pattern.
+            let pagefault = unsafe { msg.arg.pagefault };
+            // Minor and write-protect faults are exclusive; a minor fault is reported with
+            // the MINOR flag, a write-protect fault with the WP flag.
+            let kind = if pagefault.flags & sys::UFFD_PAGEFAULT_FLAG_MINOR != 0 {
+                FaultKind::Minor
+            } else if pagefault.flags & sys::UFFD_PAGEFAULT_FLAG_WP != 0 {
+                FaultKind::WriteProtected
+            } else {
+                FaultKind::Missing
+            };
+            let rw = if pagefault.flags & sys::UFFD_PAGEFAULT_FLAG_WRITE != 0 {
+                ReadWrite::Write
+            } else {
+                ReadWrite::Read
+            };
+            // SAFETY: `feat` is a union of one `u32`; any bit pattern is valid.
+            let ptid = unsafe { pagefault.feat.ptid };
+            // Thread ids are below 2^22 (PID_MAX_LIMIT), so the cast is lossless.
+            let thread_id = features
+                .contains(FeatureFlags::THREAD_ID)
+                .then_some(ptid as libc::pid_t);
+            Event::Pagefault {
+                kind,
+                rw,
+                addr: pagefault.address as usize as *mut c_void,
+                thread_id,
+            }
+        }
+        sys::UFFD_EVENT_FORK => {
+            // SAFETY: the event code says the union holds `fork`, a plain integer.
+            let fork = unsafe { msg.arg.fork };
+            return Ok(Decoded::Fork(fork.ufd as RawFd));
+        }
+        sys::UFFD_EVENT_REMAP => {
+            // SAFETY: the event code says the union holds `remap`, plain integers.
+            let remap = unsafe { msg.arg.remap };
+            Event::Remap {
+                from: remap.from as usize as *mut c_void,
+                to: remap.to as usize as *mut c_void,
+                len: remap.len as usize,
+            }
+        }
+        sys::UFFD_EVENT_REMOVE | sys::UFFD_EVENT_UNMAP => {
+            // SAFETY: both event codes put a `remove` (start, end) in the union.
+            let range = unsafe { msg.arg.remove };
+            let (start, end) = (
+                range.start as usize as *mut c_void,
+                range.end as usize as *mut c_void,
+            );
+            if msg.event == sys::UFFD_EVENT_REMOVE {
+                Event::Remove { start, end }
+            } else {
+                Event::Unmap { start, end }
+            }
+        }
+        code => return Err(Error::UnrecognizedEvent(code)),
+    };
+    Ok(Decoded::Event(event))
+}
+
+impl Event {
+    /// Decodes a message read from a descriptor with `features`, taking ownership of a fork
+    /// event's descriptor.
+    ///
+    /// # Safety
+    ///
+    /// `msg` must come from the kernel (a fork event's `ufd` is then a new descriptor that
+    /// only this message refers to), and be decoded at most once.
+    pub(crate) unsafe fn from_msg(msg: &sys::uffd_msg, features: FeatureFlags) -> Result<Event> {
+        match decode(msg, features)? {
+            Decoded::Event(event) => Ok(event),
+            Decoded::Fork(fd) => {
+                // SAFETY: the kernel installed this descriptor for the reader of this message,
+                // which is us, once (the caller's contract).
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                Ok(Event::Fork {
+                    uffd: Uffd::from_parts(fd, features),
+                })
+            }
+        }
+    }
+}
+
+/// Decodes arbitrary bytes as a `uffd_msg` without acting on them (a fork's descriptor is not
+/// adopted). For the fuzz target and the randomized decoding test; not part of the API.
+#[doc(hidden)]
+pub fn decode_untrusted(bytes: &[u8; 32], features: FeatureFlags) -> Result<()> {
+    const _: () = assert!(std::mem::size_of::<sys::uffd_msg>() == 32);
+    // SAFETY: `uffd_msg` is 32 bytes of plain integers (packed, alignment 1), valid for any
+    // bit pattern; `read_unaligned` copies them.
+    let msg: sys::uffd_msg = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    decode(&msg, features).map(|_| ())
+}

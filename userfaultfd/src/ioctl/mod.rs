@@ -1,0 +1,119 @@
+//! One module per ioctl, each adding its methods to [`Uffd`](crate::Uffd):
+//!
+//! | ioctl | module | methods |
+//! |---|---|---|
+//! | `UFFDIO_API` | [`api`] | used by [`UffdBuilder::create`](crate::UffdBuilder::create), [`probe`](crate::probe) |
+//! | `UFFDIO_REGISTER`, `UFFDIO_UNREGISTER` | `register` | `register`, `register_with_mode`, `unregister` |
+//! | `UFFDIO_COPY` | `copy` | `copy`, `copy_with_mode` |
+//! | `UFFDIO_ZEROPAGE` | `zeropage` | `zeropage` |
+//! | `UFFDIO_WAKE` | `wake` | `wake` |
+//! | `UFFDIO_WRITEPROTECT` | `write_protect` | `write_protect`, `remove_write_protection` |
+//! | `UFFDIO_CONTINUE` | `continue` | `r#continue`, `continue_with_mode` |
+//! | `UFFDIO_POISON` | `poison` | `poison` |
+//! | `UFFDIO_MOVE` | `move` | `r#move` |
+//!
+//! This module holds what they share: the raw call and the result-field protocol.
+
+pub(crate) mod api;
+mod r#continue;
+mod copy;
+mod r#move;
+mod poison;
+mod register;
+mod wake;
+mod write_protect;
+mod zeropage;
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use crate::{Errno, Error, Result};
+
+/// Performs `ioctl(fd, request, arg)`.
+///
+/// # Safety
+///
+/// `request` must be an ioctl whose argument is a `T` (the kernel reads and may write
+/// `size_of::<T>()` bytes at `arg`), and the ioctl must not have effects the caller has not
+/// accounted for (for example, placing pages in memory other code assumes it owns).
+pub(crate) unsafe fn ioctl<T>(
+    fd: BorrowedFd<'_>,
+    request: libc::Ioctl,
+    arg: &mut T,
+) -> std::result::Result<libc::c_int, Errno> {
+    // SAFETY: `arg` is a valid, exclusive `T` for the duration of the call, and the caller
+    // guarantees `request` takes a `T`.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), request, arg as *mut T) };
+    if ret < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Interprets the outcome of the ioctls that place pages (`COPY`, `ZEROPAGE`, `CONTINUE`,
+/// `POISON`, `MOVE`) from the return value and the result field (`copy`, `zeropage`, `mapped`,
+/// `updated`, `move`), which the caller preset to 0:
+///
+/// - success: the whole range was done; the field says so (it is `len`);
+/// - `EAGAIN` with a positive field: that many bytes were done, then the kernel stopped
+///   ([`Error::PartiallyCopied`]);
+/// - `EAGAIN` with a field ≤ 0 (−EAGAIN, or 0 because kernels before 6.15 leave it unwritten
+///   when a non-cooperative event is pending): nothing was done, `failed(EAGAIN)`;
+/// - any other errno: nothing was done, `failed(errno)`.
+///
+/// The field is never trusted to be non-negative: a negative value is never cast to `usize`.
+pub(crate) fn bytes_done(
+    outcome: std::result::Result<libc::c_int, Errno>,
+    field: i64,
+    len: usize,
+    failed: fn(Errno) -> Error,
+) -> Result<usize> {
+    match outcome {
+        Ok(_) => Ok(usize::try_from(field)
+            .ok()
+            .filter(|&n| n > 0)
+            .unwrap_or(len)),
+        Err(Errno::EAGAIN) if field > 0 => Err(Error::PartiallyCopied(
+            usize::try_from(field).unwrap_or(len),
+        )),
+        Err(errno) => Err(failed(errno)),
+    }
+}
+
+/// The `u64` the kernel expects for an address.
+pub(crate) fn addr<T>(ptr: *const T) -> u64 {
+    ptr as usize as u64
+}
+
+/// The `u64` the kernel expects for a length.
+pub(crate) fn len(len: usize) -> u64 {
+    len as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_field_protocol() {
+        let failed = Error::CopyFailed;
+        assert_eq!(bytes_done(Ok(0), 8192, 8192, failed).unwrap(), 8192);
+        assert!(matches!(
+            bytes_done(Err(Errno::EAGAIN), 4096, 8192, failed),
+            Err(Error::PartiallyCopied(4096))
+        ));
+        // -EAGAIN in the field, or the field left at 0 by an older kernel: no progress.
+        assert!(matches!(
+            bytes_done(Err(Errno::EAGAIN), -(libc::EAGAIN as i64), 8192, failed),
+            Err(Error::CopyFailed(Errno::EAGAIN))
+        ));
+        assert!(matches!(
+            bytes_done(Err(Errno::EAGAIN), 0, 8192, failed),
+            Err(Error::CopyFailed(Errno::EAGAIN))
+        ));
+        assert!(matches!(
+            bytes_done(Err(Errno::EEXIST), -(libc::EEXIST as i64), 4096, failed),
+            Err(Error::CopyFailed(Errno::EEXIST))
+        ));
+    }
+}

@@ -1,0 +1,43 @@
+//! `UFFDIO_POISON` (Linux 6.6, `FeatureFlags::POISON`).
+
+use std::os::fd::AsFd;
+
+use libc::c_void;
+
+use super::{addr, bytes_done, ioctl, len as len64};
+use crate::{Error, Result, Uffd};
+use userfaultfd_sys as sys;
+
+impl Uffd {
+    /// Marks the missing pages of `[start, start + len)` as poisoned: an access raises
+    /// `SIGBUS` (`BUS_MCEERR_AR`), as for memory with a hardware error. Used by VMMs to forward
+    /// a source host's memory errors during migration. Wakes the blocked threads if `wake`
+    /// (they then take the `SIGBUS`). Returns the bytes poisoned (`len`).
+    ///
+    /// # Safety
+    ///
+    /// Accessing the range afterwards raises `SIGBUS`: no Rust object may live there.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PartiallyCopied`], or [`Error::PoisonFailed`] with the cases of
+    /// [`copy`](Self::copy); `ENOTTY`/`EINVAL` on kernels before 6.6.
+    pub unsafe fn poison(&self, start: *mut c_void, len: usize, wake: bool) -> Result<usize> {
+        let mut poison = sys::uffdio_poison {
+            range: sys::uffdio_range {
+                start: addr(start),
+                len: len64(len),
+            },
+            mode: if wake {
+                0
+            } else {
+                sys::UFFDIO_POISON_MODE_DONTWAKE
+            },
+            updated: 0,
+        };
+        // SAFETY: UFFDIO_POISON reads and writes a `uffdio_poison`; the caller guarantees
+        // nothing will rely on the range being accessible.
+        let outcome = unsafe { ioctl(self.as_fd(), sys::UFFDIO_POISON, &mut poison) };
+        bytes_done(outcome, poison.updated, len, Error::PoisonFailed)
+    }
+}

@@ -1,0 +1,139 @@
+//! Reading events: [`Uffd::read_event`], [`Uffd::read_events`] and the [`EventBuffer`] they
+//! fill. Nothing is allocated per event: messages are read into the caller's buffer (or the
+//! stack) and decoded in place.
+
+use std::mem::size_of;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use crate::event::{decode, Decoded};
+use crate::{Errno, Error, Event, FeatureFlags, Result, Uffd};
+use userfaultfd_sys as sys;
+
+const MSG_SIZE: usize = size_of::<sys::uffd_msg>();
+
+/// A buffer that [`Uffd::read_events`] reads several messages into with one `read(2)`.
+pub struct EventBuffer(Vec<sys::uffd_msg>);
+
+impl EventBuffer {
+    /// A buffer for up to `size` events (at least one: a buffer for none would make every
+    /// read fail with `EINVAL`).
+    pub fn new(size: usize) -> EventBuffer {
+        EventBuffer(vec![sys::uffd_msg::default(); size.max(1)])
+    }
+
+    /// How many events one read can return.
+    pub fn capacity(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl std::fmt::Debug for EventBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventBuffer")
+            .field("capacity", &self.0.len())
+            .finish()
+    }
+}
+
+/// The events of one [`Uffd::read_events`] call, decoded as they are iterated.
+///
+/// Dropping it before the end closes the descriptors of the fork events not yet iterated,
+/// so none leaks.
+pub struct Events<'a> {
+    msgs: std::slice::Iter<'a, sys::uffd_msg>,
+    features: FeatureFlags,
+}
+
+impl Iterator for Events<'_> {
+    type Item = Result<Event>;
+
+    fn next(&mut self) -> Option<Result<Event>> {
+        let msg = self.msgs.next()?;
+        // SAFETY: `msg` was just read from the kernel, and the iterator yields it once.
+        Some(unsafe { Event::from_msg(msg, self.features) })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.msgs.size_hint()
+    }
+}
+
+impl ExactSizeIterator for Events<'_> {}
+
+impl Drop for Events<'_> {
+    fn drop(&mut self) {
+        for msg in self.msgs.by_ref() {
+            if let Ok(Decoded::Fork(fd)) = decode(msg, self.features) {
+                // SAFETY: the kernel installed this descriptor for us and it was never
+                // handed out; closing it is its only use.
+                drop(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+}
+
+impl Uffd {
+    /// Reads one event. Blocks until one is pending, unless the descriptor is non-blocking:
+    /// then `Ok(None)` means none is pending.
+    ///
+    /// A read interrupted by a signal (`EINTR`) is retried. To stop a blocked reader, make the
+    /// descriptor non-blocking and `poll(2)` it together with a wake-up descriptor.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SystemError`] for a failed `read(2)`, [`Error::ReadEof`],
+    /// [`Error::IncompleteMsg`], [`Error::UnrecognizedEvent`].
+    pub fn read_event(&self) -> Result<Option<Event>> {
+        let mut msg = [sys::uffd_msg::default()];
+        match self.read_msgs(&mut msg)? {
+            0 => Ok(None),
+            // SAFETY: the message was just read from the kernel and is decoded once.
+            _ => unsafe { Event::from_msg(&msg[0], self.features()) }.map(Some),
+        }
+    }
+
+    /// Reads up to `buf.capacity()` events with one `read(2)`. Blocks until at least one is
+    /// pending, unless the descriptor is non-blocking: then the iterator may be empty.
+    ///
+    /// Decoding happens as the iterator advances; each item is an [`Event`] or the
+    /// [`Error::UnrecognizedEvent`] of one message.
+    ///
+    /// # Errors
+    ///
+    /// As [`read_event`](Self::read_event).
+    pub fn read_events<'a>(&self, buf: &'a mut EventBuffer) -> Result<Events<'a>> {
+        let count = self.read_msgs(&mut buf.0)?;
+        Ok(Events {
+            msgs: buf.0[..count].iter(),
+            features: self.features(),
+        })
+    }
+
+    /// Reads whole messages into `msgs`; returns how many (0: none pending, non-blocking).
+    fn read_msgs(&self, msgs: &mut [sys::uffd_msg]) -> Result<usize> {
+        loop {
+            // SAFETY: `msgs` is writable for its whole size, and `uffd_msg` is valid for any
+            // bytes the kernel writes.
+            let n = unsafe {
+                libc::read(
+                    self.as_raw_fd(),
+                    msgs.as_mut_ptr().cast(),
+                    std::mem::size_of_val(msgs),
+                )
+            };
+            return match n {
+                n if n < 0 => match Errno::last() {
+                    Errno::EINTR => continue,
+                    Errno::EAGAIN => Ok(0),
+                    errno => Err(Error::SystemError(errno)),
+                },
+                0 => Err(Error::ReadEof),
+                n if n as usize % MSG_SIZE != 0 => Err(Error::IncompleteMsg {
+                    read: n as usize % MSG_SIZE,
+                    expected: MSG_SIZE,
+                }),
+                n => Ok(n as usize / MSG_SIZE),
+            };
+        }
+    }
+}
