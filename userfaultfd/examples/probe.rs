@@ -8,7 +8,6 @@ use std::ffi::CStr;
 use std::fs;
 use std::ptr;
 
-use libc::c_void;
 use userfaultfd::{FeatureFlags, RegisterMode, UffdBuilder};
 
 fn main() {
@@ -140,7 +139,7 @@ fn register(memory: Memory, mode: RegisterMode) -> String {
         Err(e) => format!("not supported: {e}"),
     };
     // SAFETY: `addr` is the mapping created above, of `len` bytes.
-    unsafe { libc::munmap(addr as *mut c_void, len) };
+    unsafe { libc::munmap(addr, len) };
     result
 }
 
