@@ -1,0 +1,216 @@
+//! The three memory types userfaultfd handles, and mappings of them.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::ptr;
+
+use libc::c_void;
+use userfaultfd::{FeatureFlags, RegisterMode};
+
+use super::skip::machine_lacks;
+
+/// A kind of memory a range can be registered on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryType {
+    /// `MAP_PRIVATE | MAP_ANONYMOUS`.
+    Anonymous,
+    /// A memfd (shmem), `MAP_SHARED`.
+    Shmem,
+    /// A hugetlbfs memfd (`MFD_HUGETLB`, 2 MiB pages), `MAP_SHARED`.
+    Hugetlb,
+}
+
+impl MemoryType {
+    /// All three, in the order tests run them.
+    pub const ALL: [MemoryType; 3] = [
+        MemoryType::Anonymous,
+        MemoryType::Shmem,
+        MemoryType::Hugetlb,
+    ];
+
+    /// The page size of this memory type.
+    pub fn page_size(self) -> usize {
+        match self {
+            MemoryType::Hugetlb => 2 << 20,
+            // SAFETY: sysconf has no memory effects.
+            _ => (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }) as usize,
+        }
+    }
+
+    /// The features a descriptor needs to register this memory type in `mode`.
+    pub fn features_for(self, mode: RegisterMode) -> FeatureFlags {
+        let mut f = FeatureFlags::empty();
+        if mode.contains(RegisterMode::MISSING) {
+            f |= match self {
+                MemoryType::Anonymous => FeatureFlags::empty(),
+                MemoryType::Shmem => FeatureFlags::MISSING_SHMEM,
+                MemoryType::Hugetlb => FeatureFlags::MISSING_HUGETLBFS,
+            };
+        }
+        if mode.contains(RegisterMode::WRITE_PROTECT) {
+            f |= FeatureFlags::PAGEFAULT_FLAG_WP;
+            if self != MemoryType::Anonymous {
+                f |= FeatureFlags::WP_HUGETLBFS_SHMEM;
+            }
+        }
+        if mode.contains(RegisterMode::MINOR) {
+            f |= match self {
+                MemoryType::Anonymous => FeatureFlags::empty(),
+                MemoryType::Shmem => FeatureFlags::MINOR_SHMEM,
+                MemoryType::Hugetlb => FeatureFlags::MINOR_HUGETLBFS,
+            };
+        }
+        f
+    }
+
+    /// Whether the kernel can register this memory type in `mode` at all (MINOR needs a
+    /// page cache: shmem or hugetlbfs).
+    pub fn supports(self, mode: RegisterMode) -> bool {
+        !(mode.contains(RegisterMode::MINOR) && self == MemoryType::Anonymous)
+    }
+}
+
+/// A mapping of `pages` pages of a memory type, unmapped on drop. Shared types keep their
+/// memfd, so that a second view of the same pages can be mapped (for minor faults).
+pub struct Region {
+    ptr: *mut u8,
+    len: usize,
+    memory: MemoryType,
+    file: Option<OwnedFd>,
+}
+
+// SAFETY: the region is plain memory; tests share its address between threads on purpose and
+// synchronise access themselves.
+unsafe impl Send for Region {}
+// SAFETY: as above.
+unsafe impl Sync for Region {}
+
+impl Region {
+    /// Maps `pages` pages of `memory`; `None` (after reporting a machine skip, which fails in
+    /// strict mode) when huge pages are not available.
+    #[track_caller]
+    pub fn new(memory: MemoryType, pages: usize) -> Option<Region> {
+        let len = pages * memory.page_size();
+        let file = match memory {
+            MemoryType::Anonymous => None,
+            MemoryType::Shmem | MemoryType::Hugetlb => {
+                let flags = libc::MFD_CLOEXEC
+                    | if memory == MemoryType::Hugetlb {
+                        libc::MFD_HUGETLB
+                    } else {
+                        0
+                    };
+                // SAFETY: the name is NUL-terminated.
+                let fd = unsafe { libc::memfd_create(c"uffd-test".as_ptr(), flags) };
+                assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+                // SAFETY: `fd` is a new descriptor that only we own.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                // SAFETY: ftruncate only sizes the file.
+                let r = unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) };
+                assert_eq!(r, 0, "ftruncate: {}", std::io::Error::last_os_error());
+                Some(fd)
+            }
+        };
+        let mut region = Region {
+            ptr: ptr::null_mut(),
+            len,
+            memory,
+            file,
+        };
+        region.ptr = region.map_view()?;
+        Some(region)
+    }
+
+    /// Maps the region's pages, or for a shared type another view of the same file.
+    #[track_caller]
+    fn map_view(&self) -> Option<*mut u8> {
+        let (flags, fd) = match &self.file {
+            None => (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1),
+            Some(fd) => (libc::MAP_SHARED, fd.as_raw_fd()),
+        };
+        // SAFETY: a new mapping at an address of the kernel's choosing; nothing lives there.
+        let ptr = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                self.len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                fd,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            let err = std::io::Error::last_os_error();
+            if self.memory == MemoryType::Hugetlb {
+                machine_lacks(&format!(
+                    "free huge pages ({err}); reserve them: echo 128 > /proc/sys/vm/nr_hugepages"
+                ));
+                return None;
+            }
+            panic!("mmap {:?}: {err}", self.memory);
+        }
+        Some(ptr.cast())
+    }
+
+    /// A second mapping of the same pages (shared types only), for populating the page cache
+    /// without faulting through the registered view.
+    pub fn second_view(&self) -> Region {
+        assert!(self.file.is_some(), "only shared memory has a second view");
+        let ptr = self.map_view().expect("second view of a mapped region");
+        Region {
+            ptr,
+            len: self.len,
+            memory: self.memory,
+            file: self
+                .file
+                .as_ref()
+                .map(|f| f.try_clone().expect("dup memfd")),
+        }
+    }
+
+    /// Start of the region.
+    pub fn ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    /// Start of the region, as the crate's methods take it.
+    pub fn addr(&self) -> *mut c_void {
+        self.ptr.cast()
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The memory type.
+    pub fn memory(&self) -> MemoryType {
+        self.memory
+    }
+
+    /// Page size of the region.
+    pub fn page_size(&self) -> usize {
+        self.memory.page_size()
+    }
+
+    /// Number of pages.
+    pub fn pages(&self) -> usize {
+        self.len / self.page_size()
+    }
+
+    /// Address of page `i`.
+    pub fn page(&self, i: usize) -> *mut u8 {
+        assert!(i < self.pages());
+        // SAFETY: `i` is within the region.
+        unsafe { self.ptr.add(i * self.page_size()) }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        if self.ptr.is_null() {
+            return; // never mapped
+        }
+        // SAFETY: the region is our mapping of `len` bytes.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
