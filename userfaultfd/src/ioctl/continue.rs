@@ -4,7 +4,7 @@ use std::os::fd::AsFd;
 
 use libc::c_void;
 
-use super::{addr, bytes_done, ioctl, len as len64};
+use super::{bytes_done, ioctl, range};
 use crate::{ContinueMode, Error, Result, Uffd};
 use userfaultfd_sys as sys;
 
@@ -46,10 +46,7 @@ impl Uffd {
         mode: ContinueMode,
     ) -> Result<u64> {
         let mut cont = sys::uffdio_continue {
-            range: sys::uffdio_range {
-                start: addr(start),
-                len: len64(len),
-            },
+            range: range(start, len),
             mode: mode.bits(),
             mapped: 0,
         };

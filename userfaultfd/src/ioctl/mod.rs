@@ -90,6 +90,16 @@ pub(crate) fn len(len: usize) -> u64 {
     len as u64
 }
 
+/// The `uffdio_range` for `[start, start + len)`. The kernel validates it (alignment, zero
+/// length, overflow, the address-space limit) and answers `EINVAL`; checking here too would
+/// only duplicate that with a chance of disagreeing.
+pub(crate) fn range(start: *mut libc::c_void, len: usize) -> userfaultfd_sys::uffdio_range {
+    userfaultfd_sys::uffdio_range {
+        start: addr(start),
+        len: self::len(len),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@ use std::os::fd::AsFd;
 
 use libc::c_void;
 
-use super::{addr, bytes_done, ioctl, len as len64};
+use super::{bytes_done, ioctl, range};
 use crate::{Error, Result, Uffd};
 use userfaultfd_sys as sys;
 
@@ -24,10 +24,7 @@ impl Uffd {
     /// [`copy`](Self::copy); `ENOTTY`/`EINVAL` on kernels before 6.6.
     pub unsafe fn poison(&self, start: *mut c_void, len: usize, wake: bool) -> Result<usize> {
         let mut poison = sys::uffdio_poison {
-            range: sys::uffdio_range {
-                start: addr(start),
-                len: len64(len),
-            },
+            range: range(start, len),
             mode: if wake {
                 0
             } else {

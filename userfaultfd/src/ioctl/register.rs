@@ -4,7 +4,7 @@ use std::os::fd::AsFd;
 
 use libc::c_void;
 
-use super::{addr, ioctl, len as len64};
+use super::{ioctl, range};
 use crate::{Error, IoctlFlags, RegisterMode, Result, Uffd};
 use userfaultfd_sys as sys;
 
@@ -41,10 +41,7 @@ impl Uffd {
         mode: RegisterMode,
     ) -> Result<IoctlFlags> {
         let mut register = sys::uffdio_register {
-            range: sys::uffdio_range {
-                start: addr(start),
-                len: len64(len),
-            },
+            range: range(start, len),
             mode: mode.bits(),
             ioctls: 0,
         };
@@ -64,10 +61,7 @@ impl Uffd {
     /// [`Error::UnregisterFailed`]: `EINVAL` for an unaligned or empty range; since Linux
     /// 6.17 also when part of it is registered with another userfaultfd.
     pub fn unregister(&self, start: *mut c_void, len: usize) -> Result<()> {
-        let mut range = sys::uffdio_range {
-            start: addr(start),
-            len: len64(len),
-        };
+        let mut range = range(start, len);
         // SAFETY: UFFDIO_UNREGISTER reads a `uffdio_range`; unregistering restores the
         // kernel's normal fault handling.
         unsafe { ioctl(self.as_fd(), sys::UFFDIO_UNREGISTER, &mut range) }

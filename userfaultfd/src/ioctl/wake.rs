@@ -4,7 +4,7 @@ use std::os::fd::AsFd;
 
 use libc::c_void;
 
-use super::{addr, ioctl, len as len64};
+use super::{ioctl, range};
 use crate::{Error, Result, Uffd};
 use userfaultfd_sys as sys;
 
@@ -18,10 +18,7 @@ impl Uffd {
     ///
     /// [`Error::WakeFailed`]: `EINVAL` for an unaligned or empty range.
     pub fn wake(&self, start: *mut c_void, len: usize) -> Result<()> {
-        let mut range = sys::uffdio_range {
-            start: addr(start),
-            len: len64(len),
-        };
+        let mut range = range(start, len);
         // SAFETY: UFFDIO_WAKE reads a `uffdio_range`; waking makes faulting threads retry.
         unsafe { ioctl(self.as_fd(), sys::UFFDIO_WAKE, &mut range) }.map_err(Error::WakeFailed)?;
         Ok(())

@@ -4,7 +4,7 @@ use std::os::fd::AsFd;
 
 use libc::c_void;
 
-use super::{addr, ioctl, len as len64};
+use super::{ioctl, range};
 use crate::{Error, Result, Uffd};
 use userfaultfd_sys as sys;
 
@@ -47,10 +47,7 @@ impl Uffd {
 
     fn writeprotect(&self, start: *mut c_void, len: usize, mode: u64) -> Result<()> {
         let mut wp = sys::uffdio_writeprotect {
-            range: sys::uffdio_range {
-                start: addr(start),
-                len: len64(len),
-            },
+            range: range(start, len),
             mode,
         };
         // SAFETY: UFFDIO_WRITEPROTECT reads a `uffdio_writeprotect`; it changes page

@@ -4,7 +4,7 @@ use std::os::fd::AsFd;
 
 use libc::c_void;
 
-use super::{addr, bytes_done, ioctl, len as len64};
+use super::{bytes_done, ioctl, range};
 use crate::{Error, Result, Uffd};
 use userfaultfd_sys as sys;
 
@@ -23,10 +23,7 @@ impl Uffd {
     /// [`copy`](Self::copy).
     pub unsafe fn zeropage(&self, start: *mut c_void, len: usize, wake: bool) -> Result<usize> {
         let mut zeropage = sys::uffdio_zeropage {
-            range: sys::uffdio_range {
-                start: addr(start),
-                len: len64(len),
-            },
+            range: range(start, len),
             mode: if wake {
                 0
             } else {
