@@ -376,9 +376,8 @@ impl From<Error> for io::Error {
             Some(errno) => io::Error::from_raw_os_error(errno.raw()).kind(),
             None => io::ErrorKind::InvalidData,
         };
-        match e {
-            Error::OpenDevUserfaultfd(inner) => inner,
-            e => io::Error::new(kind, e),
-        }
+        // Every variant is wrapped, `OpenDevUserfaultfd` too: returning its inner `io::Error`
+        // would lose "opening /dev/userfaultfd" from the message.
+        io::Error::new(kind, e)
     }
 }

@@ -205,6 +205,33 @@ impl Region {
     }
 }
 
+impl Region {
+    /// Stops owning the mapping, because the test unmapped or moved it itself (the memfd of a
+    /// shared type is still closed on drop).
+    pub fn forget_mapping(&mut self) {
+        self.ptr = ptr::null_mut();
+    }
+
+    /// A copy of page `i` (a registered missing page blocks the caller until resolved).
+    pub fn read_page(&self, i: usize) -> Vec<u8> {
+        // SAFETY: the page is mapped and readable; tests read it only once it is populated
+        // or from a thread whose fault they resolve.
+        unsafe { std::slice::from_raw_parts(self.page(i), self.page_size()) }.to_vec()
+    }
+
+    /// Fills page `i` with `bytes` (a view that is not registered, or a populated page).
+    pub fn write_page(&self, i: usize, bytes: &[u8]) {
+        assert_eq!(bytes.len(), self.page_size());
+        // SAFETY: the page is mapped writable and `bytes` has its length.
+        unsafe { ptr::copy_nonoverlapping(bytes.as_ptr(), self.page(i), bytes.len()) };
+    }
+}
+
+/// A recognisable page: byte `j` is `(seed * 31 + j * 7 + 1) as u8`, never all zero.
+pub fn pattern(seed: usize, len: usize) -> Vec<u8> {
+    (0..len).map(|j| (seed * 31 + j * 7 + 1) as u8).collect()
+}
+
 impl Drop for Region {
     fn drop(&mut self) {
         if self.ptr.is_null() {

@@ -1,13 +1,17 @@
 //! What the integration tests share: strict-mode skipping, the three memory types, mappings,
-//! and timeouts.
+//! timeouts, child processes, and knowing that a thread is blocked in a fault.
 //!
 //! Each test file includes this with `mod support;` and uses what it needs.
 #![allow(dead_code, unused_imports)]
 
+pub mod blocked;
+pub mod child;
 pub mod memory;
 pub mod skip;
 pub mod timeout;
 
-pub use memory::{MemoryType, Region};
-pub use skip::{kernel_lacks, strict, uffd_for};
+pub use blocked::{blocked_in_userfault, gettid, wait_blocked_in_userfault};
+pub use child::{run_in_child, ChildExit, ChildOutcome, Reporter};
+pub use memory::{pattern, MemoryType, Region};
+pub use skip::{kernel_lacks, machine_lacks, strict, uffd_for};
 pub use timeout::{join_timeout, spawn_named, wait_event, TIMEOUT};
