@@ -69,6 +69,36 @@ impl Reporter {
 /// error or panic message) otherwise. The parent waits up to [`TIMEOUT`] for it.
 #[track_caller]
 pub fn run_in_child(f: impl FnOnce(&Reporter) -> Result<(), String>) -> ChildOutcome {
+    spawn_child(f).wait()
+}
+
+/// A child process started by [`spawn_child`], still running.
+pub struct RunningChild {
+    pid: libc::pid_t,
+    report: OwnedFd,
+}
+
+impl RunningChild {
+    /// The child's process id.
+    pub fn pid(&self) -> libc::pid_t {
+        self.pid
+    }
+
+    /// Waits up to [`TIMEOUT`] for the child to end (killing it then), and collects its
+    /// report.
+    #[track_caller]
+    pub fn wait(self) -> ChildOutcome {
+        let exit = wait_child(self.pid);
+        ChildOutcome {
+            exit,
+            report: drain(&self.report),
+        }
+    }
+}
+
+/// As [`run_in_child`], but returns at once: the parent does something while the child runs,
+/// then calls [`RunningChild::wait`].
+pub fn spawn_child(f: impl FnOnce(&Reporter) -> Result<(), String>) -> RunningChild {
     let (read_end, write_end) = pipe();
     // SAFETY: the child only runs `f` and then `_exit`s; it never returns into the harness.
     // The tests' children use allocation and std I/O, which glibc keeps usable after fork.
@@ -98,10 +128,9 @@ pub fn run_in_child(f: impl FnOnce(&Reporter) -> Result<(), String>) -> ChildOut
         unsafe { libc::_exit(status) };
     }
     drop(write_end);
-    let exit = wait_child(pid);
-    ChildOutcome {
-        exit,
-        report: drain(&read_end),
+    RunningChild {
+        pid,
+        report: read_end,
     }
 }
 

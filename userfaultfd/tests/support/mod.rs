@@ -11,7 +11,7 @@ pub mod skip;
 pub mod timeout;
 
 pub use blocked::{blocked_in_userfault, gettid, wait_blocked_in_userfault};
-pub use child::{run_in_child, ChildExit, ChildOutcome, Reporter};
+pub use child::{run_in_child, spawn_child, ChildExit, ChildOutcome, Reporter, RunningChild};
 pub use memory::{pattern, MemoryType, Region};
 pub use skip::{kernel_lacks, machine_lacks, strict, uffd_for};
 pub use timeout::{join_timeout, spawn_named, wait_event, TIMEOUT};
