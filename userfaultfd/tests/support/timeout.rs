@@ -78,3 +78,18 @@ pub fn wait_event(uffd: &Uffd) -> Event {
         );
     }
 }
+
+/// Waits up to [`TIMEOUT`] until an event is pending on a non-blocking descriptor, without
+/// reading it (so that a non-cooperative event stays pending).
+#[track_caller]
+pub fn wait_readable(uffd: &Uffd) {
+    let mut pfd = libc::pollfd {
+        fd: uffd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is one valid pollfd.
+    let r = unsafe { libc::poll(&mut pfd, 1, TIMEOUT.as_millis() as libc::c_int) };
+    assert_eq!(r, 1, "no event pending within {TIMEOUT:?}");
+    assert_eq!(pfd.revents & libc::POLLERR, 0, "POLLERR: is the descriptor blocking?");
+}
