@@ -109,7 +109,18 @@ impl UffdBuilder {
         if !reply.ioctls.contains(self.ioctls) {
             return Err(Error::UnsupportedIoctls(reply.ioctls));
         }
-        Ok(Uffd::from_parts(fd, self.features))
+        Ok(Uffd::from_parts(fd, self.enabled_features()))
+    }
+
+    /// The features the kernel enables for this request: the requested ones, plus
+    /// `WP_UNPOPULATED` when `WP_ASYNC` is requested (the kernel implies it, and reports it in
+    /// fdinfo, which is where an adopted descriptor's features come from).
+    fn enabled_features(&self) -> FeatureFlags {
+        if self.features.contains(FeatureFlags::WP_ASYNC) {
+            self.features | FeatureFlags::WP_UNPOPULATED
+        } else {
+            self.features
+        }
     }
 
     fn flags(&self) -> libc::c_int {

@@ -36,8 +36,9 @@ impl Uffd {
     }
 
     /// The features this descriptor enabled in its `UFFDIO_API` handshake (what was required
-    /// with [`UffdBuilder::require_features`](crate::UffdBuilder::require_features); not what
-    /// the kernel could offer, for which see [`probe`](crate::probe)).
+    /// with [`UffdBuilder::require_features`](crate::UffdBuilder::require_features), plus
+    /// `WP_UNPOPULATED` which the kernel enables along with `WP_ASYNC`; not what the kernel
+    /// could offer, for which see [`probe`](crate::probe)).
     ///
     /// For a descriptor adopted with [`FromRawFd`] or `From<OwnedFd>`, this is read from
     /// `/proc/self/fdinfo` (empty if that is not readable or the descriptor is not a

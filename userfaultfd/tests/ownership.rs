@@ -1,0 +1,164 @@
+//! Ownership of the descriptor: `into_raw_fd` gives it up without closing it (0.9 closed it a
+//! second time), `OwnedFd` conversions both ways, `try_clone` shares the userfaultfd, and
+//! `features()` is the same for a created and an adopted descriptor. `Uffd` is `Send + Sync`.
+
+mod support;
+
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::sync::Arc;
+
+use support::{join_timeout, pattern, spawn_named, wait_event, MemoryType, Region};
+use userfaultfd::{Errno, Error, Event, FeatureFlags, Uffd, UffdBuilder};
+
+// Compile-time: a `Uffd` can be shared by and moved between threads.
+const _: fn() = || {
+    fn send_and_sync<T: Send + Sync>() {}
+    send_and_sync::<Uffd>();
+};
+
+fn create(features: FeatureFlags) -> Uffd {
+    UffdBuilder::new()
+        .close_on_exec(true)
+        .non_blocking(true)
+        .require_features(features)
+        .create()
+        .expect("features this kernel supports (6.0+)")
+}
+
+/// What a descriptor of this process refers to.
+fn fd_target(fd: i32) -> String {
+    std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|e| format!("<{e}>"))
+}
+
+/// Serves one fault on a fresh anonymous page through `handler` while `uffd` registered it.
+fn serve_one_fault(registrar: &Uffd, handler: &Uffd) {
+    let region = Arc::new(Region::new(MemoryType::Anonymous, 1).unwrap());
+    registrar.register(region.addr(), region.len()).unwrap();
+    let reader = {
+        let region = Arc::clone(&region);
+        spawn_named("reader", move || region.read_page(0))
+    };
+    let Event::Pagefault { addr, .. } = wait_event(handler) else {
+        panic!("expected a page fault");
+    };
+    let data = pattern(3, region.page_size());
+    // SAFETY: the missing page of our test mapping.
+    unsafe { handler.copy(data.as_ptr().cast(), addr, data.len(), true) }.unwrap();
+    assert!(join_timeout(reader) == data);
+}
+
+#[test]
+fn into_raw_fd_leaves_the_descriptor_open() {
+    let uffd = create(FeatureFlags::THREAD_ID);
+    let fd = uffd.into_raw_fd();
+    // SAFETY: F_GETFD only reads the flags of `fd`, which we now own.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    assert!(flags >= 0, "into_raw_fd closed the descriptor");
+    assert_eq!(fd_target(fd), "anon_inode:[userfaultfd]");
+    // It is ours to close, exactly once.
+    // SAFETY: `fd` is open and owned by us.
+    assert_eq!(unsafe { libc::close(fd) }, 0, "already closed");
+}
+
+#[test]
+fn raw_fd_round_trip_keeps_the_userfaultfd() {
+    let features = FeatureFlags::THREAD_ID | FeatureFlags::EVENT_REMOVE;
+    let fd = create(features).into_raw_fd();
+    // SAFETY: `fd` is an open userfaultfd that nothing else owns.
+    let uffd = unsafe { Uffd::from_raw_fd(fd) };
+    assert_eq!(uffd.as_raw_fd(), fd);
+    assert_eq!(uffd.features(), features, "features read from fdinfo");
+    serve_one_fault(&uffd, &uffd);
+}
+
+#[test]
+fn owned_fd_round_trip_keeps_the_userfaultfd() {
+    let features = FeatureFlags::EXACT_ADDRESS;
+    let uffd = create(features);
+    let fd = uffd.as_raw_fd();
+    let owned: OwnedFd = uffd.into();
+    assert_eq!(owned.as_raw_fd(), fd);
+    assert_eq!(fd_target(fd), "anon_inode:[userfaultfd]");
+    let uffd = Uffd::from(owned);
+    assert_eq!(uffd.features(), features);
+    serve_one_fault(&uffd, &uffd);
+}
+
+/// The features of a created descriptor, and of the same descriptor adopted (read from
+/// fdinfo), are what it enabled. `WP_ASYNC` implies `WP_UNPOPULATED`.
+#[test]
+fn created_and_adopted_descriptors_report_the_same_features() {
+    let cases = [
+        FeatureFlags::empty(),
+        FeatureFlags::THREAD_ID,
+        FeatureFlags::EVENT_REMAP | FeatureFlags::EVENT_REMOVE | FeatureFlags::EVENT_UNMAP,
+        FeatureFlags::MISSING_SHMEM | FeatureFlags::MISSING_HUGETLBFS | FeatureFlags::SIGBUS,
+        FeatureFlags::PAGEFAULT_FLAG_WP | FeatureFlags::WP_ASYNC,
+        FeatureFlags::MINOR_SHMEM | FeatureFlags::MOVE | FeatureFlags::POISON,
+    ];
+    for features in cases {
+        if support::kernel_lacks(features).is_some() {
+            continue;
+        }
+        let uffd = create(features);
+        let mut expected = features;
+        if features.contains(FeatureFlags::WP_ASYNC) {
+            expected |= FeatureFlags::WP_UNPOPULATED;
+        }
+        assert_eq!(uffd.features(), expected, "created with {features:?}");
+        let adopted = Uffd::from(OwnedFd::from(uffd));
+        assert_eq!(adopted.features(), expected, "adopted, created with {features:?}");
+    }
+}
+
+/// An adopted descriptor that is not a userfaultfd has no features, and its operations fail
+/// with an error (never a panic).
+#[test]
+fn adopting_another_kind_of_descriptor() {
+    let file = std::fs::File::open("/dev/null").unwrap();
+    let uffd = Uffd::from(OwnedFd::from(file));
+    assert_eq!(uffd.features(), FeatureFlags::empty());
+    let region = Region::new(MemoryType::Anonymous, 1).unwrap();
+    let err = uffd.register(region.addr(), region.len()).unwrap_err();
+    assert!(matches!(err, Error::RegisterFailed(Errno::ENOTTY)), "{err:?}");
+    assert!(err.to_string().contains("UFFDIO_REGISTER"), "{err}");
+}
+
+/// A clone is another descriptor of the same userfaultfd: a range registered through the
+/// original faults to the clone, also after the original is closed.
+#[test]
+fn try_clone_shares_the_userfaultfd() {
+    let original = create(FeatureFlags::THREAD_ID);
+    let clone = original.try_clone().unwrap();
+    assert_ne!(clone.as_raw_fd(), original.as_raw_fd());
+    assert_eq!(clone.features(), original.features());
+    // SAFETY: F_GETFD only reads the flags.
+    let flags = unsafe { libc::fcntl(clone.as_raw_fd(), libc::F_GETFD) };
+    assert_ne!(flags & libc::FD_CLOEXEC, 0, "clones are close-on-exec");
+
+    let region = Arc::new(Region::new(MemoryType::Anonymous, 1).unwrap());
+    original.register(region.addr(), region.len()).unwrap();
+    drop(original);
+    let reader = {
+        let region = Arc::clone(&region);
+        spawn_named("reader", move || region.read_page(0))
+    };
+    let Event::Pagefault {
+        addr, thread_id, ..
+    } = wait_event(&clone)
+    else {
+        panic!("expected a page fault on the clone");
+    };
+    assert!(thread_id.is_some(), "the clone keeps the features");
+    let data = pattern(4, region.page_size());
+    // SAFETY: the missing page of our test mapping.
+    unsafe { clone.copy(data.as_ptr().cast(), addr, data.len(), true) }.unwrap();
+    assert!(join_timeout(reader) == data);
+
+    // Both ways of handling work with clones in two threads at once.
+    let uffd = create(FeatureFlags::empty());
+    let handler = uffd.try_clone().unwrap();
+    serve_one_fault(&uffd, &handler);
+}
