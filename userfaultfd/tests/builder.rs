@@ -9,8 +9,8 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use support::{join_timeout, machine_lacks, pattern, spawn_named, wait_event, MemoryType};
 use support::Region;
+use support::{join_timeout, machine_lacks, pattern, spawn_named, wait_event, MemoryType};
 use userfaultfd::{Errno, Error, Event, FaultKind, FeatureFlags, IoctlFlags, ReadWrite};
 use userfaultfd::{Uffd, UffdBuilder};
 
@@ -83,7 +83,9 @@ fn required_ioctls_are_checked_against_the_descriptor_ioctls() {
         }
         other => panic!("expected UnsupportedIoctls, got {other:?}"),
     }
-    assert!(err.to_string().contains("does not allow the required ioctls"));
+    assert!(err
+        .to_string()
+        .contains("does not allow the required ioctls"));
 }
 
 fn fd_flags(uffd: &Uffd) -> (bool, bool) {
@@ -130,7 +132,11 @@ fn start_kernel_access(region: &Arc<Region>) -> support::Waitable<Result<usize, 
         // SAFETY: reads into our registered page (which the kernel faults on), then closes
         // the pipe.
         let n = unsafe { libc::read(fds[0], region.addr(), 10) };
-        let result = if n < 0 { Err(Errno::last()) } else { Ok(n as usize) };
+        let result = if n < 0 {
+            Err(Errno::last())
+        } else {
+            Ok(n as usize)
+        };
         // SAFETY: closes our read end.
         unsafe { libc::close(fds[0]) };
         result
@@ -144,8 +150,14 @@ fn user_mode_only_fails_kernel_faults_with_efault() {
     let uffd = UffdBuilder::new().non_blocking(true).create().unwrap();
     let region = Arc::new(Region::new(MemoryType::Anonymous, 1).unwrap());
     uffd.register(region.addr(), region.len()).unwrap();
-    assert_eq!(join_timeout(start_kernel_access(&region)), Err(Errno::EFAULT));
-    assert!(uffd.read_event().unwrap().is_none(), "a kernel fault was reported");
+    assert_eq!(
+        join_timeout(start_kernel_access(&region)),
+        Err(Errno::EFAULT)
+    );
+    assert!(
+        uffd.read_event().unwrap().is_none(),
+        "a kernel fault was reported"
+    );
 }
 
 /// Without `user_mode_only` (root opens /dev/userfaultfd), the kernel's fault waits for the

@@ -13,7 +13,14 @@ use userfaultfd::{Errno, Error, FeatureFlags, RegisterMode, Uffd};
 fn copy_page(uffd: &Uffd, region: &Region, i: usize, seed: usize) -> userfaultfd::Result<usize> {
     let data = pattern(seed, region.page_size());
     // SAFETY: the destination is a page of a test mapping that holds no Rust object.
-    unsafe { uffd.copy(data.as_ptr().cast(), region.page(i).cast(), data.len(), true) }
+    unsafe {
+        uffd.copy(
+            data.as_ptr().cast(),
+            region.page(i).cast(),
+            data.len(),
+            true,
+        )
+    }
 }
 
 #[track_caller]
@@ -44,7 +51,10 @@ fn copy_onto_a_populated_page_is_eexist_and_keeps_the_page() {
             "{memory:?}: {err:?}"
         );
         assert_eq!(err.errno(), Some(Errno::EEXIST));
-        assert_display(&err, &["UFFDIO_COPY", "EEXIST", "already populated", "wake"]);
+        assert_display(
+            &err,
+            &["UFFDIO_COPY", "EEXIST", "already populated", "wake"],
+        );
         assert_eq!(io::Error::from(err).kind(), io::ErrorKind::AlreadyExists);
         assert!(
             region.read_page(0) == pattern(1, region.page_size()),
@@ -127,8 +137,7 @@ fn copy_with_a_bad_range_is_einval() {
         let src = data.as_ptr().cast();
         let base = region.addr();
         let cases: [(&str, *mut libc::c_void, usize); 4] = [
-            // SAFETY: an address inside the region (the kernel rejects it, nothing is written).
-            ("unaligned destination", unsafe { base.byte_add(1) }, ps),
+            ("unaligned destination", base.wrapping_byte_add(1), ps),
             ("empty length", base, 0),
             ("length not a multiple of the page size", base, 4096 + 1),
             ("overflowing length", base, usize::MAX - 4095),
@@ -171,7 +180,10 @@ fn copy_from_an_unreadable_source_is_efault() {
     let result = unsafe { uffd.copy(unreadable.addr(), region.addr(), region.len(), true) };
     let err = result.unwrap_err();
     assert!(matches!(err, Error::CopyFailed(Errno::EFAULT)), "{err:?}");
-    assert_display(&err, &["UFFDIO_COPY", "EFAULT", "source range is not readable"]);
+    assert_display(
+        &err,
+        &["UFFDIO_COPY", "EFAULT", "source range is not readable"],
+    );
 }
 
 #[test]
@@ -186,11 +198,20 @@ fn register_errors() {
         let ps = region.page_size();
         let base = region.addr();
         let einval_cases: [(&str, *mut libc::c_void, usize, RegisterMode); 4] = [
-            // SAFETY: an address inside the region; the kernel rejects it.
-            ("unaligned start", unsafe { base.byte_add(4096 / 2) }, ps, RegisterMode::MISSING),
+            (
+                "unaligned start",
+                base.wrapping_byte_add(4096 / 2),
+                ps,
+                RegisterMode::MISSING,
+            ),
             ("empty length", base, 0, RegisterMode::MISSING),
             ("empty mode", base, ps, RegisterMode::empty()),
-            ("unknown mode bit", base, ps, RegisterMode::from_bits_retain(1 << 40)),
+            (
+                "unknown mode bit",
+                base,
+                ps,
+                RegisterMode::from_bits_retain(1 << 40),
+            ),
         ];
         for (what, start, len, mode) in einval_cases {
             let err = uffd.register_with_mode(start, len, mode).unwrap_err();
@@ -202,14 +223,20 @@ fn register_errors() {
         }
         if memory == MemoryType::Hugetlb {
             let err = uffd.register(base, 4096).unwrap_err();
-            assert!(matches!(err, Error::RegisterFailed(Errno::EINVAL)), "{err:?}");
+            assert!(
+                matches!(err, Error::RegisterFailed(Errno::EINVAL)),
+                "{err:?}"
+            );
         }
         if memory == MemoryType::Anonymous {
             // MINOR faults need a page cache.
             let err = uffd
                 .register_with_mode(base, ps, RegisterMode::MINOR)
                 .unwrap_err();
-            assert!(matches!(err, Error::RegisterFailed(Errno::EINVAL)), "{err:?}");
+            assert!(
+                matches!(err, Error::RegisterFailed(Errno::EINVAL)),
+                "{err:?}"
+            );
             assert_display(&err, &["MINOR only on shmem/hugetlbfs"]);
         }
 
@@ -242,14 +269,20 @@ fn register_of_unmapped_memory_is_einval() {
     let (start, len) = (region.addr(), region.len());
     region.forget_mapping();
     let err = uffd.register(start, len).unwrap_err();
-    assert!(matches!(err, Error::RegisterFailed(Errno::EINVAL)), "{err:?}");
+    assert!(
+        matches!(err, Error::RegisterFailed(Errno::EINVAL)),
+        "{err:?}"
+    );
     assert_display(&err, &["a mapping must exist in the range"]);
 }
 
 #[test]
 fn register_of_a_read_only_shared_mapping_is_eperm() {
-    let Some(uffd) = uffd_for(MemoryType::Shmem, RegisterMode::MISSING, FeatureFlags::empty())
-    else {
+    let Some(uffd) = uffd_for(
+        MemoryType::Shmem,
+        RegisterMode::MISSING,
+        FeatureFlags::empty(),
+    ) else {
         return;
     };
     // A memfd sealed against writing can only be mapped shared without VM_MAYWRITE.
@@ -275,12 +308,12 @@ fn register_of_a_read_only_shared_mapping_is_eperm() {
     let err = uffd.register(ptr, 4096).unwrap_err();
     // SAFETY: unmaps the mapping made above.
     unsafe { libc::munmap(ptr, 4096) };
-    assert!(matches!(err, Error::RegisterFailed(Errno::EPERM)), "{err:?}");
-    assert_display(&err, &["UFFDIO_REGISTER", "EPERM", "not writable"]);
-    assert_eq!(
-        io::Error::from(err).kind(),
-        io::ErrorKind::PermissionDenied
+    assert!(
+        matches!(err, Error::RegisterFailed(Errno::EPERM)),
+        "{err:?}"
     );
+    assert_display(&err, &["UFFDIO_REGISTER", "EPERM", "not writable"]);
+    assert_eq!(io::Error::from(err).kind(), io::ErrorKind::PermissionDenied);
 }
 
 /// The running kernel's (major, minor) version, from uname.
@@ -302,8 +335,7 @@ fn unregister_errors() {
     let base = region.addr();
     // A range never registered unregisters fine.
     uffd.unregister(base, region.len()).unwrap();
-    // SAFETY: an address inside the region; the kernel rejects it.
-    let unaligned = unsafe { base.byte_add(1) };
+    let unaligned = base.wrapping_byte_add(1);
     for (what, start, len) in [("unaligned", unaligned, 4096), ("empty", base, 0)] {
         let err = uffd.unregister(start, len).unwrap_err();
         assert!(
@@ -318,7 +350,10 @@ fn unregister_errors() {
     let result = uffd.unregister(base, region.len());
     if kernel_version() >= (6, 17) {
         let err = result.unwrap_err();
-        assert!(matches!(err, Error::UnregisterFailed(Errno::EINVAL)), "{err:?}");
+        assert!(
+            matches!(err, Error::UnregisterFailed(Errno::EINVAL)),
+            "{err:?}"
+        );
         assert_display(&err, &["registered with another userfaultfd"]);
     } else {
         eprintln!("kernel before 6.17: unregistering another descriptor's range is allowed");
@@ -337,8 +372,7 @@ fn wake_errors() {
     let err = uffd.wake(region.addr(), 0).unwrap_err();
     assert!(matches!(err, Error::WakeFailed(Errno::EINVAL)), "{err:?}");
     assert_display(&err, &["UFFDIO_WAKE", "EINVAL"]);
-    // SAFETY: an address inside the region; the kernel rejects it.
-    let unaligned = unsafe { region.addr().byte_add(8) };
+    let unaligned = region.addr().wrapping_byte_add(8);
     let err = uffd.wake(unaligned, 4096).unwrap_err();
     assert!(matches!(err, Error::WakeFailed(Errno::EINVAL)), "{err:?}");
 }
@@ -353,11 +387,17 @@ fn every_variant_names_its_operation() {
         (Error::RegisterFailed(Errno::ENOMEM), "UFFDIO_REGISTER"),
         (Error::UnregisterFailed(Errno::ENOMEM), "UFFDIO_UNREGISTER"),
         (Error::WakeFailed(Errno::EINVAL), "UFFDIO_WAKE"),
-        (Error::WriteProtectFailed(Errno::ENOENT), "UFFDIO_WRITEPROTECT"),
+        (
+            Error::WriteProtectFailed(Errno::ENOENT),
+            "UFFDIO_WRITEPROTECT",
+        ),
         (Error::ContinueFailed(Errno::EFAULT), "UFFDIO_CONTINUE"),
         (Error::PoisonFailed(Errno::EEXIST), "UFFDIO_POISON"),
         (Error::MoveFailed(Errno::EBUSY), "UFFDIO_MOVE"),
-        (Error::SystemError(Errno::EBADF), "read from the userfaultfd"),
+        (
+            Error::SystemError(Errno::EBADF),
+            "read from the userfaultfd",
+        ),
         (Error::PartiallyCopied(4096), "4096 bytes done"),
         (Error::ReadEof, "end of file"),
         (Error::UnrecognizedEvent(0x42), "0x42"),

@@ -80,7 +80,12 @@ fn start_remap(region: &Region, to: &Reserved) -> support::Waitable<usize> {
                 to as *mut libc::c_void,
             )
         };
-        assert_ne!(r, libc::MAP_FAILED, "mremap: {}", std::io::Error::last_os_error());
+        assert_ne!(
+            r,
+            libc::MAP_FAILED,
+            "mremap: {}",
+            std::io::Error::last_os_error()
+        );
         r as usize
     })
 }
@@ -88,8 +93,7 @@ fn start_remap(region: &Region, to: &Reserved) -> support::Waitable<usize> {
 #[test]
 fn remap_event() {
     for memory in MemoryType::ALL {
-        let Some(uffd) = uffd_for(memory, RegisterMode::MISSING, FeatureFlags::EVENT_REMAP)
-        else {
+        let Some(uffd) = uffd_for(memory, RegisterMode::MISSING, FeatureFlags::EVENT_REMAP) else {
             continue;
         };
         let Some(mut region) = Region::new(memory, 2) else {
@@ -109,7 +113,7 @@ fn remap_event() {
         }
         assert_eq!(join_timeout(mover), target.ptr as usize);
         region.forget_mapping(); // moved: `target` unmaps it
-        // The registration moved with the mapping.
+                                 // The registration moved with the mapping.
         assert_eq!(copy_at(&uffd, target.ptr, ps).unwrap(), ps, "{memory:?}");
     }
 }
@@ -163,8 +167,7 @@ fn start_drop(region: &Region) -> support::Waitable<i32> {
 #[test]
 fn remove_event() {
     for memory in MemoryType::ALL {
-        let Some(uffd) = uffd_for(memory, RegisterMode::MISSING, FeatureFlags::EVENT_REMOVE)
-        else {
+        let Some(uffd) = uffd_for(memory, RegisterMode::MISSING, FeatureFlags::EVENT_REMOVE) else {
             continue;
         };
         let Some(region) = Region::new(memory, 2) else {
@@ -190,8 +193,7 @@ fn remove_event() {
 #[test]
 fn unmap_event() {
     for memory in MemoryType::ALL {
-        let Some(uffd) = uffd_for(memory, RegisterMode::MISSING, FeatureFlags::EVENT_UNMAP)
-        else {
+        let Some(uffd) = uffd_for(memory, RegisterMode::MISSING, FeatureFlags::EVENT_UNMAP) else {
             continue;
         };
         let Some(mut region) = Region::new(memory, 2) else {
@@ -276,7 +278,11 @@ fn exact_address_only_with_the_feature() {
             let region = Arc::new(region);
             uffd.register(region.addr(), region.len()).unwrap();
             // Past the first base page: on hugetlbfs the rounded address is the huge page's.
-            let offset = if memory == MemoryType::Hugetlb { 4096 + 123 } else { 123 };
+            let offset = if memory == MemoryType::Hugetlb {
+                4096 + 123
+            } else {
+                123
+            };
             let (_, event) = fault_once(&uffd, &region, offset);
             let Event::Pagefault { addr, .. } = event else {
                 panic!("expected a page fault, got {event:?}");
@@ -307,15 +313,21 @@ fn operations_fail_with_eagain_while_an_event_is_pending() {
 
     let page1 = region.page(1).cast();
     let data = pattern(2, ps);
-    // SAFETY (all four): page 1 of our test mapping; the kernel refuses while the event is
-    // pending.
+    // Page 1 of our test mapping, where nothing lives; the kernel refuses each operation
+    // while the event is pending.
+    // SAFETY: as above.
+    let copy = unsafe { uffd.copy(data.as_ptr().cast(), page1, ps, true) };
+    // SAFETY: as above.
+    let zeropage = unsafe { uffd.zeropage(page1, ps, true) };
+    // SAFETY: as above.
+    let poison = unsafe { uffd.poison(page1, ps, true) };
+    // SAFETY: as above; the source is our own anonymous page.
+    let moved = unsafe { uffd.r#move(source.addr(), page1, ps, MoveMode::empty()) };
     let results = [
-        ("copy", unsafe { uffd.copy(data.as_ptr().cast(), page1, ps, true) }),
-        ("zeropage", unsafe { uffd.zeropage(page1, ps, true) }),
-        ("poison", unsafe { uffd.poison(page1, ps, true) }),
-        ("move", unsafe {
-            uffd.r#move(source.addr(), page1, ps, MoveMode::empty())
-        }),
+        ("copy", copy),
+        ("zeropage", zeropage),
+        ("poison", poison),
+        ("move", moved),
     ];
     for (what, result) in results {
         let err = result.unwrap_err();
@@ -324,10 +336,16 @@ fn operations_fail_with_eagain_while_an_event_is_pending() {
             !matches!(err, Error::PartiallyCopied(_)),
             "{what}: no progress is not a partial copy: {err:?}"
         );
-        assert!(err.to_string().contains("non-cooperative event"), "{what}: {err}");
+        assert!(
+            err.to_string().contains("non-cooperative event"),
+            "{what}: {err}"
+        );
     }
     let err = uffd.write_protect(region.addr(), ps).unwrap_err();
-    assert!(matches!(err, Error::WriteProtectFailed(Errno::EAGAIN)), "{err:?}");
+    assert!(
+        matches!(err, Error::WriteProtectFailed(Errno::EAGAIN)),
+        "{err:?}"
+    );
 
     assert!(matches!(wait_event(&uffd), Event::Remove { .. }));
     assert_eq!(join_timeout(dropper), 0);
@@ -362,7 +380,10 @@ fn continue_fails_with_eagain_while_an_event_is_pending() {
         );
         assert!(matches!(wait_event(&uffd), Event::Remove { .. }));
         assert_eq!(join_timeout(dropper), 0);
-        assert_eq!(uffd.r#continue(region.page(1).cast(), ps, true).unwrap(), ps as u64);
+        assert_eq!(
+            uffd.r#continue(region.page(1).cast(), ps, true).unwrap(),
+            ps as u64
+        );
         assert!(region.read_page(1) == pattern(1, ps), "{memory:?}");
     }
 }

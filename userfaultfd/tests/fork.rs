@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use support::{join_timeout, machine_lacks, pattern, spawn_child, spawn_named, wait_event};
 use support::{kernel_lacks, run_in_child, MemoryType, Region, TIMEOUT};
-use userfaultfd::{Errno, Error, Event, EventBuffer, FeatureFlags, RegisterMode, Uffd};
 use userfaultfd::UffdBuilder;
+use userfaultfd::{Errno, Error, Event, EventBuffer, FeatureFlags, RegisterMode, Uffd};
 
 /// A non-blocking descriptor with `EVENT_FORK` for `memory`; `None` when the kernel lacks a
 /// feature or (a machine skip) the process lacks CAP_SYS_PTRACE.
@@ -152,7 +152,10 @@ fn fork_event_serves_the_child(memory: MemoryType) {
             // source is read from this process).
             let done = unsafe { child_uffd.copy(data.as_ptr().cast(), addr, ps, true) };
             assert_eq!(done.unwrap(), ps);
-            assert!(uffd.read_event().unwrap().is_none(), "an event for the parent");
+            assert!(
+                uffd.read_event().unwrap().is_none(),
+                "an event for the parent"
+            );
             child_uffd
         })
     };
@@ -173,20 +176,26 @@ fn fork_event_serves_the_child(memory: MemoryType) {
     let outcome = child.wait();
     outcome.assert_success();
     let child_uffd = join_timeout(handler);
-    assert_eq!(tid_rx.recv().unwrap(), Some(child_pid), "{memory:?}: thread id");
+    assert_eq!(
+        tid_rx.recv().unwrap(),
+        Some(child_pid),
+        "{memory:?}: thread id"
+    );
 
     // The child has exited: its address space is gone.
     let data = pattern(8, ps);
     // SAFETY: the destination belonged to the exited child; the kernel refuses.
     let result = unsafe { child_uffd.copy(data.as_ptr().cast(), region.page(1).cast(), ps, true) };
     let err = result.unwrap_err();
-    assert!(matches!(err, Error::CopyFailed(Errno::ESRCH)), "{memory:?}: {err:?}");
+    assert!(
+        matches!(err, Error::CopyFailed(Errno::ESRCH)),
+        "{memory:?}: {err:?}"
+    );
     assert!(err.to_string().contains("has exited"), "{err}");
 }
 
 fn without_event_fork_the_child_is_not_registered(memory: MemoryType) {
-    let Some(uffd) = support::uffd_for(memory, RegisterMode::MISSING, FeatureFlags::empty())
-    else {
+    let Some(uffd) = support::uffd_for(memory, RegisterMode::MISSING, FeatureFlags::empty()) else {
         return;
     };
     let Some(region) = Region::new(memory, 1) else {
@@ -202,7 +211,10 @@ fn without_event_fork_the_child_is_not_registered(memory: MemoryType) {
         }
     });
     outcome.assert_success();
-    assert!(uffd.read_event().unwrap().is_none(), "{memory:?}: unexpected event");
+    assert!(
+        uffd.read_event().unwrap().is_none(),
+        "{memory:?}: unexpected event"
+    );
 }
 
 fn dropping_unread_fork_events_closes_their_descriptors() {

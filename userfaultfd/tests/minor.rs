@@ -15,7 +15,10 @@ const SHARED: [MemoryType; 2] = [MemoryType::Shmem, MemoryType::Hugetlb];
 
 /// A region whose pages are in the page cache (written through a second view that stays
 /// mapped), and which is not yet mapped in its own view.
-fn populated_through_second_view(memory: MemoryType, pages: usize) -> Option<(Arc<Region>, Region)> {
+fn populated_through_second_view(
+    memory: MemoryType,
+    pages: usize,
+) -> Option<(Arc<Region>, Region)> {
     let region = Region::new(memory, pages)?;
     let view = region.second_view();
     for i in 0..pages {
@@ -140,7 +143,11 @@ fn continue_with_write_protect_then_write_protect_fault() {
         assert_eq!(mapped.unwrap(), ps as u64);
         let wp_addr = expect_fault(&uffd, FaultKind::WriteProtected, ReadWrite::Write);
         assert_eq!(wp_addr, addr);
-        assert_eq!(view.read_page(0)[7], pattern(0, ps)[7], "{memory:?}: written early");
+        assert_eq!(
+            view.read_page(0)[7],
+            pattern(0, ps)[7],
+            "{memory:?}: written early"
+        );
         uffd.remove_write_protection(addr, ps, true).unwrap();
         join_timeout(writer);
         // Shared memory: the write shows through the other view.
@@ -192,9 +199,17 @@ fn continue_errors() {
     let err = uffd
         .register_with_mode(region.addr(), region.len(), RegisterMode::MINOR)
         .unwrap_err();
-    assert!(matches!(err, Error::RegisterFailed(Errno::EINVAL)), "{err:?}");
+    assert!(
+        matches!(err, Error::RegisterFailed(Errno::EINVAL)),
+        "{err:?}"
+    );
     let ioctls = uffd.register(region.addr(), region.len()).unwrap();
     assert!(!ioctls.contains(IoctlFlags::CONTINUE), "{ioctls:?}");
-    let err = uffd.r#continue(region.addr(), region.len(), true).unwrap_err();
-    assert!(matches!(err, Error::ContinueFailed(Errno::EINVAL)), "{err:?}");
+    let err = uffd
+        .r#continue(region.addr(), region.len(), true)
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::ContinueFailed(Errno::EINVAL)),
+        "{err:?}"
+    );
 }

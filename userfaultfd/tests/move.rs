@@ -12,7 +12,11 @@ use userfaultfd::{Errno, Error, Event, FeatureFlags, MoveMode, RegisterMode, Uff
 
 /// A descriptor for moving into anonymous memory; `None` (skip) before Linux 6.8.
 fn move_uffd() -> Option<Uffd> {
-    uffd_for(MemoryType::Anonymous, RegisterMode::MISSING, FeatureFlags::MOVE)
+    uffd_for(
+        MemoryType::Anonymous,
+        RegisterMode::MISSING,
+        FeatureFlags::MOVE,
+    )
 }
 
 /// An anonymous source of `pages` pages filled with `pattern(i)`, in base pages (a large
@@ -36,7 +40,13 @@ fn resident(region: &Region, i: usize) -> bool {
     vec[0] & 1 != 0
 }
 
-fn mv(uffd: &Uffd, src: *mut u8, dst: *mut u8, len: usize, mode: MoveMode) -> userfaultfd::Result<usize> {
+fn mv(
+    uffd: &Uffd,
+    src: *mut u8,
+    dst: *mut u8,
+    len: usize,
+    mode: MoveMode,
+) -> userfaultfd::Result<usize> {
     // SAFETY: both ranges are test mappings that hold no Rust object.
     unsafe { uffd.r#move(src.cast(), dst.cast(), len, mode) }
 }
@@ -60,11 +70,18 @@ fn move_serves_a_fault_and_empties_the_source() {
         assert!(resident(&src, i));
         let done = mv(&uffd, src.page(i), addr.cast(), ps, MoveMode::empty());
         assert_eq!(done.unwrap(), ps);
-        assert!(!resident(&src, i), "page {i}: the source is still populated");
+        assert!(
+            !resident(&src, i),
+            "page {i}: the source is still populated"
+        );
     }
     let (page0, page1) = join_timeout(reader);
     assert!(page0 == pattern(0, ps) && page1 == pattern(1, ps));
-    assert!(src.read_page(0).iter().chain(&src.read_page(1)).all(|&b| b == 0));
+    assert!(src
+        .read_page(0)
+        .iter()
+        .chain(&src.read_page(1))
+        .all(|&b| b == 0));
 }
 
 #[test]
@@ -127,7 +144,10 @@ fn move_onto_populated_pages_is_eexist_or_partial() {
     assert!(resident(&src, 1), "a failed move must leave the source");
 
     let err = mv(&uffd, src.ptr(), dst.ptr(), 2 * ps, MoveMode::empty()).unwrap_err();
-    assert!(matches!(err, Error::PartiallyCopied(n) if n == ps), "{err:?}");
+    assert!(
+        matches!(err, Error::PartiallyCopied(n) if n == ps),
+        "{err:?}"
+    );
     assert!(dst.read_page(0) == pattern(0, ps));
     assert!(dst.read_page(1) == data);
     assert!(!resident(&src, 0) && resident(&src, 1));
@@ -143,7 +163,8 @@ fn move_of_a_page_shared_with_a_child_is_ebusy() {
     uffd.register(dst.addr(), dst.len()).unwrap();
     let mut pipe = [0; 2];
     // SAFETY: `pipe` has room for two descriptors.
-    assert_eq!(unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    let r = unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(r, 0);
     let child = spawn_child(|_| {
         // SAFETY: closes the inherited write end, then blocks until the parent closes its own.
         unsafe {
@@ -166,7 +187,10 @@ fn move_of_a_page_shared_with_a_child_is_ebusy() {
     // With the child gone, the page is marked exclusive again at the next write fault (the
     // kernel reuses it instead of copying); then it moves.
     src.write_page(0, &pattern(0, ps));
-    assert_eq!(mv(&uffd, src.ptr(), dst.ptr(), ps, MoveMode::empty()).unwrap(), ps);
+    assert_eq!(
+        mv(&uffd, src.ptr(), dst.ptr(), ps, MoveMode::empty()).unwrap(),
+        ps
+    );
     assert!(dst.read_page(0) == pattern(0, ps));
 }
 

@@ -109,7 +109,11 @@ fn created_and_adopted_descriptors_report_the_same_features() {
         }
         assert_eq!(uffd.features(), expected, "created with {features:?}");
         let adopted = Uffd::from(OwnedFd::from(uffd));
-        assert_eq!(adopted.features(), expected, "adopted, created with {features:?}");
+        assert_eq!(
+            adopted.features(),
+            expected,
+            "adopted, created with {features:?}"
+        );
     }
 }
 
@@ -122,7 +126,10 @@ fn adopting_another_kind_of_descriptor() {
     assert_eq!(uffd.features(), FeatureFlags::empty());
     let region = Region::new(MemoryType::Anonymous, 1).unwrap();
     let err = uffd.register(region.addr(), region.len()).unwrap_err();
-    assert!(matches!(err, Error::RegisterFailed(Errno::ENOTTY)), "{err:?}");
+    assert!(
+        matches!(err, Error::RegisterFailed(Errno::ENOTTY)),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("UFFDIO_REGISTER"), "{err}");
 }
 

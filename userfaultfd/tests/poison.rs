@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use support::{kernel_lacks, pattern, run_in_child, spawn_named, uffd_for, wait_event};
 use support::{MemoryType, Region};
-use userfaultfd::{Errno, Error, Event, FeatureFlags, IoctlFlags, RegisterMode, Uffd};
 use userfaultfd::UffdBuilder;
+use userfaultfd::{Errno, Error, Event, FeatureFlags, IoctlFlags, RegisterMode, Uffd};
 
 /// The features to poison `memory`, or `None` (skip) when the kernel lacks them.
 fn poison_features(memory: MemoryType) -> Option<FeatureFlags> {
@@ -38,7 +38,9 @@ fn touching_a_poisoned_page_raises_sigbus() {
         let outcome = run_in_child(|report| {
             let uffd = new_uffd(features)?;
             let ps = region.page_size();
-            let ioctls = uffd.register(region.addr(), region.len()).map_err(|e| e.to_string())?;
+            let ioctls = uffd
+                .register(region.addr(), region.len())
+                .map_err(|e| e.to_string())?;
             if !ioctls.contains(IoctlFlags::POISON) {
                 return Err(format!("no POISON in {ioctls:?}"));
             }
@@ -81,7 +83,8 @@ fn poisoning_a_page_a_thread_waits_on_raises_sigbus_in_it() {
         let outcome = run_in_child(|report| {
             let uffd = new_uffd(features)?;
             let ps = region.page_size();
-            uffd.register(region.addr(), region.len()).map_err(|e| e.to_string())?;
+            uffd.register(region.addr(), region.len())
+                .map_err(|e| e.to_string())?;
             let reader = {
                 let region = Arc::clone(&region);
                 spawn_named("reader", move || region.read_page(0))
@@ -127,7 +130,7 @@ fn poisoning_a_populated_page_is_eexist() {
         assert!(err.to_string().contains("UFFDIO_POISON"), "{err}");
         assert!(region.read_page(1) == data, "{memory:?}");
         // SAFETY: rejected: unaligned.
-        let result = unsafe { uffd.poison(region.ptr().add(1).cast(), ps, true) };
+        let result = unsafe { uffd.poison(region.ptr().wrapping_add(1).cast(), ps, true) };
         assert!(
             matches!(result, Err(Error::PoisonFailed(Errno::EINVAL))),
             "{memory:?}: {result:?}"

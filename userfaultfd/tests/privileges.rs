@@ -24,7 +24,10 @@ fn become_nobody() -> Result<(), String> {
     };
     // SAFETY: geteuid has no memory effects.
     if !ok || unsafe { libc::geteuid() } != NOBODY {
-        return Err(format!("dropping privileges: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "dropping privileges: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     Ok(())
 }

@@ -65,7 +65,10 @@ fn a_batch_holds_every_pending_fault() {
         assert_eq!(faults, expected, "{memory:?}: one fault per page");
         assert_eq!(seen_tids, tids, "{memory:?}: one fault per thread");
         // Nothing more: an empty batch.
-        assert_eq!(uffd.read_events(&mut EventBuffer::new(16)).unwrap().len(), 0);
+        assert_eq!(
+            uffd.read_events(&mut EventBuffer::new(16)).unwrap().len(),
+            0
+        );
 
         for (i, &addr) in faults.iter().enumerate() {
             let data = pattern(i, ps);
@@ -74,7 +77,10 @@ fn a_batch_holds_every_pending_fault() {
                 .unwrap();
         }
         for (i, reader) in readers.into_iter().enumerate() {
-            assert!(join_timeout(reader) == pattern(i, ps), "{memory:?} page {i}");
+            assert!(
+                join_timeout(reader) == pattern(i, ps),
+                "{memory:?} page {i}"
+            );
         }
     }
 }
@@ -165,7 +171,10 @@ fn a_blocking_read_interrupted_by_a_signal_is_retried() {
         action.sa_sigaction = count_signal as *const () as usize;
         action.sa_flags = 0; // no SA_RESTART: the read returns EINTR
         libc::sigemptyset(&mut action.sa_mask);
-        assert_eq!(libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()), 0);
+        assert_eq!(
+            libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()),
+            0
+        );
     }
     let uffd = Arc::new(UffdBuilder::new().close_on_exec(true).create().unwrap());
     let region = Arc::new(Region::new(memory, 1).unwrap());
@@ -195,8 +204,15 @@ fn a_blocking_read_interrupted_by_a_signal_is_retried() {
     wait_until(|| SIGNALS.load(Ordering::SeqCst) == 1, "the signal handler");
     // The read was interrupted and retried: the reader is blocked in it again.
     let gave_up = || returned.load(Ordering::SeqCst);
-    wait_until(|| gave_up() || in_read(), "the reader to block in read(2) again");
-    assert!(!gave_up(), "read_event returned after the signal: {:?}", join_timeout(reader));
+    wait_until(
+        || gave_up() || in_read(),
+        "the reader to block in read(2) again",
+    );
+    assert!(
+        !gave_up(),
+        "read_event returned after the signal: {:?}",
+        join_timeout(reader)
+    );
 
     let faulting = {
         let region = Arc::clone(&region);
@@ -224,7 +240,10 @@ fn an_unknown_event_code_is_unrecognized() {
     let mut msg = [0u8; 32];
     msg[0] = 0x42;
     let result = userfaultfd::decode_untrusted(&msg, FeatureFlags::empty());
-    assert!(matches!(result, Err(Error::UnrecognizedEvent(0x42))), "{result:?}");
+    assert!(
+        matches!(result, Err(Error::UnrecognizedEvent(0x42))),
+        "{result:?}"
+    );
     // A page fault message decodes.
     msg[0] = userfaultfd::sys::UFFD_EVENT_PAGEFAULT;
     assert!(userfaultfd::decode_untrusted(&msg, FeatureFlags::empty()).is_ok());

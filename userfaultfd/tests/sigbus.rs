@@ -116,7 +116,10 @@ fn a_signal_handler_serves_the_fault_and_no_event_is_queued() {
             }
             let at = SIGNAL_ADDR.load(Ordering::SeqCst);
             if at != region.ptr() as usize + 100 {
-                return Err(format!("SIGBUS at {at:#x}, access at {:p}+100", region.ptr()));
+                return Err(format!(
+                    "SIGBUS at {at:#x}, access at {:p}+100",
+                    region.ptr()
+                ));
             }
             if byte != data[100] || region.read_page(0) != data {
                 return Err("the page does not hold the handler's bytes".into());

@@ -40,7 +40,10 @@ impl Reader {
     #[track_caller]
     fn assert_still_blocked(&self, what: &str) {
         std::thread::sleep(Duration::from_millis(50));
-        assert!(!self.done.load(Ordering::SeqCst), "{what}: the reader went on");
+        assert!(
+            !self.done.load(Ordering::SeqCst),
+            "{what}: the reader went on"
+        );
         assert!(
             blocked_in_userfault(self.tid),
             "{what}: the reader is not blocked in the fault"

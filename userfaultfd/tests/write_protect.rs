@@ -81,7 +81,10 @@ fn copy_with_write_protect_then_write_protect_fault() {
         let mut expected = data;
         expected[5] = 0xee;
         assert!(region.read_page(0) == expected, "{memory:?}");
-        assert!(uffd.read_event().unwrap().is_none(), "{memory:?}: extra event");
+        assert!(
+            uffd.read_event().unwrap().is_none(),
+            "{memory:?}: extra event"
+        );
     }
 }
 
@@ -110,7 +113,10 @@ fn write_protect_populated_page() {
             spawn_named("reader", move || region.read_page(0))
         };
         assert!(join_timeout(reader) == data, "{memory:?}: read");
-        assert!(uffd.read_event().unwrap().is_none(), "{memory:?}: a read faulted");
+        assert!(
+            uffd.read_event().unwrap().is_none(),
+            "{memory:?}: a read faulted"
+        );
 
         let writer = start_writer(&region, 0x11);
         expect_fault(

@@ -22,7 +22,10 @@ fn zeropage_serves_read_faults_with_zeros() {
         };
         let region = Arc::new(Region::new(memory, 2).unwrap());
         let ioctls = uffd.register(region.addr(), region.len()).unwrap();
-        assert!(ioctls.contains(IoctlFlags::ZEROPAGE), "{memory:?}: {ioctls:?}");
+        assert!(
+            ioctls.contains(IoctlFlags::ZEROPAGE),
+            "{memory:?}: {ioctls:?}"
+        );
         let reader = {
             let region = Arc::clone(&region);
             spawn_named("reader", move || (region.read_page(0), region.read_page(1)))
@@ -63,7 +66,10 @@ fn zeropage_resolves_a_write_fault_without_a_second_event() {
         assert_eq!((kind, rw), (FaultKind::Missing, ReadWrite::Write));
         zeropage(&uffd, addr.cast(), region.page_size()).unwrap();
         join_timeout(writer);
-        assert!(uffd.read_event().unwrap().is_none(), "{memory:?}: second event");
+        assert!(
+            uffd.read_event().unwrap().is_none(),
+            "{memory:?}: second event"
+        );
         let page = region.read_page(0);
         assert_eq!(page[10], 0xab, "{memory:?}");
         assert_eq!(page.iter().filter(|&&b| b != 0).count(), 1, "{memory:?}");
@@ -118,7 +124,10 @@ fn zeropage_on_hugetlb_is_einval() {
     let ioctls = uffd.register(region.addr(), region.len()).unwrap();
     assert!(!ioctls.contains(IoctlFlags::ZEROPAGE), "{ioctls:?}");
     let err = zeropage(&uffd, region.ptr(), region.len()).unwrap_err();
-    assert!(matches!(err, Error::ZeropageFailed(Errno::EINVAL)), "{err:?}");
+    assert!(
+        matches!(err, Error::ZeropageFailed(Errno::EINVAL)),
+        "{err:?}"
+    );
     let text = err.to_string();
     assert!(
         text.contains("UFFDIO_ZEROPAGE") && text.contains("EINVAL"),

@@ -91,5 +91,9 @@ pub fn wait_readable(uffd: &Uffd) {
     // SAFETY: `pfd` is one valid pollfd.
     let r = unsafe { libc::poll(&mut pfd, 1, TIMEOUT.as_millis() as libc::c_int) };
     assert_eq!(r, 1, "no event pending within {TIMEOUT:?}");
-    assert_eq!(pfd.revents & libc::POLLERR, 0, "POLLERR: is the descriptor blocking?");
+    assert_eq!(
+        pfd.revents & libc::POLLERR,
+        0,
+        "POLLERR: is the descriptor blocking?"
+    );
 }
