@@ -442,3 +442,81 @@ fn every_variant_names_its_operation() {
         }
     }
 }
+
+/// A mapping of a regular file is neither anonymous, shmem nor hugetlbfs.
+#[test]
+fn register_of_a_regular_file_mapping_is_einval() {
+    let Some(uffd) = uffd_for(
+        MemoryType::Anonymous,
+        RegisterMode::MISSING,
+        FeatureFlags::empty(),
+    ) else {
+        return;
+    };
+    let file = std::fs::File::open(std::env::current_exe().unwrap()).unwrap();
+    // SAFETY: a new read-only private mapping of the test executable, unmapped below.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            0,
+        )
+    };
+    assert_ne!(ptr, libc::MAP_FAILED);
+    let result = uffd.register(ptr, 4096);
+    // SAFETY: unmaps the mapping made above.
+    unsafe { libc::munmap(ptr, 4096) };
+    let err = result.unwrap_err();
+    assert!(
+        matches!(err, Error::RegisterFailed(Errno::EINVAL)),
+        "{err:?}"
+    );
+    assert_display(&err, &["the memory type must support the mode"]);
+}
+
+/// A shmem mapping longer than its file: a copy past the end of the file is EFAULT.
+#[test]
+fn copy_beyond_the_end_of_a_shmem_file_is_efault() {
+    let Some(uffd) = uffd_for(
+        MemoryType::Shmem,
+        RegisterMode::MISSING,
+        FeatureFlags::empty(),
+    ) else {
+        return;
+    };
+    // SAFETY: the name is NUL-terminated.
+    let fd = unsafe { libc::memfd_create(c"short".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0);
+    // SAFETY: sizes our memfd to one page and maps two pages of it, then closes it (the
+    // mapping keeps the file).
+    let ptr = unsafe {
+        assert_eq!(libc::ftruncate(fd, 4096), 0);
+        let ptr = libc::mmap(
+            std::ptr::null_mut(),
+            2 * 4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        );
+        libc::close(fd);
+        ptr
+    };
+    assert_ne!(ptr, libc::MAP_FAILED);
+    uffd.register(ptr, 2 * 4096).unwrap();
+    let data = [3u8; 4096];
+    let second_page = ptr.wrapping_byte_add(4096);
+    // SAFETY: our mapping; the kernel refuses the page past the end of the file.
+    let beyond = unsafe { uffd.copy(data.as_ptr().cast(), second_page, 4096, true) };
+    // SAFETY: the first page is inside the file and missing.
+    let inside = unsafe { uffd.copy(data.as_ptr().cast(), ptr, 4096, true) };
+    // SAFETY: unmaps the mapping made above.
+    unsafe { libc::munmap(ptr, 2 * 4096) };
+    let err = beyond.unwrap_err();
+    assert!(matches!(err, Error::CopyFailed(Errno::EFAULT)), "{err:?}");
+    assert_display(&err, &["beyond the end of the shmem/hugetlbfs file"]);
+    assert_eq!(inside.unwrap(), 4096);
+}

@@ -165,6 +165,12 @@ fn continue_errors() {
             continue;
         };
         let ps = region.page_size();
+        // Not registered yet.
+        let err = uffd.r#continue(region.addr(), ps, true).unwrap_err();
+        assert!(
+            matches!(err, Error::ContinueFailed(Errno::ENOENT)),
+            "{memory:?}: {err:?}"
+        );
         uffd.register_with_mode(region.addr(), region.len(), RegisterMode::MINOR)
             .unwrap();
         // Nothing in the page cache.

@@ -117,6 +117,12 @@ fn poisoning_a_populated_page_is_eexist() {
             continue;
         };
         let ps = region.page_size();
+        // SAFETY: not registered yet: the kernel refuses, nothing is poisoned.
+        let result = unsafe { uffd.poison(region.addr(), ps, true) };
+        assert!(
+            matches!(result, Err(Error::PoisonFailed(Errno::ENOENT))),
+            "{memory:?}: {result:?}"
+        );
         uffd.register(region.addr(), region.len()).unwrap();
         let data = pattern(2, ps);
         // SAFETY: populates page 1 of our test mapping.
