@@ -37,6 +37,10 @@ pub enum FaultKind {
 /// Non-cooperative events (`Fork`, `Remap`, `Remove`, `Unmap`) are reported only when their
 /// feature was enabled; while one is pending and unread, ioctls that change the address space
 /// fail with `EAGAIN`.
+///
+/// `Event` is `Send` and `Sync` (userfaultfd 0.9's was neither): its pointers are addresses
+/// in the registered memory, reported for the handler to pass back to the kernel, never
+/// dereferenced by this crate. A handler thread can hand events to workers.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Event {
@@ -55,6 +59,12 @@ pub enum Event {
     },
     /// The process forked (`FeatureFlags::EVENT_FORK`): `uffd` is the child's userfaultfd,
     /// with the parent's registrations, owned by this event (dropping it closes it).
+    ///
+    /// The forking thread waits, inside `fork(2)`, until this event is read. If the handler
+    /// runs in the same process, it must read the event without first taking a lock the
+    /// forking thread holds: glibc's `fork` holds the `malloc` locks, so a handler that
+    /// allocates before reading this event deadlocks the process. Reading events allocates
+    /// nothing; keep the handler's path to `read_event` allocation-free too.
     Fork {
         /// The child's userfaultfd.
         uffd: Uffd,
@@ -85,6 +95,12 @@ pub enum Event {
         end: *mut c_void,
     },
 }
+
+// SAFETY: the raw pointers in `Event` are plain addresses that this crate never dereferences
+// (see the type's docs); `Uffd` is `Send + Sync`. Nothing in an `Event` is tied to a thread.
+unsafe impl Send for Event {}
+// SAFETY: as above; `Event` has no interior mutability.
+unsafe impl Sync for Event {}
 
 /// A message decoded without taking ownership of anything: a fork's descriptor is a number.
 pub(crate) enum Decoded {

@@ -19,6 +19,10 @@ bitflags! {
         const PAGEFAULT_FLAG_WP = sys::UFFD_FEATURE_PAGEFAULT_FLAG_WP;
         /// [`Event::Fork`](crate::Event::Fork) on `fork(2)`. Linux 4.11. Requires
         /// `CAP_SYS_PTRACE` (since about 5.10): without it creation fails with `EPERM`.
+        ///
+        /// Each `fork` then waits for its event to be read: see
+        /// [`Event::Fork`](crate::Event::Fork) for the deadlock to avoid in a handler that
+        /// runs in the forking process.
         const EVENT_FORK = sys::UFFD_FEATURE_EVENT_FORK;
         /// [`Event::Remap`](crate::Event::Remap) on a moving `mremap(2)`. Linux 4.11.
         const EVENT_REMAP = sys::UFFD_FEATURE_EVENT_REMAP;

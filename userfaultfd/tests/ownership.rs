@@ -1,6 +1,6 @@
 //! Ownership of the descriptor: `into_raw_fd` gives it up without closing it (0.9 closed it a
 //! second time), `OwnedFd` conversions both ways, `try_clone` shares the userfaultfd, and
-//! `features()` is the same for a created and an adopted descriptor. `Uffd` is `Send + Sync`.
+//! `features()` is the same for a created and an adopted descriptor. `Uffd` and `Event` are `Send + Sync`.
 
 mod support;
 
@@ -10,10 +10,12 @@ use std::sync::Arc;
 use support::{join_timeout, pattern, spawn_named, wait_event, MemoryType, Region};
 use userfaultfd::{Errno, Error, Event, FeatureFlags, Uffd, UffdBuilder};
 
-// Compile-time: a `Uffd` can be shared by and moved between threads.
+// Compile-time: a `Uffd`, and the events read from it, can be shared by and moved between
+// threads (a handler hands events to workers).
 const _: fn() = || {
     fn send_and_sync<T: Send + Sync>() {}
     send_and_sync::<Uffd>();
+    send_and_sync::<Event>();
 };
 
 fn create(features: FeatureFlags) -> Uffd {
