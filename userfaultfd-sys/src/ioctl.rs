@@ -27,8 +27,41 @@ use crate::{
     UFFDIO,
 };
 
-/// The architecture's `_IOC` field layout.
-mod encoding {
+/// An `_IOC` field layout: how wide the size field is and how the direction is encoded.
+///
+/// Public so that the encodings of other architectures can be computed (and tested against
+/// the C compiler) on any host; [`IocEncoding::TARGET`] is the one this crate's request codes
+/// use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IocEncoding {
+    /// Width of the argument-size field (`_IOC_SIZEBITS`).
+    pub size_bits: u32,
+    /// `_IOC_NONE`.
+    pub none: u32,
+    /// `_IOC_READ`: the kernel writes the argument (user space reads it).
+    pub read: u32,
+    /// `_IOC_WRITE`: the kernel reads the argument.
+    pub write: u32,
+}
+
+impl IocEncoding {
+    /// `include/uapi/asm-generic/ioctl.h`: x86, arm, arm64, riscv, s390, loongarch, ...
+    pub const GENERIC: IocEncoding = IocEncoding {
+        size_bits: 14,
+        none: 0,
+        read: 2,
+        write: 1,
+    };
+
+    /// `arch/{powerpc,mips,sparc}/include/uapi/asm/ioctl.h`: 13 size bits, 3 direction bits.
+    pub const POWERPC_MIPS_SPARC: IocEncoding = IocEncoding {
+        size_bits: 13,
+        none: 1,
+        read: 2,
+        write: 4,
+    };
+
+    /// The encoding of the target this crate is compiled for.
     #[cfg(any(
         target_arch = "powerpc",
         target_arch = "powerpc64",
@@ -39,13 +72,9 @@ mod encoding {
         target_arch = "sparc",
         target_arch = "sparc64"
     ))]
-    mod layout {
-        pub const SIZEBITS: u32 = 13;
-        pub const NONE: u32 = 1;
-        pub const READ: u32 = 2;
-        pub const WRITE: u32 = 4;
-    }
+    pub const TARGET: IocEncoding = IocEncoding::POWERPC_MIPS_SPARC;
 
+    /// The encoding of the target this crate is compiled for.
     #[cfg(not(any(
         target_arch = "powerpc",
         target_arch = "powerpc64",
@@ -56,48 +85,48 @@ mod encoding {
         target_arch = "sparc",
         target_arch = "sparc64"
     )))]
-    mod layout {
-        pub const SIZEBITS: u32 = 14;
-        pub const NONE: u32 = 0;
-        pub const READ: u32 = 2;
-        pub const WRITE: u32 = 1;
+    pub const TARGET: IocEncoding = IocEncoding::GENERIC;
+
+    /// `_IOC(dir, type, nr, size)` in this encoding: 8 bits of number, 8 bits of type, then
+    /// the size, then the direction.
+    ///
+    /// Panics (at compile time where it is evaluated in a constant) if `size` does not fit the
+    /// size field.
+    pub const fn ioc(self, dir: u32, ty: u32, nr: u32, size: usize) -> u32 {
+        const NR_SHIFT: u32 = 0;
+        const TYPE_SHIFT: u32 = 8;
+        const SIZE_SHIFT: u32 = 16;
+        assert!(
+            size < (1 << self.size_bits),
+            "ioctl argument too large for _IOC"
+        );
+        let dir_shift = SIZE_SHIFT + self.size_bits;
+        (dir << dir_shift) | (ty << TYPE_SHIFT) | (nr << NR_SHIFT) | ((size as u32) << SIZE_SHIFT)
     }
-
-    pub use layout::{NONE, READ, SIZEBITS, WRITE};
 }
-
-const NRBITS: u32 = 8;
-const TYPEBITS: u32 = 8;
-const NRSHIFT: u32 = 0;
-const TYPESHIFT: u32 = NRSHIFT + NRBITS;
-const SIZESHIFT: u32 = TYPESHIFT + TYPEBITS;
-const DIRSHIFT: u32 = SIZESHIFT + encoding::SIZEBITS;
 
 /// The kernel's `_IOC(dir, type, nr, size)` for this target.
 ///
 /// Panics at compile time (these are only evaluated in constants) if `size` does not fit the
 /// architecture's size field.
 pub const fn ioc(dir: u32, ty: u32, nr: u32, size: usize) -> u32 {
-    assert!(
-        size < (1 << encoding::SIZEBITS),
-        "ioctl argument too large for _IOC"
-    );
-    (dir << DIRSHIFT) | (ty << TYPESHIFT) | (nr << NRSHIFT) | ((size as u32) << SIZESHIFT)
+    IocEncoding::TARGET.ioc(dir, ty, nr, size)
 }
 
 /// The kernel's `_IO(type, nr)`: no argument struct.
 pub const fn io(ty: u32, nr: u32) -> u32 {
-    ioc(encoding::NONE, ty, nr, 0)
+    ioc(IocEncoding::TARGET.none, ty, nr, 0)
 }
 
 /// The kernel's `_IOR(type, nr, T)`: the kernel writes `T`.
 pub const fn ior<T>(ty: u32, nr: u32) -> u32 {
-    ioc(encoding::READ, ty, nr, size_of::<T>())
+    ioc(IocEncoding::TARGET.read, ty, nr, size_of::<T>())
 }
 
 /// The kernel's `_IOWR(type, nr, T)`: the kernel reads and writes `T`.
 pub const fn iowr<T>(ty: u32, nr: u32) -> u32 {
-    ioc(encoding::READ | encoding::WRITE, ty, nr, size_of::<T>())
+    let e = IocEncoding::TARGET;
+    ioc(e.read | e.write, ty, nr, size_of::<T>())
 }
 
 /// A request code in the type `libc::ioctl` takes on this target. Codes with the top bit set
