@@ -454,6 +454,17 @@ fn register_of_a_regular_file_mapping_is_einval() {
         return;
     };
     let file = std::fs::File::open(std::env::current_exe().unwrap()).unwrap();
+    // The executable must be on a filesystem that is not shmem: a tmpfs file (an initramfs, a
+    // tmpfs /tmp) is shmem, which userfaultfd does support.
+    // SAFETY: `statfs` is plain data; fstatfs fills it.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and a writable statfs.
+    let r = unsafe { libc::fstatfs(std::os::fd::AsRawFd::as_raw_fd(&file), &mut fs) };
+    assert_eq!(r, 0, "fstatfs: {}", std::io::Error::last_os_error());
+    if fs.f_type == libc::TMPFS_MAGIC {
+        support::machine_lacks("the test executable on a filesystem other than tmpfs");
+        return;
+    }
     // SAFETY: a new read-only private mapping of the test executable, unmapped below.
     let ptr = unsafe {
         libc::mmap(
