@@ -60,7 +60,10 @@ fn a_million_random_messages_decode_or_are_unrecognized() {
         }
     }
     // Both paths were exercised many times.
-    assert!(known > 400_000 && unknown > 400_000, "{known} known, {unknown} unknown");
+    assert!(
+        known > 400_000 && unknown > 400_000,
+        "{known} known, {unknown} unknown"
+    );
 }
 
 #[test]
@@ -69,6 +72,10 @@ fn every_code_outside_the_five_events_is_unrecognized() {
         let mut msg = [0xffu8; 32];
         msg[0] = code;
         let result = decode_untrusted(&msg, FeatureFlags::all());
-        assert_eq!(result.is_ok(), KNOWN.contains(&code), "code {code:#x}: {result:?}");
+        assert_eq!(
+            result.is_ok(),
+            KNOWN.contains(&code),
+            "code {code:#x}: {result:?}"
+        );
     }
 }
