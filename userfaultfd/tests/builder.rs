@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use support::Region;
-use support::{join_timeout, machine_lacks, pattern, spawn_named, wait_event, MemoryType};
+use support::{join_timeout, pattern, spawn_named, wait_event, MemoryType};
 use userfaultfd::{Errno, Error, Event, FaultKind, FeatureFlags, IoctlFlags, ReadWrite};
 use userfaultfd::{Uffd, UffdBuilder};
 
@@ -48,13 +48,10 @@ fn every_probed_feature_can_be_required() {
         .contains(IoctlFlags::API | IoctlFlags::REGISTER | IoctlFlags::UNREGISTER));
     assert!(caps.missing(caps.features()).is_empty());
     assert_eq!(caps.missing(FUTURE_FEATURE), FUTURE_FEATURE);
-    // SAFETY: geteuid has no memory effects.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        machine_lacks("root, for CAP_SYS_PTRACE (EVENT_FORK)");
-    }
     let mut features = caps.features();
-    if !root {
+    if !support::privileged() {
+        let all = UffdBuilder::new().require_features(features).create();
+        support::assert_refused_for_privilege("EVENT_FORK", all, &["CAP_SYS_PTRACE"]);
         features -= FeatureFlags::EVENT_FORK;
     }
     let uffd = UffdBuilder::new()
@@ -168,14 +165,21 @@ fn without_user_mode_only_kernel_faults_reach_the_handler() {
         .user_mode_only(false)
         .non_blocking(true)
         .create();
-    let uffd = match created {
-        Ok(uffd) => uffd,
-        Err(e @ Error::CreateFailed { .. }) => {
-            machine_lacks(&format!("the privilege to handle kernel faults: {e}"));
-            return;
-        }
-        Err(e) => panic!("{e}"),
-    };
+    let sysctl = std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd");
+    if !support::privileged() && sysctl.is_ok_and(|v| v.trim() == "0") {
+        // Handling kernel faults is a privilege: the error names each way that refused.
+        support::assert_refused_for_privilege(
+            "user_mode_only(false)",
+            created,
+            &[
+                "/dev/userfaultfd",
+                "vm.unprivileged_userfaultfd is 0",
+                "CAP_SYS_PTRACE",
+            ],
+        );
+        return;
+    }
+    let uffd = created.expect("root handles kernel faults");
     let region = Arc::new(Region::new(MemoryType::Anonymous, 1).unwrap());
     uffd.register(region.addr(), region.len()).unwrap();
     let access = start_kernel_access(&region);

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use support::{join_timeout, machine_lacks, pattern, spawn_child, spawn_named, wait_event};
+use support::{join_timeout, pattern, spawn_child, spawn_named, wait_event};
 use support::{kernel_lacks, run_in_child, MemoryType, Region, TIMEOUT};
 use userfaultfd::UffdBuilder;
 use userfaultfd::{Errno, Error, Event, EventBuffer, FeatureFlags, RegisterMode, Uffd};
@@ -40,14 +40,16 @@ fn fork_uffd(memory: MemoryType) -> Option<Uffd> {
         .non_blocking(true)
         .require_features(features)
         .create();
-    match created {
-        Ok(uffd) => Some(uffd),
-        Err(Error::ApiFailed(Errno::EPERM)) => {
-            machine_lacks("CAP_SYS_PTRACE, which EVENT_FORK needs (run the tests as root)");
-            None
-        }
-        Err(e) => panic!("creating a userfaultfd with EVENT_FORK: {e}"),
+    if !support::privileged() {
+        // Without CAP_SYS_PTRACE, EVENT_FORK is refused, and the error says so.
+        assert!(
+            matches!(created, Err(Error::ApiFailed(Errno::EPERM))),
+            "{created:?}"
+        );
+        support::assert_refused_for_privilege("EVENT_FORK", created, &["CAP_SYS_PTRACE"]);
+        return None;
     }
+    Some(created.expect("creating a userfaultfd with EVENT_FORK"))
 }
 
 /// The file a descriptor of this process refers to.

@@ -60,3 +60,33 @@ pub fn uffd_for(memory: MemoryType, mode: RegisterMode, extra: FeatureFlags) -> 
             .expect("creating a userfaultfd with supported features"),
     )
 }
+
+/// Whether the tests run with root's privileges (CAP_SYS_PTRACE in particular). ci/unprivileged
+/// runs the suite again as uid 65534.
+pub fn privileged() -> bool {
+    // SAFETY: geteuid has no memory effects.
+    (unsafe { libc::geteuid() }) == 0
+}
+
+/// For an operation the tests' process is not privileged to do: asserts that it failed, and
+/// that its message says why (each of `reasons` appears in it). What is not allowed must fail
+/// clearly, so this is a result, not a skip.
+#[track_caller]
+pub fn assert_refused_for_privilege<T: std::fmt::Debug>(
+    what: &str,
+    result: userfaultfd::Result<T>,
+    reasons: &[&str],
+) {
+    let err = match result {
+        Ok(v) => panic!("{what} succeeded without privilege: {v:?}"),
+        Err(e) => e,
+    };
+    let shown = err.to_string();
+    for reason in reasons {
+        assert!(
+            shown.contains(reason),
+            "{what}: {shown:?} does not mention {reason:?}"
+        );
+    }
+    eprintln!("unprivileged, as expected: {what}: {shown}");
+}
