@@ -46,10 +46,7 @@ fn binding_constants() -> Vec<(String, u64)> {
             let value = rest.split_once('=').expect("= VALUE").1.trim();
             // A literal may carry a type suffix (`102u8`, for a character constant).
             let value = value.trim_end_matches(';').replace('_', "");
-            let value = value
-                .split(|c: char| c == 'u' || c == 'i')
-                .next()
-                .unwrap_or_default();
+            let value = value.split(['u', 'i']).next().unwrap_or_default();
             let value = value.parse::<u64>().unwrap_or_else(|_| {
                 panic!("constant {name} has a value this test cannot parse: {value}")
             });
@@ -252,7 +249,7 @@ fn items_of_the_real_header_are_identical_to_ours() {
     // Every header has the Linux 4.3 core; that it was found proves the program read it.
     for key in ["ioctl UFFDIO_COPY", "const UFFD_API", "sizeof uffd_msg"] {
         assert!(
-            header.get(key).is_some(),
+            header.contains_key(key),
             "the header program did not report {key}"
         );
     }
