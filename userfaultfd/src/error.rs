@@ -104,6 +104,16 @@ pub enum Error {
     /// The `PAGEMAP_SCAN` ioctl on `/proc/self/pagemap` (dirty-page tracking) failed, or the
     /// pagemap file could not be opened.
     PagemapScanFailed(Errno),
+
+    /// An argument was rejected before any system call, because the kernel would misread it
+    /// silently (an unaligned length that `PAGEMAP_SCAN` rounds up) or the call could not work
+    /// (a blocking descriptor for the async reader). `errno()` is `EINVAL`.
+    InvalidArgument {
+        /// The operation, e.g. `"DirtyTracker::collect_written"`.
+        operation: &'static str,
+        /// What is wrong and what to do.
+        reason: &'static str,
+    },
 }
 
 /// The operations errors are reported for, to pick the explanation of an `errno`.
@@ -219,6 +229,9 @@ fn explain(op: Op, e: Errno) -> &'static str {
             "part of the range is not registered with a WP_ASYNC userfaultfd in \
              write-protect mode"
         }
+        (Op::PagemapScan, Errno::ENOENT | Errno::EACCES) => {
+            "/proc/self/pagemap could not be opened: is procfs mounted?"
+        }
         (Op::PagemapScan, Errno::EINVAL) => {
             "PAGEMAP_SCAN rejected the arguments: unaligned start, or a kernel older than 6.7"
         }
@@ -256,6 +269,7 @@ impl Error {
             | Error::MoveFailed(e)
             | Error::PagemapScanFailed(e) => Some(*e),
             Error::PartiallyCopied(_) => Some(Errno::EAGAIN),
+            Error::InvalidArgument { .. } => Some(Errno::EINVAL),
             Error::CreateFailed { syscall, .. } => Some(*syscall),
             Error::OpenDevUserfaultfd(e) => e.raw_os_error().map(Errno::from_raw),
             Error::UnsupportedFeatures(_) => Some(Errno::EINVAL),
@@ -335,6 +349,9 @@ impl fmt::Display for Error {
                 "the userfaultfd does not allow the required ioctls; it allows {supported:?}"
             ),
             Error::OpenDevUserfaultfd(e) => write!(f, "opening /dev/userfaultfd failed: {e}"),
+            Error::InvalidArgument { operation, reason } => {
+                write!(f, "{operation}: invalid argument: {reason}")
+            }
             Error::UnsupportedFeatures(missing) => write!(
                 f,
                 "UFFDIO_API: the running kernel does not support the required features \

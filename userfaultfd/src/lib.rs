@@ -8,7 +8,7 @@
 //! [`Uffd::r#move`](Uffd::move)). This is how virtual machine monitors restore snapshots
 //! lazily, how post-copy live migration and CRIU's lazy pages work, and — with write
 //! protection — how garbage collectors and databases track the pages written since a point
-//! in time.
+//! in time ([`dirty::DirtyTracker`]).
 //!
 //! ```no_run
 //! use userfaultfd::{Event, UffdBuilder};
@@ -43,7 +43,8 @@
 //!
 //! One module per ioctl under `src/ioctl/` (see the table in that module's source), creation
 //! in `builder.rs` and `open.rs`, event reading in `read.rs` and decoding in `event.rs`,
-//! run-time probing in `probe.rs`.
+//! run-time probing in `probe.rs`, dirty-page tracking
+//! (`PAGEMAP_SCAN`) in `dirty/`.
 //!
 //! # Privileges
 //!
@@ -55,6 +56,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
+pub mod dirty;
 mod errno;
 mod error;
 mod event;
