@@ -46,6 +46,11 @@
 //! run-time probing in `probe.rs`, dirty-page tracking
 //! (`PAGEMAP_SCAN`) in `dirty/`.
 //!
+//! # Cargo features
+//!
+//! - `tokio`: `AsyncUffd`, an event reader for tokio runtimes (over tokio's `AsyncFd`).
+//! - `linux4_14`, `linux5_7`, `linux5_13`: kept from userfaultfd 0.9, and do nothing.
+//!
 //! # Privileges
 //!
 //! Creating a userfaultfd needs one of: read-write access to `/dev/userfaultfd` (Linux 6.1+,
@@ -55,6 +60,8 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "tokio")]
+mod async_uffd;
 mod builder;
 pub mod dirty;
 mod errno;
@@ -67,6 +74,9 @@ mod probe;
 mod read;
 mod uffd;
 
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub use async_uffd::AsyncUffd;
 pub use builder::UffdBuilder;
 pub use errno::Errno;
 pub use error::{Error, Result};

@@ -25,6 +25,14 @@ impl EventBuffer {
     pub fn capacity(&self) -> usize {
         self.0.len()
     }
+
+    /// The first `count` messages, just read, as events decoded for `features`.
+    pub(crate) fn events(&self, count: usize, features: FeatureFlags) -> Events<'_> {
+        Events {
+            msgs: self.0[..count].iter(),
+            features,
+        }
+    }
 }
 
 impl std::fmt::Debug for EventBuffer {
@@ -102,11 +110,13 @@ impl Uffd {
     ///
     /// As [`read_event`](Self::read_event).
     pub fn read_events<'a>(&self, buf: &'a mut EventBuffer) -> Result<Events<'a>> {
-        let count = self.read_msgs(&mut buf.0)?;
-        Ok(Events {
-            msgs: buf.0[..count].iter(),
-            features: self.features(),
-        })
+        let count = self.fill(buf)?;
+        Ok(buf.events(count, self.features()))
+    }
+
+    /// Reads whole messages into `buf`; returns how many (0: none pending, non-blocking).
+    pub(crate) fn fill(&self, buf: &mut EventBuffer) -> Result<usize> {
+        self.read_msgs(&mut buf.0)
     }
 
     /// Reads whole messages into `msgs`; returns how many (0: none pending, non-blocking).

@@ -1,0 +1,122 @@
+//! [`AsyncUffd`]: reading events inside a tokio runtime (cargo feature `tokio`).
+
+use std::io;
+use std::os::fd::AsRawFd;
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+use crate::{Errno, Error, Event, EventBuffer, Events, Result, Uffd};
+
+/// A [`Uffd`] whose events are read with `.await`, without blocking a runtime thread.
+///
+/// The descriptor is registered with tokio's reactor ([`AsyncFd`]); a read waits for
+/// readiness, then reads without blocking, and clears the readiness when the read finds
+/// nothing (`EAGAIN`), so the next `.await` waits for the kernel again.
+///
+/// The descriptor must be non-blocking (`UffdBuilder::non_blocking(true)`): the kernel reports
+/// `POLLERR` to `poll`/`epoll` on a blocking userfaultfd, so readiness could never be awaited.
+/// [`AsyncUffd::new`] checks this rather than changing the flag, because the flag belongs to
+/// the open file, which clones ([`Uffd::try_clone`]) share.
+///
+/// # Cancellation safety
+///
+/// [`read_event`](Self::read_event) and [`read_events`](Self::read_events) are cancellation
+/// safe: an event is read from the kernel only in the same poll that returns it, so dropping
+/// the future (in `select!`, on a timeout) never loses an event.
+///
+/// ```no_run
+/// # async fn serve() -> userfaultfd::Result<()> {
+/// use userfaultfd::{AsyncUffd, Event, UffdBuilder};
+/// let uffd = AsyncUffd::new(UffdBuilder::new().non_blocking(true).create()?)?;
+/// loop {
+///     if let Event::Pagefault { addr, .. } = uffd.read_event().await? {
+///         let page = [0u8; 4096];
+///         // SAFETY: `addr` is in a registered mapping that holds no Rust object.
+///         unsafe { uffd.get_ref().copy(page.as_ptr().cast(), addr, 4096, true)? };
+///     }
+/// }
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct AsyncUffd {
+    fd: AsyncFd<Uffd>,
+}
+
+impl AsyncUffd {
+    /// Registers a non-blocking `uffd` with the current tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] if `uffd` is blocking; [`Error::SystemError`] if the
+    /// reactor refuses the descriptor.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime (tokio's [`AsyncFd::new`] panics there).
+    pub fn new(uffd: Uffd) -> Result<AsyncUffd> {
+        // SAFETY: F_GETFL reads the descriptor's status flags.
+        let flags = unsafe { libc::fcntl(uffd.as_raw_fd(), libc::F_GETFL) };
+        if flags < 0 {
+            return Err(Error::SystemError(Errno::last()));
+        }
+        if flags & libc::O_NONBLOCK == 0 {
+            return Err(Error::InvalidArgument {
+                operation: "AsyncUffd::new",
+                reason: "the userfaultfd is blocking, and epoll reports POLLERR for a blocking \
+                         userfaultfd: create it with UffdBuilder::non_blocking(true)",
+            });
+        }
+        // SAFETY: `Uffd` owns its descriptor (an `OwnedFd`): it stays open, refers to the same
+        // file, and `as_raw_fd` returns the same number until the `AsyncFd` gives it back
+        // (`into_inner`) or drops it. `AsyncUffd` never hands out `&mut Uffd`.
+        let fd = unsafe { AsyncFd::register_with_interest(uffd, Interest::READABLE) }
+            .map_err(|e| io_error(e.into()))?;
+        Ok(AsyncUffd { fd })
+    }
+
+    /// The descriptor, for the ioctls that resolve faults (`copy`, `wake`, ...).
+    pub fn get_ref(&self) -> &Uffd {
+        self.fd.get_ref()
+    }
+
+    /// Deregisters from the reactor and returns the descriptor.
+    pub fn into_inner(self) -> Uffd {
+        self.fd.into_inner()
+    }
+
+    /// Waits for and reads one event.
+    ///
+    /// # Errors
+    ///
+    /// As [`Uffd::read_event`].
+    pub async fn read_event(&self) -> Result<Event> {
+        loop {
+            let mut guard = self.fd.readable().await.map_err(io_error)?;
+            match guard.get_inner().read_event()? {
+                Some(event) => return Ok(event),
+                None => guard.clear_ready(),
+            }
+        }
+    }
+
+    /// Waits until at least one event is pending, and reads up to `buf.capacity()` events.
+    ///
+    /// # Errors
+    ///
+    /// As [`Uffd::read_events`].
+    pub async fn read_events<'a>(&self, buf: &'a mut EventBuffer) -> Result<Events<'a>> {
+        let count = loop {
+            let mut guard = self.fd.readable().await.map_err(io_error)?;
+            match guard.get_inner().fill(buf)? {
+                0 => guard.clear_ready(),
+                n => break n,
+            }
+        };
+        Ok(buf.events(count, self.get_ref().features()))
+    }
+}
+
+fn io_error(e: io::Error) -> Error {
+    Error::SystemError(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+}
