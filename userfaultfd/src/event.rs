@@ -110,6 +110,7 @@ pub(crate) enum Decoded {
 
 /// Decodes one message. `features` are the descriptor's: they decide whether the thread id
 /// field means anything.
+#[inline]
 pub(crate) fn decode(msg: &sys::uffd_msg, features: FeatureFlags) -> Result<Decoded> {
     let event = match msg.event {
         sys::UFFD_EVENT_PAGEFAULT => {
@@ -183,6 +184,7 @@ impl Event {
     ///
     /// `msg` must come from the kernel (a fork event's `ufd` is then a new descriptor that
     /// only this message refers to), and be decoded at most once.
+    #[inline]
     pub(crate) unsafe fn from_msg(msg: &sys::uffd_msg, features: FeatureFlags) -> Result<Event> {
         match decode(msg, features)? {
             Decoded::Event(event) => Ok(event),

@@ -2,7 +2,7 @@
 //! fill. Nothing is allocated per event: messages are read into the caller's buffer (or the
 //! stack) and decoded in place.
 
-use std::mem::size_of;
+use std::mem::{size_of, MaybeUninit};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use crate::event::{decode, Decoded};
@@ -55,6 +55,7 @@ pub struct Events<'a> {
 impl Iterator for Events<'_> {
     type Item = Result<Event>;
 
+    #[inline]
     fn next(&mut self) -> Option<Result<Event>> {
         let msg = self.msgs.next()?;
         // SAFETY: `msg` was just read from the kernel, and the iterator yields it once.
@@ -91,12 +92,24 @@ impl Uffd {
     ///
     /// [`Error::SystemError`] for a failed `read(2)`, [`Error::ReadEof`],
     /// [`Error::IncompleteMsg`], [`Error::UnrecognizedEvent`].
+    #[inline]
     pub fn read_event(&self) -> Result<Option<Event>> {
-        let mut msg = [sys::uffd_msg::default()];
-        match self.read_msgs(&mut msg)? {
-            0 => Ok(None),
-            // SAFETY: the message was just read from the kernel and is decoded once.
-            _ => unsafe { Event::from_msg(&msg[0], self.features()) }.map(Some),
+        // The hot path of every handler: one read of one message into the stack, no
+        // zeroing, and the decoding inlined into the caller.
+        let mut msg = MaybeUninit::<sys::uffd_msg>::uninit();
+        loop {
+            // SAFETY: `msg` is writable for MSG_SIZE bytes.
+            let n = unsafe { libc::read(self.as_raw_fd(), msg.as_mut_ptr().cast(), MSG_SIZE) };
+            if n == MSG_SIZE as isize {
+                // SAFETY: the kernel wrote a whole message (any bytes are a valid `uffd_msg`),
+                // which is decoded once.
+                return unsafe { Event::from_msg(msg.assume_init_ref(), self.features()) }
+                    .map(Some);
+            }
+            match read_outcome(n)? {
+                ReadOutcome::Interrupted => continue,
+                ReadOutcome::Messages(_) => return Ok(None),
+            }
         }
     }
 
@@ -109,6 +122,7 @@ impl Uffd {
     /// # Errors
     ///
     /// As [`read_event`](Self::read_event).
+    #[inline]
     pub fn read_events<'a>(&self, buf: &'a mut EventBuffer) -> Result<Events<'a>> {
         let count = self.fill(buf)?;
         Ok(buf.events(count, self.features()))
@@ -131,19 +145,35 @@ impl Uffd {
                     std::mem::size_of_val(msgs),
                 )
             };
-            return match n {
-                n if n < 0 => match Errno::last() {
-                    Errno::EINTR => continue,
-                    Errno::EAGAIN => Ok(0),
-                    errno => Err(Error::SystemError(errno)),
-                },
-                0 => Err(Error::ReadEof),
-                n if n as usize % MSG_SIZE != 0 => Err(Error::IncompleteMsg {
-                    read: n as usize % MSG_SIZE,
-                    expected: MSG_SIZE,
-                }),
-                n => Ok(n as usize / MSG_SIZE),
-            };
+            match read_outcome(n)? {
+                ReadOutcome::Interrupted => continue,
+                ReadOutcome::Messages(count) => return Ok(count),
+            }
         }
+    }
+}
+
+/// What a `read(2)` of messages returned, other than an error.
+enum ReadOutcome {
+    /// `EINTR`: read again.
+    Interrupted,
+    /// This many whole messages (0: none pending on a non-blocking descriptor).
+    Messages(usize),
+}
+
+/// Interprets the return value of a `read(2)` of messages.
+fn read_outcome(n: isize) -> Result<ReadOutcome> {
+    match n {
+        n if n < 0 => match Errno::last() {
+            Errno::EINTR => Ok(ReadOutcome::Interrupted),
+            Errno::EAGAIN => Ok(ReadOutcome::Messages(0)),
+            errno => Err(Error::SystemError(errno)),
+        },
+        0 => Err(Error::ReadEof),
+        n if n as usize % MSG_SIZE != 0 => Err(Error::IncompleteMsg {
+            read: n as usize % MSG_SIZE,
+            expected: MSG_SIZE,
+        }),
+        n => Ok(ReadOutcome::Messages(n as usize / MSG_SIZE)),
     }
 }

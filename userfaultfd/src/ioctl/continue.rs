@@ -23,6 +23,7 @@ impl Uffd {
     /// [`Error::PartiallyCopied`], or [`Error::ContinueFailed`]: `EFAULT` when a page is not
     /// in the page cache (populate it through another mapping first), `EEXIST` when already
     /// mapped, plus the cases of [`copy`](Self::copy).
+    #[inline]
     pub fn r#continue(&self, start: *mut c_void, len: usize, wake: bool) -> Result<u64> {
         let mode = if wake {
             ContinueMode::empty()
@@ -39,6 +40,7 @@ impl Uffd {
     /// # Errors
     ///
     /// As [`r#continue`](Self::continue); `EINVAL` for a mode the kernel does not know.
+    #[inline]
     pub fn continue_with_mode(
         &self,
         start: *mut c_void,

@@ -28,6 +28,7 @@ impl Uffd {
     ///   non-cooperative event is pending (read the events, then retry); `ENOENT`: the
     ///   destination is not (entirely) registered; `ESRCH`: the faulting process exited;
     ///   `EINVAL`: unaligned or empty range.
+    #[inline]
     pub unsafe fn copy(
         &self,
         src: *const c_void,
@@ -56,6 +57,7 @@ impl Uffd {
     ///
     /// As [`copy`](Self::copy); `EINVAL` also for `WRITE_PROTECT` on a range not registered
     /// for write protection.
+    #[inline]
     pub unsafe fn copy_with_mode(
         &self,
         src: *const c_void,

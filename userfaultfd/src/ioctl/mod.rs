@@ -35,6 +35,7 @@ use crate::{Errno, Error, Result};
 /// `request` must be an ioctl whose argument is a `T` (the kernel reads and may write
 /// `size_of::<T>()` bytes at `arg`), and the ioctl must not have effects the caller has not
 /// accounted for (for example, placing pages in memory other code assumes it owns).
+#[inline]
 pub(crate) unsafe fn ioctl<T>(
     fd: BorrowedFd<'_>,
     request: libc::Ioctl,
@@ -62,6 +63,7 @@ pub(crate) unsafe fn ioctl<T>(
 /// - any other errno: nothing was done, `failed(errno)`.
 ///
 /// The field is never trusted to be non-negative: a negative value is never cast to `usize`.
+#[inline]
 pub(crate) fn bytes_done(
     outcome: std::result::Result<libc::c_int, Errno>,
     field: i64,
@@ -81,11 +83,13 @@ pub(crate) fn bytes_done(
 }
 
 /// The `u64` the kernel expects for an address.
+#[inline]
 pub(crate) fn addr<T>(ptr: *const T) -> u64 {
     ptr as usize as u64
 }
 
 /// The `u64` the kernel expects for a length.
+#[inline]
 pub(crate) fn len(len: usize) -> u64 {
     len as u64
 }
@@ -93,6 +97,7 @@ pub(crate) fn len(len: usize) -> u64 {
 /// The `uffdio_range` for `[start, start + len)`. The kernel validates it (alignment, zero
 /// length, overflow, the address-space limit) and answers `EINVAL`; checking here too would
 /// only duplicate that with a chance of disagreeing.
+#[inline]
 pub(crate) fn range(start: *mut libc::c_void, len: usize) -> userfaultfd_sys::uffdio_range {
     userfaultfd_sys::uffdio_range {
         start: addr(start),

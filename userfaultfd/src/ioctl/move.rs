@@ -27,6 +27,7 @@ impl Uffd {
     /// without `ALLOW_SRC_HOLES`, `EBUSY` when a source page is shared (after `fork`, or in the
     /// swap cache), `EEXIST` when a destination page is populated, `EINVAL` for memory that
     /// is not private anonymous, plus the cases of [`copy`](Self::copy).
+    #[inline]
     pub unsafe fn r#move(
         &self,
         src: *const c_void,

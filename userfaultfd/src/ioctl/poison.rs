@@ -22,6 +22,7 @@ impl Uffd {
     ///
     /// [`Error::PartiallyCopied`], or [`Error::PoisonFailed`] with the cases of
     /// [`copy`](Self::copy); `ENOTTY`/`EINVAL` on kernels before 6.6.
+    #[inline]
     pub unsafe fn poison(&self, start: *mut c_void, len: usize, wake: bool) -> Result<usize> {
         let mut poison = sys::uffdio_poison {
             range: range(start, len),

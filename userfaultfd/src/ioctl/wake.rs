@@ -17,6 +17,7 @@ impl Uffd {
     /// # Errors
     ///
     /// [`Error::WakeFailed`]: `EINVAL` for an unaligned or empty range.
+    #[inline]
     pub fn wake(&self, start: *mut c_void, len: usize) -> Result<()> {
         let mut range = range(start, len);
         // SAFETY: UFFDIO_WAKE reads a `uffdio_range`; waking makes faulting threads retry.

@@ -21,6 +21,7 @@ impl Uffd {
     ///
     /// [`Error::WriteProtectFailed`]: `ENOENT` when part of the range is unmapped or not
     /// registered for write protection, `EAGAIN` while a non-cooperative event is pending.
+    #[inline]
     pub fn write_protect(&self, start: *mut c_void, len: usize) -> Result<()> {
         self.writeprotect(start, len, sys::UFFDIO_WRITEPROTECT_MODE_WP)
     }
@@ -31,6 +32,7 @@ impl Uffd {
     /// # Errors
     ///
     /// As [`write_protect`](Self::write_protect).
+    #[inline]
     pub fn remove_write_protection(
         &self,
         start: *mut c_void,
@@ -45,6 +47,7 @@ impl Uffd {
         self.writeprotect(start, len, mode)
     }
 
+    #[inline]
     fn writeprotect(&self, start: *mut c_void, len: usize, mode: u64) -> Result<()> {
         let mut wp = sys::uffdio_writeprotect {
             range: range(start, len),

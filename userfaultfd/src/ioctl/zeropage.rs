@@ -21,6 +21,7 @@ impl Uffd {
     ///
     /// [`Error::PartiallyCopied`] and [`Error::ZeropageFailed`], with the meanings given for
     /// [`copy`](Self::copy).
+    #[inline]
     pub unsafe fn zeropage(&self, start: *mut c_void, len: usize, wake: bool) -> Result<usize> {
         let mut zeropage = sys::uffdio_zeropage {
             range: range(start, len),
