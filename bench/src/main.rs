@@ -1,0 +1,31 @@
+//! Fault-serving benchmarks, side by side in one run: this repository's `userfaultfd`, a raw
+//! loop on `libc::read`/`libc::ioctl` with the request codes of `userfaultfd-sys`, and crates.io
+//! `userfaultfd` 0.9.
+//!
+//! ```text
+//! cargo run --release -- [REPS]            the table (ci/bench runs it)
+//! cargo run --release -- serve IMPL N      serve N faults, faulting with MADV_POPULATE_READ
+//!                                          (for valgrind --tool=callgrind; see ci/bench)
+//! ```
+
+mod handlers;
+mod memory;
+mod scenarios;
+mod stats;
+
+use handlers::Impl;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("serve") => {
+            let which = Impl::parse(&args[1]).expect("IMPL is raw, ours or v09");
+            let n: usize = args[2].parse().expect("N");
+            scenarios::serve_populate(which, n);
+        }
+        reps => {
+            let reps = reps.map_or(11, |r| r.parse().expect("REPS"));
+            scenarios::table(reps);
+        }
+    }
+}
