@@ -11,9 +11,9 @@ use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use libc::c_void;
-use support::{kernel_lacks, MemoryType, Region};
+use support::{kernel_lacks, new_uffd, MemoryType, Region};
 use userfaultfd::{
-    ContinueMode, CopyMode, Errno, Error, FeatureFlags, MoveMode, RegisterMode, Uffd, UffdBuilder,
+    ContinueMode, CopyMode, Errno, Error, FeatureFlags, MoveMode, RegisterMode, Uffd,
 };
 
 /// One public operation, called on `[start, start + len)`.
@@ -162,15 +162,6 @@ fn open_descriptors() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
-fn new_uffd(features: FeatureFlags) -> Uffd {
-    UffdBuilder::new()
-        .close_on_exec(true)
-        .non_blocking(true)
-        .require_features(features)
-        .create()
-        .expect("creating a userfaultfd")
-}
-
 #[test]
 fn every_operation_rejects_every_kind_of_bad_input() {
     let needed = FeatureFlags::PAGEFAULT_FLAG_WP
@@ -189,7 +180,7 @@ fn every_operation_rejects_every_kind_of_bad_input() {
 
     // Ranges the kernel rejects before looking at any mapping: EINVAL from every operation.
     {
-        let uffd = new_uffd(FeatureFlags::PAGEFAULT_FLAG_WP);
+        let uffd = new_uffd(FeatureFlags::PAGEFAULT_FLAG_WP).unwrap();
         let region = Region::new(MemoryType::Anonymous, 2).unwrap();
         let ps = region.page_size();
         let base = region.addr();
@@ -211,7 +202,7 @@ fn every_operation_rejects_every_kind_of_bad_input() {
 
     // A mapped range registered with no descriptor.
     {
-        let uffd = new_uffd(FeatureFlags::PAGEFAULT_FLAG_WP);
+        let uffd = new_uffd(FeatureFlags::PAGEFAULT_FLAG_WP).unwrap();
         let region = Region::new(MemoryType::Anonymous, 1).unwrap();
         let enoent = Expect::Err(Errno::ENOENT);
         for op in &ops {
@@ -232,7 +223,7 @@ fn every_operation_rejects_every_kind_of_bad_input() {
     // Memory types that do not support the operation or mode.
     {
         let anon = Region::new(MemoryType::Anonymous, 1).unwrap();
-        let uffd = new_uffd(FeatureFlags::MINOR_SHMEM);
+        let uffd = new_uffd(FeatureFlags::MINOR_SHMEM).unwrap();
         let err = uffd
             .register_with_mode(anon.addr(), anon.len(), RegisterMode::MINOR)
             .unwrap_err();
@@ -249,7 +240,7 @@ fn every_operation_rejects_every_kind_of_bad_input() {
         check("MOVE into shmem", mv, result, einval);
 
         if let Some(huge) = Region::new(MemoryType::Hugetlb, 1) {
-            let uffd = new_uffd(FeatureFlags::MISSING_HUGETLBFS);
+            let uffd = new_uffd(FeatureFlags::MISSING_HUGETLBFS).unwrap();
             uffd.register(huge.addr(), huge.len()).unwrap();
             let zp = ops.iter().find(|o| o.name == "zeropage").unwrap();
             let result = (zp.call)(&uffd, huge.addr(), huge.len(), &scratch);
@@ -259,8 +250,8 @@ fn every_operation_rejects_every_kind_of_bad_input() {
 
     // A range registered with another descriptor.
     {
-        let owner = new_uffd(FeatureFlags::empty());
-        let other = new_uffd(FeatureFlags::empty());
+        let owner = new_uffd(FeatureFlags::empty()).unwrap();
+        let other = new_uffd(FeatureFlags::empty()).unwrap();
         let region = Region::new(MemoryType::Anonymous, 1).unwrap();
         owner.register(region.addr(), region.len()).unwrap();
         for op in ops.iter().filter(|o| o.name.starts_with("register")) {

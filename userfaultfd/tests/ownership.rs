@@ -7,8 +7,11 @@ mod support;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::Arc;
 
-use support::{join_timeout, pattern, spawn_named, wait_event, MemoryType, Region};
-use userfaultfd::{Errno, Error, Event, FeatureFlags, Uffd, UffdBuilder};
+use support::{join_timeout, new_uffd, pattern, spawn_named, wait_event, MemoryType, Region};
+
+/// The features these tests require, which every kernel since 6.0 supports.
+const SUPPORTED: &str = "features this kernel supports (6.0+)";
+use userfaultfd::{Errno, Error, Event, FeatureFlags, Uffd};
 
 // Compile-time: a `Uffd`, and the events read from it, can be shared by and moved between
 // threads (a handler hands events to workers).
@@ -17,15 +20,6 @@ const _: fn() = || {
     send_and_sync::<Uffd>();
     send_and_sync::<Event>();
 };
-
-fn create(features: FeatureFlags) -> Uffd {
-    UffdBuilder::new()
-        .close_on_exec(true)
-        .non_blocking(true)
-        .require_features(features)
-        .create()
-        .expect("features this kernel supports (6.0+)")
-}
 
 /// What a descriptor of this process refers to.
 fn fd_target(fd: i32) -> String {
@@ -53,7 +47,7 @@ fn serve_one_fault(registrar: &Uffd, handler: &Uffd) {
 
 #[test]
 fn into_raw_fd_leaves_the_descriptor_open() {
-    let uffd = create(FeatureFlags::THREAD_ID);
+    let uffd = new_uffd(FeatureFlags::THREAD_ID).expect(SUPPORTED);
     let fd = uffd.into_raw_fd();
     // SAFETY: F_GETFD only reads the flags of `fd`, which we now own.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
@@ -67,7 +61,7 @@ fn into_raw_fd_leaves_the_descriptor_open() {
 #[test]
 fn raw_fd_round_trip_keeps_the_userfaultfd() {
     let features = FeatureFlags::THREAD_ID | FeatureFlags::EVENT_REMOVE;
-    let fd = create(features).into_raw_fd();
+    let fd = new_uffd(features).expect(SUPPORTED).into_raw_fd();
     // SAFETY: `fd` is an open userfaultfd that nothing else owns.
     let uffd = unsafe { Uffd::from_raw_fd(fd) };
     assert_eq!(uffd.as_raw_fd(), fd);
@@ -78,7 +72,7 @@ fn raw_fd_round_trip_keeps_the_userfaultfd() {
 #[test]
 fn owned_fd_round_trip_keeps_the_userfaultfd() {
     let features = FeatureFlags::EXACT_ADDRESS;
-    let uffd = create(features);
+    let uffd = new_uffd(features).expect(SUPPORTED);
     let fd = uffd.as_raw_fd();
     let owned: OwnedFd = uffd.into();
     assert_eq!(owned.as_raw_fd(), fd);
@@ -104,7 +98,7 @@ fn created_and_adopted_descriptors_report_the_same_features() {
         if support::kernel_lacks(features).is_some() {
             continue;
         }
-        let uffd = create(features);
+        let uffd = new_uffd(features).expect(SUPPORTED);
         let mut expected = features;
         if features.contains(FeatureFlags::WP_ASYNC) {
             expected |= FeatureFlags::WP_UNPOPULATED;
@@ -139,7 +133,7 @@ fn adopting_another_kind_of_descriptor() {
 /// original faults to the clone, also after the original is closed.
 #[test]
 fn try_clone_shares_the_userfaultfd() {
-    let original = create(FeatureFlags::THREAD_ID);
+    let original = new_uffd(FeatureFlags::THREAD_ID).expect(SUPPORTED);
     let clone = original.try_clone().unwrap();
     assert_ne!(clone.as_raw_fd(), original.as_raw_fd());
     assert_eq!(clone.features(), original.features());
@@ -167,7 +161,7 @@ fn try_clone_shares_the_userfaultfd() {
     assert!(join_timeout(reader) == data);
 
     // Both ways of handling work with clones in two threads at once.
-    let uffd = create(FeatureFlags::empty());
+    let uffd = new_uffd(FeatureFlags::empty()).expect(SUPPORTED);
     let handler = uffd.try_clone().unwrap();
     serve_one_fault(&uffd, &handler);
 }

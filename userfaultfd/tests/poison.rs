@@ -6,24 +6,14 @@ mod support;
 
 use std::sync::Arc;
 
-use support::{kernel_lacks, pattern, run_in_child, spawn_named, uffd_for, wait_event};
+use support::{kernel_lacks, new_uffd, pattern, run_in_child, spawn_named, uffd_for, wait_event};
 use support::{MemoryType, Region};
-use userfaultfd::UffdBuilder;
-use userfaultfd::{Errno, Error, Event, FeatureFlags, IoctlFlags, RegisterMode, Uffd};
+use userfaultfd::{Errno, Error, Event, FeatureFlags, IoctlFlags, RegisterMode};
 
 /// The features to poison `memory`, or `None` (skip) when the kernel lacks them.
 fn poison_features(memory: MemoryType) -> Option<FeatureFlags> {
     let features = memory.features_for(RegisterMode::MISSING) | FeatureFlags::POISON;
     kernel_lacks(features).is_none().then_some(features)
-}
-
-fn new_uffd(features: FeatureFlags) -> Result<Uffd, String> {
-    UffdBuilder::new()
-        .close_on_exec(true)
-        .non_blocking(true)
-        .require_features(features)
-        .create()
-        .map_err(|e| e.to_string())
 }
 
 #[test]
@@ -36,7 +26,7 @@ fn touching_a_poisoned_page_raises_sigbus() {
             continue;
         };
         let outcome = run_in_child(|report| {
-            let uffd = new_uffd(features)?;
+            let uffd = new_uffd(features).map_err(|e| e.to_string())?;
             let ps = region.page_size();
             let ioctls = uffd
                 .register(region.addr(), region.len())
@@ -81,7 +71,7 @@ fn poisoning_a_page_a_thread_waits_on_raises_sigbus_in_it() {
         };
         let region = Arc::new(region);
         let outcome = run_in_child(|report| {
-            let uffd = new_uffd(features)?;
+            let uffd = new_uffd(features).map_err(|e| e.to_string())?;
             let ps = region.page_size();
             uffd.register(region.addr(), region.len())
                 .map_err(|e| e.to_string())?;

@@ -6,22 +6,13 @@ mod support;
 
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
-use support::{kernel_lacks, pattern, run_in_child, MemoryType, Region};
-use userfaultfd::{FeatureFlags, RegisterMode, Uffd, UffdBuilder};
+use support::{kernel_lacks, new_uffd, pattern, run_in_child, MemoryType, Region};
+use userfaultfd::{FeatureFlags, RegisterMode, Uffd};
 
 /// The features for SIGBUS mode on `memory`, or `None` (skip) when the kernel lacks them.
 fn sigbus_features(memory: MemoryType) -> Option<FeatureFlags> {
     let features = memory.features_for(RegisterMode::MISSING) | FeatureFlags::SIGBUS;
     kernel_lacks(features).is_none().then_some(features)
-}
-
-fn new_uffd(features: FeatureFlags) -> Result<Uffd, String> {
-    UffdBuilder::new()
-        .close_on_exec(true)
-        .non_blocking(true)
-        .require_features(features)
-        .create()
-        .map_err(|e| e.to_string())
 }
 
 #[test]
@@ -34,7 +25,7 @@ fn an_access_raises_sigbus() {
             continue;
         };
         let outcome = run_in_child(|report| {
-            let uffd = new_uffd(features)?;
+            let uffd = new_uffd(features).map_err(|e| e.to_string())?;
             uffd.register(region.addr(), region.len())
                 .map_err(|e| e.to_string())?;
             report.note("touching the missing page");
@@ -90,7 +81,8 @@ fn a_signal_handler_serves_the_fault_and_no_event_is_queued() {
         };
         let outcome = run_in_child(|_| {
             let ps = region.page_size();
-            let uffd: &'static Uffd = Box::leak(Box::new(new_uffd(features)?));
+            let uffd: &'static Uffd =
+                Box::leak(Box::new(new_uffd(features).map_err(|e| e.to_string())?));
             uffd.register(region.addr(), region.len())
                 .map_err(|e| e.to_string())?;
             let data: &'static [u8] = pattern(6, ps).leak();

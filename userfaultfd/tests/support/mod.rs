@@ -14,6 +14,7 @@ pub use blocked::{blocked_in_userfault, gettid, wait_blocked_in_userfault};
 pub use child::{run_in_child, spawn_child, ChildExit, ChildOutcome, Reporter, RunningChild};
 pub use memory::{pattern, MemoryType, Region};
 pub use skip::{
-    assert_refused_for_privilege, kernel_lacks, machine_lacks, privileged, strict, uffd_for,
+    assert_refused_for_privilege, kernel_lacks, machine_lacks, new_uffd, privileged, strict,
+    uffd_for,
 };
 pub use timeout::{join_timeout, spawn_named, wait_event, wait_readable, Waitable, TIMEOUT};

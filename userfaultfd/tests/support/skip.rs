@@ -51,14 +51,16 @@ pub fn uffd_for(memory: MemoryType, mode: RegisterMode, extra: FeatureFlags) -> 
     if kernel_lacks(features).is_some() {
         return None;
     }
-    Some(
-        UffdBuilder::new()
-            .close_on_exec(true)
-            .non_blocking(true)
-            .require_features(features)
-            .create()
-            .expect("creating a userfaultfd with supported features"),
-    )
+    Some(new_uffd(features).expect("creating a userfaultfd with supported features"))
+}
+
+/// A close-on-exec, non-blocking descriptor with `features` (the tests' usual kind).
+pub fn new_uffd(features: FeatureFlags) -> userfaultfd::Result<Uffd> {
+    UffdBuilder::new()
+        .close_on_exec(true)
+        .non_blocking(true)
+        .require_features(features)
+        .create()
 }
 
 /// Whether the tests run with root's privileges (CAP_SYS_PTRACE in particular). ci/unprivileged
