@@ -12,7 +12,8 @@
 //! [`DirtyTracker`] does exactly this:
 //!
 //! 1. [`DirtyTracker::new`] creates the descriptor with `WP_ASYNC` (and `WP_UNPOPULATED`,
-//!    which makes never-touched anonymous pages protectable) and opens `/proc/self/pagemap`.
+//!    which makes never-touched anonymous pages protectable) and opens `/proc/self/pagemap`;
+//!    [`DirtyTracker::from_uffd`] takes a descriptor of your own instead.
 //! 2. [`track`](DirtyTracker::track) registers a range in write-protect mode and arms it: every
 //!    page starts clean.
 //! 3. [`collect_written`](DirtyTracker::collect_written) returns the written pages as merged
@@ -35,7 +36,7 @@
 //! | a write through the tracked mapping            | reported  | reported | reported |
 //! | a read (populated or not)                      | not reported | not reported | not reported if the huge page was populated when armed; reported once otherwise |
 //! | `MADV_DONTNEED` of a page                      | reported (its contents are gone: it reads as zero) | not reported (the data stays in the file) | not reported (as shmem) |
-//! | a write through another mapping of the same file, `write(2)`, hole punching | — | not reported | not reported |
+//! | a write through another mapping of the same file, `write(2)` to it, hole punching (`MADV_REMOVE`) | — | not reported | not reported |
 //!
 //! So a page reported as written may not have changed (never a problem for a copy-on-write
 //! snapshot or live migration: it is copied again), but a page not reported was not written
@@ -198,6 +199,10 @@ impl DirtyTracker {
     /// Appends to `out` the address ranges of the pages of `[start, start + len)` written
     /// since the range was tracked or last collected, merged where adjacent and in address
     /// order, and marks them clean again in the same kernel calls.
+    ///
+    /// Each range is `start..end` in bytes (page aligned, `end` exclusive): its pages are
+    /// `(end - start) / page_size`. What counts as written, per memory type (`MADV_DONTNEED`
+    /// included), is in the [module docs](self#what-counts-as-written).
     ///
     /// The range must be tracked in full (by this tracker, or by any userfaultfd with
     /// `WP_ASYNC`). `out` is not cleared, so one `Vec` can be reused without allocating.
