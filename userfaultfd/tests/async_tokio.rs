@@ -54,9 +54,12 @@ fn pages_for(memory: MemoryType) -> usize {
     }
 }
 
+/// A faulting thread: it returns each page it read, with its index.
+type Faulting = support::Waitable<Vec<(usize, Vec<u8>)>>;
+
 /// Four OS threads, each reading its share of `region`'s pages (each read blocks in a fault
 /// until served); they return what they read.
-fn fault_from_threads(region: &Arc<Region>) -> Vec<support::Waitable<Vec<(usize, Vec<u8>)>>> {
+fn fault_from_threads(region: &Arc<Region>) -> Vec<Faulting> {
     let share = region.pages() / 4;
     (0..4)
         .map(|t| {
@@ -71,7 +74,7 @@ fn fault_from_threads(region: &Arc<Region>) -> Vec<support::Waitable<Vec<(usize,
 }
 
 /// Every page the threads read holds its pattern.
-fn verify(region: &Region, threads: Vec<support::Waitable<Vec<(usize, Vec<u8>)>>>) {
+fn verify(region: &Region, threads: Vec<Faulting>) {
     let mut seen = 0;
     for thread in threads {
         for (p, bytes) in join_timeout(thread) {
