@@ -115,6 +115,19 @@ fn untrack_ends_tracking() {
 }
 
 #[test]
+fn a_kernel_without_wp_async_is_named() {
+    let err = Error::UnsupportedFeatures(FeatureFlags::WP_ASYNC);
+    let shown = err.to_string();
+    assert!(shown.contains("WP_ASYNC"), "{shown}");
+    assert!(shown.contains("Linux 6.7"), "{shown}");
+    // On such a kernel (ci/kernel-matrix boots 6.1), creating a tracker gives exactly this.
+    if kernel_lacks(FeatureFlags::WP_ASYNC).is_some() {
+        let err = DirtyTracker::new().unwrap_err();
+        assert!(err.to_string().contains("Linux 6.7"), "{err}");
+    }
+}
+
+#[test]
 fn a_tracker_over_the_callers_descriptor() {
     if kernel_lacks(FeatureFlags::WP_ASYNC).is_some() {
         let uffd = UffdBuilder::new().close_on_exec(true).create().unwrap();
