@@ -2,7 +2,8 @@
 //! `PAGEMAP_SCAN` with `PM_SCAN_WP_MATCHING`) side by side with the classic soft-dirty way
 //! (write "4" to `/proc/self/clear_refs`, read `/proc/self/pagemap`, test bit 55).
 //!
-//! Run: `cargo bench --bench dirty` (Linux 6.7+, soft-dirty needs CONFIG_MEM_SOFT_DIRTY).
+//! Run: `cargo bench --bench dirty` (Linux 6.7+, soft-dirty needs CONFIG_MEM_SOFT_DIRTY);
+//! `DIRTY_BENCH_MIB=256 cargo bench --bench dirty` tracks 256 MiB instead of 1 GiB.
 //! Each cell is the median (and min–max) over repetitions of: write the given share of the
 //! pages, then time one "which pages were written, and re-arm" cycle.
 
@@ -13,7 +14,12 @@ use std::time::{Duration, Instant};
 
 use userfaultfd::dirty::DirtyTracker;
 
-const LEN: usize = 1 << 30;
+/// The tracked size: 1 GiB, or `DIRTY_BENCH_MIB` MiB (for small machines and VMs).
+fn len() -> usize {
+    let mib =
+        std::env::var("DIRTY_BENCH_MIB").map_or(1024, |v| v.parse().expect("DIRTY_BENCH_MIB"));
+    mib << 20
+}
 const REPS: usize = 9;
 const SOFT_DIRTY: u64 = 1 << 55;
 
@@ -39,10 +45,10 @@ fn map(len: usize) -> *mut u8 {
 }
 
 /// Writes one byte to every `stride`-th page.
-fn write_pages(base: *mut u8, stride: usize, round: u8) -> usize {
+fn write_pages(base: *mut u8, len: usize, stride: usize, round: u8) -> usize {
     let page = page_size();
     let mut n = 0;
-    for p in (0..LEN / page).step_by(stride) {
+    for p in (0..len / page).step_by(stride) {
         // SAFETY: inside the mapping.
         unsafe { base.add(p * page).write_volatile(round) };
         n += 1;
@@ -75,20 +81,24 @@ fn soft_dirty_cycle(pagemap: &File, clear_refs: &mut File, base: *mut u8, buf: &
 
 fn main() {
     let page = page_size();
-    let pages = LEN / page;
-    println!("dirty-page tracking of 1 GiB ({pages} pages), median (min-max) of {REPS} cycles");
+    let len = len();
+    let pages = len / page;
+    println!(
+        "dirty-page tracking of {} MiB ({pages} pages), median (min-max) of {REPS} cycles",
+        len >> 20
+    );
     println!(
         "{:>14} {:>26} {:>26} {:>8}",
         "pages written", "PAGEMAP_SCAN+WP (ours)", "soft-dirty", "ratio"
     );
 
-    let tracked = map(LEN);
-    write_pages(tracked, 1, 0); // populated, as a real heap would be
+    let tracked = map(len);
+    write_pages(tracked, len, 1, 0); // populated, as a real heap would be
     let mut tracker = DirtyTracker::new().expect("DirtyTracker (Linux 6.7+)");
-    tracker.track(tracked.cast(), LEN).unwrap();
+    tracker.track(tracked.cast(), len).unwrap();
 
-    let soft = map(LEN);
-    write_pages(soft, 1, 0);
+    let soft = map(len);
+    write_pages(soft, len, 1, 0);
     let pagemap = File::open("/proc/self/pagemap").unwrap();
     let mut clear_refs = OpenOptions::new()
         .write(true)
@@ -102,17 +112,17 @@ fn main() {
     for stride in [100, 10, 1] {
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for round in 0..REPS {
-            let n = write_pages(tracked, stride, round as u8);
+            let n = write_pages(tracked, len, stride, round as u8);
             ranges.clear();
             let t = Instant::now();
             tracker
-                .collect_written(tracked.cast(), LEN, &mut ranges)
+                .collect_written(tracked.cast(), len, &mut ranges)
                 .unwrap();
             ours.push(t.elapsed());
             let found: usize = ranges.iter().map(|r| r.len() / page).sum();
             assert_eq!(found, n, "PAGEMAP_SCAN found every written page");
 
-            write_pages(soft, stride, round as u8);
+            write_pages(soft, len, stride, round as u8);
             let t = Instant::now();
             let dirty = soft_dirty_cycle(&pagemap, &mut clear_refs, soft, &mut buf);
             theirs.push(t.elapsed());
@@ -139,14 +149,14 @@ fn main() {
     for round in 0..REPS {
         ranges.clear();
         tracker
-            .collect_written(tracked.cast(), LEN, &mut ranges)
+            .collect_written(tracked.cast(), len, &mut ranges)
             .unwrap();
         let t = Instant::now();
-        write_pages(tracked, 1, round as u8);
+        write_pages(tracked, len, 1, round as u8);
         armed.push(t.elapsed());
         soft_dirty_cycle(&pagemap, &mut clear_refs, soft, &mut buf);
         let t = Instant::now();
-        write_pages(soft, 1, round as u8);
+        write_pages(soft, len, 1, round as u8);
         plain.push(t.elapsed());
     }
     let ((am, _, _), (pm, _, _)) = (stats(armed), stats(plain));
