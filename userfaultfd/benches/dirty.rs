@@ -34,11 +34,14 @@ fn page_size() -> usize {
     (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }) as usize
 }
 
+/// The number in the environment variable `name`, or `default` when it is not set.
 fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?}: expected a whole number")),
+        Err(_) => default,
+    }
 }
 
 /// A populated private anonymous region of 4 KiB pages.
