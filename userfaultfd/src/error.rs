@@ -352,11 +352,18 @@ impl fmt::Display for Error {
             Error::InvalidArgument { operation, reason } => {
                 write!(f, "{operation}: invalid argument: {reason}")
             }
-            Error::UnsupportedFeatures(missing) => write!(
-                f,
-                "UFFDIO_API: the running kernel does not support the required features \
-                 {missing:?}; userfaultfd::probe() tells what it supports"
-            ),
+            Error::UnsupportedFeatures(missing) => {
+                write!(
+                    f,
+                    "UFFDIO_API: the running kernel does not support the required features \
+                     {missing:?}; userfaultfd::probe() tells what it supports"
+                )?;
+                if missing.contains(FeatureFlags::WP_ASYNC) {
+                    // The one feature a high-level type of this crate needs by itself.
+                    f.write_str(" (WP_ASYNC, which DirtyTracker needs, is in Linux 6.7+)")?;
+                }
+                Ok(())
+            }
             Error::CreateFailed {
                 device,
                 syscall,

@@ -43,12 +43,14 @@
 //!
 //! One module per ioctl under `src/ioctl/` (see the table in that module's source), creation
 //! in `builder.rs` and `open.rs`, event reading in `read.rs` and decoding in `event.rs`,
-//! run-time probing in `probe.rs`, dirty-page tracking
-//! (`PAGEMAP_SCAN`) in `dirty/`.
+//! run-time probing in `probe.rs`, dirty-page tracking in `dirty/` (the public type in
+//! `mod.rs`, the `PAGEMAP_SCAN` call and its resume-from-`walk_end` loop in `scan.rs`), and
+//! the async reader in `async_uffd.rs` (feature `tokio`).
 //!
 //! # Cargo features
 //!
-//! - `tokio`: `AsyncUffd`, an event reader for tokio runtimes (over tokio's `AsyncFd`).
+//! - `tokio`: `AsyncUffd`, an event reader for tokio runtimes (over tokio's `AsyncFd`). Off by
+//!   default: without it, tokio is not in the dependency tree.
 //! - `linux4_14`, `linux5_7`, `linux5_13`: kept from userfaultfd 0.9, and do nothing.
 //!
 //! # Privileges
@@ -78,6 +80,7 @@ mod uffd;
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use async_uffd::AsyncUffd;
 pub use builder::UffdBuilder;
+pub use dirty::DirtyTracker;
 pub use errno::Errno;
 pub use error::{Error, Result};
 pub use event::decode_untrusted;

@@ -167,6 +167,12 @@ impl Region {
         }
     }
 
+    /// The memfd behind a shared type (`None` for anonymous memory).
+    pub fn file(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.file.as_ref().map(|f| f.as_fd())
+    }
+
     /// Start of the region.
     pub fn ptr(&self) -> *mut u8 {
         self.ptr

@@ -6,6 +6,7 @@
 
 pub mod blocked;
 pub mod child;
+pub mod dirty;
 pub mod memory;
 pub mod skip;
 pub mod timeout;
