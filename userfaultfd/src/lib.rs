@@ -64,6 +64,7 @@
 
 #[cfg(feature = "tokio")]
 mod async_uffd;
+mod blocking;
 mod builder;
 pub mod dirty;
 mod errno;
