@@ -318,15 +318,19 @@ pub fn table(reps: usize) {
 /// Serves `n` faults raised by `MADV_POPULATE_READ` (valgrind cannot run a thread that
 /// faults on a registered page: see ci/bench), resolving each with a COPY. The handler is
 /// the main thread, so its instruction count is callgrind's thread 1.
-pub fn serve_populate(which: Impl, n: usize) {
+pub fn serve_populate(which: Impl, n: usize, batch: usize) {
     match which {
-        Impl::Raw => serve_populate_with::<Raw>(n),
-        Impl::Ours => serve_populate_with::<Ours>(n),
-        Impl::V09 => serve_populate_with::<V09>(n),
+        Impl::Raw => serve_populate_with::<Raw>(n, batch),
+        Impl::Ours => serve_populate_with::<Ours>(n, batch),
+        Impl::V09 => serve_populate_with::<V09>(n, batch),
     }
 }
 
-fn serve_populate_with<S: Server>(n: usize) {
+/// Serves `n` faults, each resolved by one COPY; `batch` 1 reads one event per `read`
+/// (`read_event`), more reads through the implementation's batch buffer of that capacity
+/// (`read_events`). One faulting thread, so each batch read returns the one pending event:
+/// what is counted is the batch path's own cost per event.
+fn serve_populate_with<S: Server>(n: usize, batch: usize) {
     let server = S::create(false);
     let region = Arc::new(Mapping::new(n * PAGE, false));
     server.register(region.addr(), region.len);
@@ -344,9 +348,17 @@ fn serve_populate_with<S: Server>(n: usize) {
             );
         })
     };
-    for _ in 0..n {
-        let addr = server.next_fault();
-        server.copy(source.ptr.cast(), addr, PAGE);
+    if batch == 1 {
+        for _ in 0..n {
+            let addr = server.next_fault();
+            server.copy(source.ptr.cast(), addr, PAGE);
+        }
+    } else {
+        let mut buf = server.batch(batch);
+        let mut served = 0;
+        while served < n {
+            served += server.faults(&mut buf, |addr| server.copy(source.ptr.cast(), addr, PAGE));
+        }
     }
     toucher.join().unwrap();
 }
