@@ -4,10 +4,12 @@
 //!
 //! ```text
 //! cargo run --release -- [REPS]            the table (ci/bench runs it)
-//! cargo run --release -- serve IMPL N [B]  serve N faults, faulting with MADV_POPULATE_READ,
-//!                                          reading one event per read (B = 1, the default)
-//!                                          or through a batch buffer of B events
-//!                                          (for valgrind --tool=callgrind; see ci/bench)
+//! cargo run --release -- serve IMPL N [B [T]]
+//!                                          serve N faults made by T threads (default 1)
+//!                                          with MADV_POPULATE_READ, reading one event per
+//!                                          read (B = 1, the default) or through a batch
+//!                                          buffer of B events (for valgrind
+//!                                          --tool=callgrind; see ci/bench)
 //! ```
 
 mod handlers;
@@ -24,8 +26,9 @@ fn main() {
             let which = Impl::parse(&args[1]).expect("IMPL is raw, ours or v09");
             let n: usize = args[2].parse().expect("N");
             let batch: usize = args.get(3).map_or(1, |b| b.parse().expect("B"));
-            assert!(batch >= 1, "B is at least 1");
-            scenarios::serve_populate(which, n, batch);
+            let threads: usize = args.get(4).map_or(1, |t| t.parse().expect("T"));
+            assert!(batch >= 1 && threads >= 1, "B and T are at least 1");
+            scenarios::serve_populate(which, n, batch, threads);
         }
         reps => {
             let reps = reps.map_or(11, |r| r.parse().expect("REPS"));

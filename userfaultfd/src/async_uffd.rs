@@ -113,7 +113,8 @@ impl AsyncUffd {
                 n => break n,
             }
         };
-        Ok(buf.events(count, self.get_ref().features()))
+        // SAFETY: `fill` read `count` (at most the capacity) messages just now.
+        Ok(unsafe { buf.events(count, self.get_ref().features()) })
     }
 }
 
