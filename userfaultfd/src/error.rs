@@ -114,6 +114,17 @@ pub enum Error {
         /// What is wrong and what to do.
         reason: &'static str,
     },
+
+    /// A system call other than `read(2)` and the userfaultfd ioctls failed, or what the
+    /// kernel returned broke its own contract: `operation` says which (for example
+    /// `"fcntl(F_GETFL) on the userfaultfd (AsyncUffd::new)"`), `source` why. `errno()` is
+    /// the source's OS error, if it has one.
+    Io {
+        /// What was being done.
+        operation: &'static str,
+        /// Why it failed.
+        source: io::Error,
+    },
 }
 
 /// The operations errors are reported for, to pick the explanation of an `errno`.
@@ -270,6 +281,7 @@ impl Error {
             | Error::PagemapScanFailed(e) => Some(*e),
             Error::PartiallyCopied(_) => Some(Errno::EAGAIN),
             Error::InvalidArgument { .. } => Some(Errno::EINVAL),
+            Error::Io { source, .. } => source.raw_os_error().map(Errno::from_raw),
             Error::CreateFailed { syscall, .. } => Some(*syscall),
             Error::OpenDevUserfaultfd(e) => e.raw_os_error().map(Errno::from_raw),
             Error::UnsupportedFeatures(_) => Some(Errno::EINVAL),
@@ -352,6 +364,7 @@ impl fmt::Display for Error {
             Error::InvalidArgument { operation, reason } => {
                 write!(f, "{operation}: invalid argument: {reason}")
             }
+            Error::Io { operation, source } => write!(f, "{operation} failed: {source}"),
             Error::UnsupportedFeatures(missing) => {
                 write!(
                     f,
@@ -386,7 +399,7 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::OpenDevUserfaultfd(e) => Some(e),
+            Error::OpenDevUserfaultfd(e) | Error::Io { source: e, .. } => Some(e),
             _ => None,
         }
     }

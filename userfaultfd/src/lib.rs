@@ -74,6 +74,7 @@ mod ioctl;
 mod open;
 mod probe;
 mod read;
+mod rejected;
 mod uffd;
 
 #[cfg(feature = "tokio")]
@@ -88,6 +89,7 @@ pub use event::{Event, FaultKind, ReadWrite};
 pub use flags::{ContinueMode, CopyMode, FeatureFlags, IoctlFlags, MoveMode, RegisterMode};
 pub use probe::{probe, Capabilities};
 pub use read::{EventBuffer, Events};
+pub use rejected::Rejected;
 pub use uffd::Uffd;
 
 /// The raw bindings this crate is built on, for what the safe API does not cover.

@@ -5,13 +5,14 @@ use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
-use crate::FeatureFlags;
+use crate::{Error, FeatureFlags, Rejected};
 
 /// A userfaultfd: the descriptor from which page-fault events are read and on which the
 /// ioctls that resolve them are performed.
 ///
-/// Created by [`UffdBuilder::create`](crate::UffdBuilder::create), adopted from a raw or owned
-/// descriptor, or received in [`Event::Fork`](crate::Event::Fork).
+/// Created by [`UffdBuilder::create`](crate::UffdBuilder::create), adopted from an owned
+/// descriptor (`Uffd::try_from(OwnedFd)`, which checks that it is a userfaultfd) or a raw one
+/// (the unsafe [`FromRawFd`]), or received in [`Event::Fork`](crate::Event::Fork).
 ///
 /// # Ownership
 ///
@@ -40,9 +41,10 @@ impl Uffd {
     /// `WP_UNPOPULATED` which the kernel enables along with `WP_ASYNC`; not what the kernel
     /// could offer, for which see [`probe`](crate::probe)).
     ///
-    /// For a descriptor adopted with [`FromRawFd`] or `From<OwnedFd>`, this is read from
-    /// `/proc/self/fdinfo` (empty if that is not readable or the descriptor is not a
-    /// userfaultfd); a descriptor from [`Event::Fork`](crate::Event::Fork) has its parent's.
+    /// For a descriptor adopted with `TryFrom<OwnedFd>` or [`FromRawFd`], this is read from
+    /// `/proc/self/fdinfo` (empty if that is not readable, or the userfaultfd has not done
+    /// its `UFFDIO_API` handshake); a descriptor from [`Event::Fork`](crate::Event::Fork) has
+    /// its parent's.
     pub fn features(&self) -> FeatureFlags {
         self.features
     }
@@ -54,6 +56,12 @@ impl Uffd {
             fd: self.fd.try_clone()?,
             features: self.features,
         })
+    }
+
+    /// Adopts a descriptor known to be a userfaultfd.
+    fn adopt(fd: OwnedFd) -> Uffd {
+        let features = Uffd::features_from_fdinfo(fd.as_raw_fd());
+        Uffd { fd, features }
     }
 
     /// Reads the features of an adopted descriptor from its fdinfo ("API:\t<api>:<features>:
@@ -104,26 +112,59 @@ impl IntoRawFd for Uffd {
 }
 
 impl FromRawFd for Uffd {
-    /// Adopts `fd`; its features are read from `/proc/self/fdinfo`.
+    /// Adopts `fd` without checking it; its features are read from `/proc/self/fdinfo`.
+    /// `Uffd::try_from(OwnedFd)` checks that the descriptor is a userfaultfd.
     ///
     /// # Safety
     ///
     /// `fd` must be an open userfaultfd descriptor that nothing else owns: the `Uffd` closes
-    /// it when dropped.
+    /// it when dropped, and sends it userfaultfd ioctls, whose request numbers could mean
+    /// something else to another kind of file.
     unsafe fn from_raw_fd(fd: RawFd) -> Uffd {
         // SAFETY: the caller transfers ownership of the open descriptor `fd`.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Uffd::from(fd)
+        Uffd::adopt(fd)
     }
 }
 
-impl From<OwnedFd> for Uffd {
-    /// Adopts an owned userfaultfd descriptor; its features are read from `/proc/self/fdinfo`.
-    /// A descriptor that is not a userfaultfd is accepted, and its ioctls fail with `ENOTTY`
-    /// or `EINVAL`.
-    fn from(fd: OwnedFd) -> Uffd {
-        let features = Uffd::features_from_fdinfo(fd.as_raw_fd());
-        Uffd { fd, features }
+/// Adopting an owned descriptor checks that it is a userfaultfd, so that safe code cannot
+/// send userfaultfd ioctls to another kind of file (where their request numbers could mean
+/// something else).
+///
+/// This is `TryFrom`, not `From`: a conversion that cannot fail would have to accept any
+/// descriptor. userfaultfd 0.9 had neither (only the unsafe [`FromRawFd`], kept as it was).
+impl TryFrom<OwnedFd> for Uffd {
+    type Error = Rejected<OwnedFd>;
+
+    /// Adopts `fd` if it is a userfaultfd (its `/proc/self/fd` link is
+    /// `anon_inode:[userfaultfd]`); its features are read from `/proc/self/fdinfo`.
+    ///
+    /// # Errors
+    ///
+    /// The descriptor is given back with the error: [`Error::InvalidArgument`] if it is not
+    /// a userfaultfd; [`Error::Io`] if `/proc/self/fd` cannot be read (no procfs), since
+    /// then nothing can be checked (adopt it with the unsafe [`FromRawFd`] if you know
+    /// what it is).
+    fn try_from(fd: OwnedFd) -> std::result::Result<Uffd, Rejected<OwnedFd>> {
+        match fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())) {
+            Ok(target) if target.as_os_str() == "anon_inode:[userfaultfd]" => Ok(Uffd::adopt(fd)),
+            Ok(_) => Err(Rejected::new(
+                fd,
+                Error::InvalidArgument {
+                    operation: "Uffd::try_from(OwnedFd)",
+                    reason: "the descriptor is not a userfaultfd (its /proc/self/fd link is \
+                             not anon_inode:[userfaultfd])",
+                },
+            )),
+            Err(source) => Err(Rejected::new(
+                fd,
+                Error::Io {
+                    operation: "Uffd::try_from(OwnedFd): reading the descriptor's \
+                                /proc/self/fd link, to check that it is a userfaultfd",
+                    source,
+                },
+            )),
+        }
     }
 }
 
