@@ -86,7 +86,9 @@ pub use errno::Errno;
 pub use error::{Error, Result};
 pub use event::decode_untrusted;
 pub use event::{Event, FaultKind, ReadWrite};
-pub use flags::{ContinueMode, CopyMode, FeatureFlags, IoctlFlags, MoveMode, RegisterMode};
+pub use flags::{
+    ContinueMode, CopyMode, FeatureFlags, IoctlFlags, MoveMode, RegisterMode, ZeropageMode,
+};
 pub use probe::{probe, Capabilities};
 pub use read::{EventBuffer, Events};
 pub use rejected::Rejected;

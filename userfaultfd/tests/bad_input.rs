@@ -38,20 +38,20 @@ fn ops() -> Vec<Op> {
     vec![
         Op {
             name: "register",
-            ioctl: "UFFDIO_REGISTER",
-            variant: "RegisterFailed",
+            ioctl: "userfaultfd system call",
+            variant: "SystemError",
             call: |u, s, l, _| u.register(s, l).map(drop),
         },
         Op {
             name: "register_with_mode",
-            ioctl: "UFFDIO_REGISTER",
-            variant: "RegisterFailed",
+            ioctl: "userfaultfd system call",
+            variant: "SystemError",
             call: |u, s, l, _| u.register_with_mode(s, l, RegisterMode::MISSING).map(drop),
         },
         Op {
             name: "unregister",
-            ioctl: "UFFDIO_UNREGISTER",
-            variant: "UnregisterFailed",
+            ioctl: "userfaultfd system call",
+            variant: "SystemError",
             call: |u, s, l, _| u.unregister(s, l),
         },
         Op {
@@ -79,26 +79,26 @@ fn ops() -> Vec<Op> {
         },
         Op {
             name: "wake",
-            ioctl: "UFFDIO_WAKE",
-            variant: "WakeFailed",
+            ioctl: "userfaultfd system call",
+            variant: "SystemError",
             call: |u, s, l, _| u.wake(s, l),
         },
         Op {
             name: "write_protect",
-            ioctl: "UFFDIO_WRITEPROTECT",
-            variant: "WriteProtectFailed",
+            ioctl: "userfaultfd system call",
+            variant: "SystemError",
             call: |u, s, l, _| u.write_protect(s, l),
         },
         Op {
             name: "remove_write_protection",
-            ioctl: "UFFDIO_WRITEPROTECT",
-            variant: "WriteProtectFailed",
+            ioctl: "userfaultfd system call",
+            variant: "SystemError",
             call: |u, s, l, _| u.remove_write_protection(s, l, true),
         },
         Op {
             name: "r#continue",
-            ioctl: "UFFDIO_CONTINUE",
-            variant: "ContinueFailed",
+            ioctl: "userfaultfd system call",
+            variant: "SystemError",
             call: |u, s, l, _| u.r#continue(s, l, true).map(drop),
         },
         Op {
