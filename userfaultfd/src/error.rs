@@ -409,9 +409,11 @@ impl std::error::Error for Error {
 /// [`Error`] is its inner error (`get_ref()` / `into_inner()`).
 impl From<Error> for io::Error {
     fn from(e: Error) -> io::Error {
-        let kind = match e.errno() {
-            Some(errno) => io::Error::from_raw_os_error(errno.raw()).kind(),
-            None => io::ErrorKind::InvalidData,
+        let kind = match (&e, e.errno()) {
+            // An `io::Error` without an errno (tokio's "runtime shut down") keeps its kind.
+            (Error::Io { source, .. }, None) => source.kind(),
+            (_, Some(errno)) => io::Error::from_raw_os_error(errno.raw()).kind(),
+            (_, None) => io::ErrorKind::InvalidData,
         };
         // Every variant is wrapped, `OpenDevUserfaultfd` too: returning its inner `io::Error`
         // would lose "opening /dev/userfaultfd" from the message.

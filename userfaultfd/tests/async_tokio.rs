@@ -182,10 +182,11 @@ fn a_reactor_error_says_it_is_the_reactor() {
     let text = err.to_string();
     assert!(text.contains("tokio reactor"), "{text}");
     assert!(!text.contains("read from the userfaultfd"), "{text}");
-    assert!(
-        std::error::Error::source(&err).is_some(),
-        "tokio's error is the source"
-    );
+    let kind = std::error::Error::source(&err)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .expect("tokio's io::Error is the source")
+        .kind();
+    assert_eq!(std::io::Error::from(err).kind(), kind, "kept as io::Error");
 }
 
 #[test]
