@@ -427,6 +427,13 @@ fn every_variant_names_its_operation() {
             },
             "vm.unprivileged_userfaultfd is 0",
         ),
+        (
+            Error::Io {
+                operation: "fcntl(F_GETFL) on the userfaultfd (AsyncUffd::new)",
+                source: io::Error::from_raw_os_error(libc::EBADF),
+            },
+            "fcntl(F_GETFL) on the userfaultfd (AsyncUffd::new) failed",
+        ),
     ];
     for (err, needle) in cases {
         assert_display(&err, &[needle]);
