@@ -334,7 +334,7 @@ pub fn serve_populate(which: Impl, n: usize, batch: usize, threads: usize) {
 /// with several threads several faults wait at each read. With one thread, each batch read
 /// returns the one pending event, so what is counted is the batch path's own cost.
 fn serve_populate_with<S: Server>(n: usize, batch: usize, threads: usize) {
-    assert!(n % threads == 0, "N is a multiple of T");
+    assert!(n.is_multiple_of(threads), "N is a multiple of T");
     let server = S::create(false);
     let region = Arc::new(Mapping::new(n * PAGE, false));
     server.register(region.addr(), region.len);
