@@ -42,9 +42,9 @@ impl Uffd {
     /// could offer, for which see [`probe`](crate::probe)).
     ///
     /// For a descriptor adopted with `TryFrom<OwnedFd>` or [`FromRawFd`], this is read from
-    /// `/proc/self/fdinfo` (empty if that is not readable, or the userfaultfd has not done
-    /// its `UFFDIO_API` handshake); a descriptor from [`Event::Fork`](crate::Event::Fork) has
-    /// its parent's.
+    /// `/proc/thread-self/fdinfo` (empty if that is not readable, or the userfaultfd has not
+    /// done its `UFFDIO_API` handshake); a descriptor from
+    /// [`Event::Fork`](crate::Event::Fork) has its parent's.
     pub fn features(&self) -> FeatureFlags {
         self.features
     }
@@ -68,7 +68,9 @@ impl Uffd {
     /// <ioctls>"), dropping the kernel-internal `UFFD_FEATURE_INITIALIZED` bit (1 << 31).
     fn features_from_fdinfo(fd: RawFd) -> FeatureFlags {
         const INTERNAL_INITIALIZED: u64 = 1 << 31;
-        let Ok(info) = fs::read_to_string(format!("/proc/self/fdinfo/{fd}")) else {
+        // thread-self, not self: a thread that unshared its descriptor table (CLONE_FILES)
+        // has its own descriptor `fd`.
+        let Ok(info) = fs::read_to_string(format!("/proc/thread-self/fdinfo/{fd}")) else {
             return FeatureFlags::empty();
         };
         info.lines()
@@ -112,8 +114,9 @@ impl IntoRawFd for Uffd {
 }
 
 impl FromRawFd for Uffd {
-    /// Adopts `fd` without checking it; its features are read from `/proc/self/fdinfo`.
-    /// `Uffd::try_from(OwnedFd)` checks that the descriptor is a userfaultfd.
+    /// Adopts `fd` without checking it; its features are read from
+    /// `/proc/thread-self/fdinfo`. `Uffd::try_from(OwnedFd)` checks that the descriptor is a
+    /// userfaultfd.
     ///
     /// # Safety
     ///
@@ -136,23 +139,25 @@ impl FromRawFd for Uffd {
 impl TryFrom<OwnedFd> for Uffd {
     type Error = Rejected<OwnedFd>;
 
-    /// Adopts `fd` if it is a userfaultfd (its `/proc/self/fd` link is
-    /// `anon_inode:[userfaultfd]`); its features are read from `/proc/self/fdinfo`.
+    /// Adopts `fd` if it is a userfaultfd (its `/proc/thread-self/fd` link is
+    /// `anon_inode:[userfaultfd]`); its features are read from `/proc/thread-self/fdinfo`.
     ///
     /// # Errors
     ///
     /// The descriptor is given back with the error: [`Error::InvalidArgument`] if it is not
-    /// a userfaultfd; [`Error::Io`] if `/proc/self/fd` cannot be read (no procfs), since
+    /// a userfaultfd; [`Error::Io`] if that link cannot be read (no procfs), since
     /// then nothing can be checked (adopt it with the unsafe [`FromRawFd`] if you know
     /// what it is).
     fn try_from(fd: OwnedFd) -> std::result::Result<Uffd, Rejected<OwnedFd>> {
-        match fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())) {
+        // thread-self, as for fdinfo: this thread's descriptor table.
+        match fs::read_link(format!("/proc/thread-self/fd/{}", fd.as_raw_fd())) {
             Ok(target) if target.as_os_str() == "anon_inode:[userfaultfd]" => Ok(Uffd::adopt(fd)),
             Ok(_) => Err(Rejected::new(
                 fd,
                 Error::InvalidArgument {
                     operation: "Uffd::try_from(OwnedFd)",
-                    reason: "the descriptor is not a userfaultfd (its /proc/self/fd link is \
+                    reason:
+                        "the descriptor is not a userfaultfd (its /proc/thread-self/fd link is \
                              not anon_inode:[userfaultfd])",
                 },
             )),
@@ -160,7 +165,7 @@ impl TryFrom<OwnedFd> for Uffd {
                 fd,
                 Error::Io {
                     operation: "Uffd::try_from(OwnedFd): reading the descriptor's \
-                                /proc/self/fd link, to check that it is a userfaultfd",
+                                /proc/thread-self/fd link, to check that it is a userfaultfd",
                     source,
                 },
             )),
