@@ -176,7 +176,7 @@ impl DirtyTracker {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidArgument`] for an unaligned or empty range; [`Error::RegisterFailed`]
+    /// [`Error::InvalidArgument`] for an unaligned or empty range; [`Error::SystemError`]
     /// (for example `EBUSY` when another userfaultfd has the range); [`Error::PagemapScanFailed`].
     pub fn track(&mut self, start: *mut c_void, len: usize) -> Result<()> {
         let range = page_range("DirtyTracker::track", start, len)?;
@@ -191,7 +191,7 @@ impl DirtyTracker {
     ///
     /// # Errors
     ///
-    /// [`Error::UnregisterFailed`].
+    /// [`Error::SystemError`].
     pub fn untrack(&mut self, start: *mut c_void, len: usize) -> Result<()> {
         self.uffd.unregister(start, len)
     }
