@@ -111,8 +111,7 @@ fn ops() -> Vec<Op> {
             name: "poison",
             ioctl: "UFFDIO_POISON",
             variant: "PoisonFailed",
-            // SAFETY: see above.
-            call: |u, s, l, _| unsafe { u.poison(s, l, true) }.map(drop),
+            call: |u, s, l, _| u.poison(s, l, true).map(drop),
         },
         Op {
             name: "r#move",

@@ -321,8 +321,7 @@ fn operations_fail_with_eagain_while_an_event_is_pending() {
     let copy = unsafe { uffd.copy(data.as_ptr().cast(), page1, ps, true) };
     // SAFETY: as above.
     let zeropage = unsafe { uffd.zeropage_with_mode(page1, ps, ZeropageMode::empty()) };
-    // SAFETY: as above.
-    let poison = unsafe { uffd.poison(page1, ps, true) };
+    let poison = uffd.poison(page1, ps, true);
     // SAFETY: as above; the source is our own anonymous page.
     let moved = unsafe { uffd.r#move(source.addr(), page1, ps, MoveMode::empty()) };
     let results = [

@@ -176,11 +176,11 @@ impl DirtyTracker {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidArgument`] for an unaligned or empty range; the register error (for
-    /// example `EBUSY` when another userfaultfd has the range); [`Error::PagemapScanFailed`]
-    /// or [`Error::Io`] when marking the pages clean fails, in which case the range is
-    /// unregistered again (all of it, including any part that was tracked before this call),
-    /// so that no range is left registered but never armed.
+    /// [`Error::InvalidArgument`] for an unaligned or empty range; [`Error::SystemError`]
+    /// from registering (for example `EBUSY` when another userfaultfd has the range);
+    /// [`Error::PagemapScanFailed`] or [`Error::Io`] when marking the pages clean fails, in
+    /// which case the range is unregistered again (all of it, including any part that was
+    /// tracked before this call), so that no range is left registered but never armed.
     pub fn track(&mut self, start: *mut c_void, len: usize) -> Result<()> {
         let range = page_range("DirtyTracker::track", start, len)?;
         self.uffd
@@ -200,7 +200,7 @@ impl DirtyTracker {
     ///
     /// # Errors
     ///
-    /// The error of [`Uffd::unregister`].
+    /// [`Error::SystemError`].
     pub fn untrack(&mut self, start: *mut c_void, len: usize) -> Result<()> {
         self.uffd.unregister(start, len)
     }
