@@ -7,6 +7,7 @@ use userfaultfd::{CopyMode, Errno, Event, FaultKind, ReadWrite};
 
 use crate::alarm;
 use crate::bounce::Bounce;
+use crate::inject;
 use crate::stats::FaultStats;
 
 /// Copies the page at `offset` from the source area into the destination, write-protected
@@ -87,7 +88,12 @@ fn handle_fault(b: &Bounce<'_>, event: Event, stats: &mut FaultStats) {
             fatal!("unexpected write fault at {addr:p}");
         }
         let offset = (addr as usize).wrapping_sub(b.dst.base as usize) & !(page_size - 1);
-        if copy_page(b, offset, false) {
+        let placed = if inject::take() {
+            inject::place_zeros(b, offset)
+        } else {
+            copy_page(b, offset, false)
+        };
+        if placed {
             stats.missing += 1;
         }
     } else {

@@ -26,6 +26,7 @@
 //! the same pages (`racing`), bit 2 verify every counter at the end (`ver`), bit 3 `poll`
 //! handlers (else `read`). Every ten seconds (`SIGALRM`) one successful copy is repeated and
 //! must fail with `EEXIST`. Any mismatch or unexpected error prints `ERROR: ...` and exits 1.
+//! `UFFD_STRESS_CORRUPT=1` serves one fault with a page of zeros, to see that caught.
 //!
 //! Output, as the kernel's program prints it:
 //!
@@ -58,6 +59,7 @@ mod area;
 mod args;
 mod bounce;
 mod handler;
+mod inject;
 mod stats;
 mod stop;
 mod workers;
@@ -74,6 +76,7 @@ use stop::Stoppers;
 
 fn main() {
     let config = args::parse();
+    inject::arm_from_env();
     println!(
         "nr_pages: {}, nr_pages_per_cpu: {}",
         config.mem.nr_pages, config.nr_pages_per_cpu
