@@ -24,9 +24,10 @@
 //! Then the source is dropped, the areas swap roles, and the next bounce goes the other way.
 //! The number of bounces left selects the mode: bit 0 random pages (`rnd`), bit 1 all CPUs on
 //! the same pages (`racing`), bit 2 verify every counter at the end (`ver`), bit 3 `poll`
-//! handlers (else `read`). Every ten seconds (`SIGALRM`) one successful copy is repeated and
-//! must fail with `EEXIST` (so is the first of the run). Any mismatch or unexpected error prints `ERROR: ...` and exits 1.
-//! `UFFD_STRESS_CORRUPT=1` serves one fault with a page of zeros, to see that caught.
+//! handlers (else `read`). Every ten seconds (`SIGALRM`), and at the first copy, one successful
+//! copy is repeated and must fail with `EEXIST`. Any mismatch or unexpected error prints
+//! `ERROR: ...` and exits 1. `UFFD_STRESS_CORRUPT=1` serves one fault with a page of zeros, to
+//! see that caught.
 //!
 //! Output, as the kernel's program prints it:
 //!
