@@ -51,6 +51,9 @@
 //!
 //! - `tokio`: `AsyncUffd`, an event reader for tokio runtimes (over tokio's `AsyncFd`). Off by
 //!   default: without it, tokio is not in the dependency tree.
+//! - `bindgen` (default): userfaultfd-sys generates its bindings with bindgen (libclang) at
+//!   build time. `default-features = false` uses its checked-in bindings instead: the same
+//!   items, no libclang, a much shorter build.
 //! - `linux4_14`, `linux5_7`, `linux5_13`: kept from userfaultfd 0.9, and do nothing.
 //!
 //! # Privileges
