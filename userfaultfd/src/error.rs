@@ -160,8 +160,8 @@ impl Op {
     }
 }
 
-/// What an `errno` means for the caller of `op` (KERNEL.md section 2 of the project, distilled
-/// from fs/userfaultfd.c and mm/userfaultfd.c).
+/// What an `errno` means for the caller of `op`, as the kernel's fs/userfaultfd.c and
+/// mm/userfaultfd.c return them (tests/errors.rs provokes each one a caller can).
 fn explain(op: Op, e: Errno) -> &'static str {
     match (op, e) {
         (Op::Copy | Op::Zeropage | Op::Continue | Op::Poison, Errno::EEXIST) => {

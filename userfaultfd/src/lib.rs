@@ -86,6 +86,7 @@ pub use builder::UffdBuilder;
 pub use dirty::DirtyTracker;
 pub use errno::Errno;
 pub use error::{Error, Result};
+#[cfg(feature = "fuzzing")]
 pub use event::decode_untrusted;
 pub use event::{Event, FaultKind, ReadWrite};
 pub use flags::{ContinueMode, CopyMode, FeatureFlags, IoctlFlags, MoveMode, RegisterMode};
