@@ -79,7 +79,12 @@
 //! let flags = libc::O_CLOEXEC | UFFD_USER_MODE_ONLY as libc::c_int;
 //! // SAFETY: userfaultfd(2) takes one integer argument and returns a new descriptor or -1.
 //! let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) } as libc::c_int;
-//! assert!(fd >= 0, "userfaultfd: {}", std::io::Error::last_os_error());
+//! if fd < 0 {
+//!     // A kernel without userfaultfd (ENOSYS), a seccomp filter, or Linux before 5.11, which
+//!     // does not know UFFD_USER_MODE_ONLY (EINVAL).
+//!     eprintln!("userfaultfd: {}", std::io::Error::last_os_error());
+//!     return;
+//! }
 //!
 //! let mut api = uffdio_api { api: UFFD_API, ..Default::default() };
 //! // SAFETY: fd is a userfaultfd and `api` is a valid uffdio_api the kernel may write.
