@@ -94,6 +94,8 @@
 //!   build time. `default-features = false` uses its checked-in bindings instead: the same
 //!   items, no libclang, a much shorter build.
 //! - `linux4_14`, `linux5_7`, `linux5_13`: kept from userfaultfd 0.9, and do nothing.
+//! - `fuzzing`: not part of the API and not covered by semver; exposes the event decoder to
+//!   this crate's fuzz target.
 //!
 //! # Privileges
 //!
