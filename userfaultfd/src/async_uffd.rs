@@ -29,11 +29,12 @@ use crate::{Error, Event, EventBuffer, Events, Rejected, Result, Uffd};
 /// # async fn serve() -> userfaultfd::Result<()> {
 /// use userfaultfd::{AsyncUffd, Event, UffdBuilder};
 /// let uffd = AsyncUffd::new(UffdBuilder::new().non_blocking(true).create()?)?;
+/// // SAFETY: sysconf has no preconditions.
+/// let page = vec![0u8; unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize];
 /// loop {
 ///     if let Event::Pagefault { addr, .. } = uffd.read_event().await? {
-///         let page = [0u8; 4096];
 ///         // SAFETY: `addr` is in a registered mapping that holds no Rust object.
-///         unsafe { uffd.get_ref().copy(page.as_ptr().cast(), addr, 4096, true)? };
+///         unsafe { uffd.get_ref().copy(page.as_ptr().cast(), addr, page.len(), true)? };
 ///     }
 /// }
 /// # }

@@ -209,7 +209,9 @@ impl Event {
 }
 
 /// Decodes arbitrary bytes as a `uffd_msg` without acting on them (a fork's descriptor is not
-/// adopted). For the fuzz target and the randomized decoding test; not part of the API.
+/// adopted). For the fuzz target and the randomized decoding test, behind the cargo feature
+/// `fuzzing`; not part of the API.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub fn decode_untrusted(bytes: &[u8; 32], features: FeatureFlags) -> Result<()> {
     const _: () = assert!(std::mem::size_of::<sys::uffd_msg>() == 32);

@@ -90,7 +90,12 @@
 //!
 //! - `tokio`: `AsyncUffd`, an event reader for tokio runtimes (over tokio's `AsyncFd`). Off by
 //!   default: without it, tokio is not in the dependency tree.
+//! - `bindgen` (default): userfaultfd-sys generates its bindings with bindgen (libclang) at
+//!   build time. `default-features = false` uses its checked-in bindings instead: the same
+//!   items, no libclang, a much shorter build.
 //! - `linux4_14`, `linux5_7`, `linux5_13`: kept from userfaultfd 0.9, and do nothing.
+//! - `fuzzing`: not part of the API and not covered by semver; exposes the event decoder to
+//!   this crate's fuzz target.
 //!
 //! # Privileges
 //!
@@ -133,6 +138,7 @@ pub use builder::UffdBuilder;
 pub use dirty::DirtyTracker;
 pub use errno::Errno;
 pub use error::{Error, Result};
+#[cfg(feature = "fuzzing")]
 pub use event::decode_untrusted;
 pub use event::{Event, FaultKind, ReadWrite};
 pub use flags::{

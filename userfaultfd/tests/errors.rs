@@ -1,5 +1,6 @@
-//! Every `errno` of KERNEL.md section 2 that a caller can provoke maps to the documented
-//! `Error` variant, with a `Display` that names the operation and says what it means.
+//! Every `errno` that the kernel's userfaultfd ioctls return (fs/userfaultfd.c,
+//! mm/userfaultfd.c) and that a caller can provoke maps to the documented `Error` variant, with
+//! a `Display` that names the operation and says what it means.
 //! (ZEROPAGE, WRITEPROTECT, CONTINUE, POISON and MOVE cases are in their own files.)
 
 mod support;

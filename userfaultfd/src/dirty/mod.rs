@@ -63,19 +63,29 @@ use scan::Scanner;
 /// ```
 /// use userfaultfd::dirty::DirtyTracker;
 /// # fn main() -> userfaultfd::Result<()> {
-/// let len = 1 << 20;
+/// let mut tracker = match DirtyTracker::new() {
+///     Ok(tracker) => tracker,
+///     // Linux before 6.7 (`Error::UnsupportedFeatures`), or no userfaultfd at all.
+///     Err(e) => {
+///         eprintln!("no dirty-page tracking here: {e}");
+///         return Ok(());
+///     }
+/// };
+/// // SAFETY: sysconf has no preconditions.
+/// let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+/// let len = 16 * page;
 /// // SAFETY: a fresh private anonymous mapping.
 /// let mem = unsafe {
 ///     libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE,
 ///                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
 /// };
-/// let mut tracker = DirtyTracker::new()?;
+/// assert_ne!(mem, libc::MAP_FAILED);
 /// tracker.track(mem, len)?;
-/// // SAFETY: inside the mapping.
-/// unsafe { *mem.cast::<u8>().add(8192) = 1 };
+/// // SAFETY: the third page of the mapping, which holds no Rust object.
+/// unsafe { *mem.cast::<u8>().add(2 * page) = 1 };
 /// let mut written = Vec::new();
 /// tracker.collect_written(mem, len, &mut written)?;
-/// assert_eq!(written, [mem as usize + 8192..mem as usize + 12288]);
+/// assert_eq!(written, [mem as usize + 2 * page..mem as usize + 3 * page]);
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]
