@@ -42,6 +42,7 @@ pub struct Bounce<'a> {
     pub stoppers: &'a Stoppers,
 }
 
+/// The kernel's program gives every thread a 16 MiB stack; so do we, so that both map the same.
 const STACK_SIZE: usize = 16 << 20;
 
 fn spawn<'s, T: Send + 's>(
