@@ -74,6 +74,7 @@ mod ioctl;
 mod open;
 mod probe;
 mod read;
+pub mod serve;
 mod uffd;
 
 #[cfg(feature = "tokio")]

@@ -1,0 +1,504 @@
+//! [`ServerBuilder`] and the [`Server`] handle: start, statistics, stop.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::pages::PageState;
+use super::region::{check_disjoint, AddressMap, Backend, Region};
+use super::stats::{Counters, Stats};
+use super::worker::{poison_unplaced, Config, Placer, Shared, Stop, Worker, ZeroMap};
+use super::{ErrorPolicy, PageSource, ServeError};
+use crate::{FeatureFlags, IoctlFlags, RegisterMode, Uffd};
+
+/// Why the server stopped, when it was not an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// [`Server::stop`] was called (or the server was dropped).
+    Stopped,
+    /// The served process exited (`ESRCH`, end of file, or its pidfd became readable).
+    ProcessExited,
+}
+
+/// Configures and starts a [`Server`].
+#[derive(Clone, Debug)]
+pub struct ServerBuilder {
+    regions: Vec<Region>,
+    workers: usize,
+    fault_around: usize,
+    background: bool,
+    busy_poll: Duration,
+    policy: ErrorPolicy,
+    peer: Option<libc::pid_t>,
+}
+
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        ServerBuilder {
+            regions: Vec::new(),
+            workers: 1,
+            fault_around: 256 << 10,
+            background: false,
+            busy_poll: Duration::ZERO,
+            policy: ErrorPolicy::Stop,
+            peer: None,
+        }
+    }
+}
+
+impl ServerBuilder {
+    /// Adds a region to serve.
+    pub fn region(&mut self, region: Region) -> &mut Self {
+        self.regions.push(region);
+        self
+    }
+
+    /// The number of worker threads (default 1: on this project's 2-CPU machine a second
+    /// worker only pays off with a slow source; see BENCHMARKS.md).
+    pub fn workers(&mut self, workers: usize) -> &mut Self {
+        self.workers = workers;
+        self
+    }
+
+    /// How many bytes to place per fault: the aligned block around the faulting page,
+    /// clipped to the region and to pages not yet placed (default 256 KiB; at least one
+    /// page; 0 means one page).
+    pub fn fault_around(&mut self, bytes: usize) -> &mut Self {
+        self.fault_around = bytes;
+        self
+    }
+
+    /// Whether a background thread places the rest of the regions after start, block by
+    /// block, at the lowest CPU priority (default off).
+    pub fn background_fill(&mut self, on: bool) -> &mut Self {
+        self.background = on;
+        self
+    }
+
+    /// How long a worker polls without sleeping before it blocks in `poll` (default 0:
+    /// always block).
+    pub fn busy_poll(&mut self, spin: Duration) -> &mut Self {
+        self.busy_poll = spin;
+        self
+    }
+
+    /// What to do on a fatal error (default [`ErrorPolicy::Stop`]).
+    pub fn error_policy(&mut self, policy: ErrorPolicy) -> &mut Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Serving another process (the descriptor received from it): stop when it exits, even
+    /// if it never faults again (its pidfd is polled with the userfaultfd).
+    pub fn peer_process(&mut self, pid: libc::pid_t) -> &mut Self {
+        self.peer = Some(pid);
+        self
+    }
+
+    /// Checks the settings and regions, registers the regions with `uffd` (missing faults
+    /// for [`Backend::Copy`], minor and missing faults for [`Backend::Continue`]), makes the
+    /// descriptor non-blocking, and starts the workers.
+    ///
+    /// # Safety
+    ///
+    /// The regions' contents are given to the source: no Rust object may live in them, and
+    /// nothing else may place pages in them through `uffd`.
+    ///
+    /// # Errors
+    ///
+    /// [`ServeError::InvalidConfig`] (no region, zero workers, a descriptor without
+    /// `EVENT_REMOVE` or with `EVENT_FORK`), [`ServeError::InvalidRegion`] (unaligned, empty,
+    /// outside the source, overlapping another), [`ServeError::Uffd`] (registration failed,
+    /// or the memory type does not allow the backend's ioctls), [`ServeError::Io`].
+    pub unsafe fn start(
+        &self,
+        uffd: Uffd,
+        source: Arc<dyn PageSource>,
+    ) -> Result<Server, ServeError> {
+        self.check(&uffd, &*source)?;
+        for (index, r) in self.regions.iter().enumerate() {
+            register(&uffd, index, r)?;
+        }
+        set_non_blocking(&uffd)?;
+        let peer = self.peer.map(pidfd_open).transpose()?;
+        let zeros_len = self
+            .regions
+            .iter()
+            .map(|r| self.fault_around.max(r.page_size))
+            .max()
+            .unwrap_or(0);
+        let zeros = ZeroMap {
+            ptr: map_zeros(zeros_len)?,
+            len: zeros_len,
+        };
+        let shared = Arc::new(Shared {
+            pages: self
+                .regions
+                .iter()
+                .map(|r| PageState::new(r.pages()))
+                .collect(),
+            map: RwLock::new(AddressMap::new(&self.regions)),
+            regions: self.regions.clone(),
+            uffd,
+            source,
+            stop_fd: eventfd()?,
+            peer,
+            stopping: AtomicBool::new(false),
+            counters: (0..=self.workers).map(|_| Counters::default()).collect(),
+            outcome: Mutex::new(None),
+            config: Config {
+                fault_around: self.fault_around,
+                busy_poll: self.busy_poll,
+                policy: self.policy,
+                batch: 64,
+            },
+            zeros,
+        });
+        let mut server = Server {
+            shared: Arc::clone(&shared),
+            threads: Vec::new(),
+        };
+        for id in 0..self.workers {
+            let mut worker = Worker::new(Arc::clone(&shared), id);
+            server.spawn(format!("uffd-serve-{id}"), move |shared| {
+                let _ = shared; // the worker holds its own reference
+                worker.run()
+            })?;
+        }
+        if self.background {
+            let id = self.workers;
+            server.spawn("uffd-serve-bg".into(), move |shared| background(shared, id))?;
+        }
+        Ok(server)
+    }
+
+    fn check(&self, uffd: &Uffd, source: &dyn PageSource) -> Result<(), ServeError> {
+        let bad = |why: &str| Err(ServeError::InvalidConfig(why.to_string()));
+        if self.workers == 0 {
+            return bad("zero workers: at least one thread must serve the faults");
+        }
+        if self.regions.is_empty() {
+            return bad("no region to serve");
+        }
+        let features = uffd.features();
+        if !features.contains(FeatureFlags::EVENT_REMOVE) {
+            return bad(
+                "the userfaultfd lacks FeatureFlags::EVENT_REMOVE: without it, pages the process \
+                 discards would be refilled with the source's stale contents (create it with \
+                 require_features(userfaultfd::serve::EVENTS))",
+            );
+        }
+        if features.contains(FeatureFlags::EVENT_FORK) {
+            return bad(
+                "the userfaultfd has FeatureFlags::EVENT_FORK: the server does not serve forked \
+                 children (see the module docs); create it without EVENT_FORK",
+            );
+        }
+        for (index, r) in self.regions.iter().enumerate() {
+            r.validate(index, source.len())?;
+        }
+        check_disjoint(&self.regions)
+    }
+}
+
+fn register(uffd: &Uffd, index: usize, r: &Region) -> Result<(), ServeError> {
+    let (mode, mut needed) = match r.backend {
+        Backend::Copy => (RegisterMode::MISSING, IoctlFlags::COPY),
+        Backend::Continue { .. } => (
+            RegisterMode::MISSING | RegisterMode::MINOR,
+            IoctlFlags::CONTINUE | IoctlFlags::COPY,
+        ),
+    };
+    if r.page_size == super::source::page_size() {
+        needed |= IoctlFlags::ZEROPAGE;
+    }
+    let allowed = uffd
+        .register_with_mode(r.addr as *mut libc::c_void, r.len, mode)
+        .map_err(|source| ServeError::Uffd {
+            operation: "registering a region",
+            source,
+        })?;
+    if !allowed.contains(needed) {
+        let _ = uffd.unregister(r.addr as *mut libc::c_void, r.len);
+        return Err(ServeError::InvalidRegion {
+            index,
+            reason: format!(
+                "its memory allows only {allowed:?}, the backend needs {needed:?} (is the page \
+                 size right? Continue needs shmem or hugetlbfs)"
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn set_non_blocking(uffd: &Uffd) -> Result<(), ServeError> {
+    let fd = uffd.as_raw_fd();
+    // SAFETY: fcntl on our own descriptor has no memory effects.
+    let ok = unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(io_error("making the userfaultfd non-blocking"))
+    }
+}
+
+fn io_error(operation: &'static str) -> ServeError {
+    ServeError::Io {
+        operation,
+        source: std::io::Error::last_os_error(),
+    }
+}
+
+fn eventfd() -> Result<OwnedFd, ServeError> {
+    // SAFETY: eventfd has no memory effects.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io_error("eventfd"));
+    }
+    // SAFETY: a new descriptor only we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn pidfd_open(pid: libc::pid_t) -> Result<OwnedFd, ServeError> {
+    // SAFETY: pidfd_open has no memory effects.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io_error("pidfd_open of the peer process"));
+    }
+    // SAFETY: a new descriptor only we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// A read-only private anonymous mapping: all zeros, costing no memory.
+fn map_zeros(len: usize) -> Result<*const u8, ServeError> {
+    // SAFETY: a new mapping at an address of the kernel's choosing.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io_error("mapping the zero buffer"));
+    }
+    Ok(p as *const u8)
+}
+
+/// The background fill: places every block not yet placed, region by region, at the lowest
+/// priority, taking the shared lock one block at a time.
+fn background(shared: &Shared, id: usize) -> Result<(), Stop> {
+    // SAFETY: setpriority on this thread only (Linux: a thread id names one thread).
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
+    let counters = &shared.counters[id];
+    let placer = Placer { shared, counters };
+    let block = shared.config.fault_around;
+    let mut scratch = vec![0u8; shared.zeros.len];
+    for (index, region) in shared.regions.iter().enumerate() {
+        let per_block = (block / region.page_size).max(1);
+        let mut page = 0;
+        while page < region.pages() {
+            if shared.stopping.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            let state = &shared.pages[index];
+            if state.run_end(page, (page + per_block).min(region.pages()), true)
+                == (page + per_block).min(region.pages())
+            {
+                page += per_block;
+                continue;
+            }
+            let flow = {
+                let map = shared.map.read().unwrap_or_else(|e| e.into_inner());
+                match map.locate(index, page) {
+                    Some(m) => Some(placer.background_block(&m, page, &mut scratch)?),
+                    None => None,
+                }
+            };
+            match flow {
+                // An event is pending: a worker will read it; let it.
+                Some(false) => std::thread::yield_now(),
+                _ => page += per_block,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A running page server. Stop it with [`stop`](Server::stop).
+pub struct Server {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// What a stopped server leaves: its statistics, why it stopped, and the descriptor.
+#[derive(Debug)]
+pub struct Finished {
+    /// The final statistics.
+    pub stats: Stats,
+    /// Why it stopped: `Ok` for a stop or the process's exit, `Err` for a fatal error.
+    pub outcome: Result<Exit, ServeError>,
+    /// The userfaultfd, still open with the regions registered: threads blocked in a fault
+    /// stay blocked until it is dropped (then they get the kernel's default pages) or their
+    /// ranges are unregistered.
+    pub uffd: Uffd,
+}
+
+impl Server {
+    /// A builder with the defaults.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    fn spawn(
+        &mut self,
+        name: String,
+        body: impl FnOnce(&Shared) -> Result<(), Stop> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let shared = Arc::clone(&self.shared);
+        let spawned = std::thread::Builder::new().name(name).spawn(move || {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&shared)));
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(Stop::Exit(exit))) => finish(&shared, Ok(exit)),
+                Ok(Err(Stop::Failed(e))) => fail(&shared, e),
+                Err(panic) => {
+                    let msg = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "(no message)".into());
+                    fail(&shared, ServeError::WorkerPanicked(msg));
+                }
+            }
+        });
+        match spawned {
+            Ok(handle) => {
+                self.threads.push(handle);
+                Ok(())
+            }
+            Err(source) => Err(ServeError::Io {
+                operation: "spawning a worker thread",
+                source,
+            }),
+        }
+    }
+
+    /// The statistics so far.
+    pub fn stats(&self) -> Stats {
+        Stats::sum(&self.shared.counters)
+    }
+
+    /// Whether the server has stopped by itself (fatal error, or the process exited).
+    pub fn is_stopped(&self) -> bool {
+        self.shared.stopping.load(Ordering::Acquire)
+    }
+
+    /// Why the server stopped by itself, if it has: the error's message, or the exit.
+    pub fn outcome(&self) -> Option<Result<Exit, String>> {
+        let outcome = self
+            .shared
+            .outcome
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        outcome
+            .as_ref()
+            .map(|o| o.as_ref().map(|e| *e).map_err(|e| e.to_string()))
+    }
+
+    /// Waits until the server stops by itself (fatal error, or the process exited), at most
+    /// `timeout`; returns whether it has.
+    pub fn wait_stopped(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while !self.is_stopped() {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    /// Stops every worker (waking those blocked in `poll`), joins them, and returns the
+    /// statistics, why it stopped, and the descriptor.
+    pub fn stop(mut self) -> Finished {
+        self.halt();
+        let shared = Arc::clone(&self.shared);
+        drop(self);
+        let shared = Arc::try_unwrap(shared)
+            .unwrap_or_else(|_| unreachable!("every worker has been joined"));
+        let stats = Stats::sum(&shared.counters);
+        let outcome = shared
+            .outcome
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or(Ok(Exit::Stopped));
+        Finished {
+            stats,
+            outcome,
+            uffd: shared.uffd,
+        }
+    }
+
+    fn halt(&mut self) {
+        signal_stop(&self.shared);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("uffd", &self.shared.uffd)
+            .field("regions", &self.shared.regions)
+            .field("workers", &self.threads.len())
+            .finish()
+    }
+}
+
+fn signal_stop(shared: &Shared) {
+    shared.stopping.store(true, Ordering::Release);
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from `one` to our eventfd; it stays readable (never read), so
+    // every poll on it returns at once.
+    unsafe { libc::write(shared.stop_fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+}
+
+fn finish(shared: &Shared, outcome: Result<Exit, ServeError>) {
+    {
+        let mut o = shared.outcome.lock().unwrap_or_else(|e| e.into_inner());
+        if o.is_none() {
+            *o = Some(outcome);
+        }
+    }
+    signal_stop(shared);
+}
+
+fn fail(shared: &Shared, error: ServeError) {
+    let first = shared
+        .outcome
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_none();
+    if first && shared.config.policy == ErrorPolicy::FailClosed {
+        poison_unplaced(shared);
+    }
+    finish(shared, Err(error));
+}

@@ -1,0 +1,338 @@
+//! The page server: every memory type served by many faulting threads with every byte
+//! checked, the MINOR + CONTINUE backend (shared and private mappings), the file sources
+//! (sparse files: holes become zero pages), fault-around over present pages, background fill.
+
+mod support;
+
+use std::io::{Seek, SeekFrom, Write};
+use std::sync::Arc;
+
+use support::serve::{mismatches, serve_uffd, snapshot, TestSource};
+use support::{join_timeout, pattern, spawn_named, MemoryType, Region};
+use userfaultfd::serve::{Backend, MappedFile, PageSource, ReadFile, Region as Served, Server};
+use userfaultfd::RegisterMode;
+
+/// Pages per region: enough for several fault-around blocks (4 of hugetlb's 2 MiB pages).
+fn pages_for(memory: MemoryType) -> usize {
+    match memory {
+        MemoryType::Hugetlb => 4,
+        _ => 1024,
+    }
+}
+
+/// `threads` threads read every page of `region` (each in its own order), and return the
+/// pages that did not hold `expected`.
+fn touch_all(region: &Arc<Region>, expected: &Arc<Vec<u8>>, threads: usize) -> Vec<usize> {
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (region, expected) = (Arc::clone(region), Arc::clone(expected));
+            spawn_named(&format!("toucher-{t}"), move || {
+                let n = region.pages();
+                // Thread t walks with stride 2t+1 (coprime with n when n is a power of two).
+                let order = (0..n).map(move |k| (k * (2 * t + 1) + t * 37) % n);
+                mismatches(&region, &expected, order)
+            })
+        })
+        .collect();
+    handles.into_iter().flat_map(join_timeout).collect()
+}
+
+#[test]
+fn every_memory_type_many_threads_every_byte() {
+    for memory in MemoryType::ALL {
+        let Some(region) = Region::new(memory, pages_for(memory)) else {
+            continue;
+        };
+        let region = Arc::new(region);
+        let ps = region.page_size();
+        let expected = Arc::new(snapshot(region.pages(), ps));
+        let source = Arc::new(TestSource::new(expected.to_vec(), ps));
+        for workers in [1, 3] {
+            let Some(uffd) = serve_uffd(memory, RegisterMode::MISSING) else {
+                break;
+            };
+            // SAFETY: the test region holds no Rust object.
+            let server = unsafe {
+                Server::builder()
+                    .workers(workers)
+                    .region(Served::new(region.addr(), region.len()).page_size(ps))
+                    .start(uffd, source.clone())
+            }
+            .unwrap_or_else(|e| panic!("{memory:?}: {e}"));
+            let bad = touch_all(&region, &expected, 4);
+            let finished = server.stop();
+            assert!(
+                bad.is_empty(),
+                "{memory:?}, {workers} workers: pages {bad:?} differ"
+            );
+            assert!(matches!(finished.outcome, Ok(_)), "{:?}", finished.outcome);
+            let s = finished.stats;
+            eprintln!("{memory:?}, {workers} workers: {s:?}");
+            if workers == 1 {
+                // Every page was placed once, copied or zeroed (zero pages from the zeros).
+                assert_eq!(
+                    s.pages_copied + s.pages_zeroed,
+                    region.pages() as u64,
+                    "{s:?}"
+                );
+                assert!(s.pages_zeroed >= (region.pages() / 7) as u64, "{s:?}");
+                // Threads faulting on one page at once each send a fault.
+                assert!(
+                    s.faults >= 1 && s.faults <= 4 * region.pages() as u64,
+                    "{s:?}"
+                );
+                assert_eq!(s.latency.iter().sum::<u64>(), s.faults);
+            }
+            // Discard everything for the next round (closing the descriptor first, so that
+            // no REMOVE event waits for a reader): the pages fault again.
+            drop(finished.uffd);
+            let advice = if memory == MemoryType::Anonymous {
+                libc::MADV_DONTNEED
+            } else {
+                libc::MADV_REMOVE
+            };
+            // SAFETY: discards our own test mapping's pages.
+            assert_eq!(
+                unsafe { libc::madvise(region.addr(), region.len(), advice) },
+                0
+            );
+        }
+    }
+}
+
+/// A memfd whose page cache holds `expected`, mapped (shared or private) for minor faults.
+fn continue_backend(memory: MemoryType, private: bool) {
+    let Some(uffd) = serve_uffd(memory, RegisterMode::MINOR | RegisterMode::MISSING) else {
+        return;
+    };
+    let Some(region) = Region::new(memory, pages_for(memory)) else {
+        return;
+    };
+    let ps = region.page_size();
+    let pages = region.pages();
+    let expected = Arc::new(snapshot(pages, ps));
+    // Load the snapshot into the page cache through another view, except the zero pages:
+    // those are holes, which the server fills with zero pages.
+    let view = region.second_view();
+    for i in (0..pages).filter(|&i| !support::serve::zero_page(i)) {
+        view.write_page(i, &expected[i * ps..(i + 1) * ps]);
+    }
+    let region = if private {
+        // Map the file privately instead (the test's own mapping is shared).
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&region.file().unwrap());
+        // SAFETY: a new private mapping of the memfd at an address the kernel picks.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                region.len(),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE,
+                fd,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        // SAFETY: replaces the shared view by the private one at the same address.
+        unsafe {
+            libc::mremap(
+                p,
+                region.len(),
+                region.len(),
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                region.addr(),
+            )
+        };
+        region
+    } else {
+        region
+    };
+    let region = Arc::new(region);
+    // SAFETY: the test region holds no Rust object.
+    let server = unsafe {
+        Server::builder()
+            .workers(2)
+            .region(
+                Served::new(region.addr(), region.len())
+                    .page_size(ps)
+                    .backend(Backend::Continue { private }),
+            )
+            .start(uffd, Arc::new(userfaultfd::serve::Zeros::new(0)))
+    }
+    .unwrap_or_else(|e| panic!("{memory:?}: {e}"));
+    let bad = touch_all(&region, &expected, 4);
+    let finished = server.stop();
+    assert!(
+        bad.is_empty(),
+        "{memory:?} private={private}: pages {bad:?} differ"
+    );
+    let s = finished.stats;
+    eprintln!("{memory:?} private={private}: {s:?}");
+    assert_eq!(s.pages_copied, 0, "{s:?}");
+    assert_eq!(s.pages_continued + s.pages_zeroed, pages as u64, "{s:?}");
+    assert!(s.pages_continued > 0 && s.pages_zeroed > 0, "{s:?}");
+}
+
+#[test]
+fn continue_backend_shared_and_private() {
+    for memory in [MemoryType::Shmem, MemoryType::Hugetlb] {
+        continue_backend(memory, false);
+        continue_backend(memory, true);
+    }
+}
+
+/// A sparse file: the snapshot's data pages written, its zero pages left as holes.
+fn sparse_file(expected: &[u8], ps: usize) -> std::fs::File {
+    let mut file = tempfile();
+    file.set_len(expected.len() as u64).unwrap();
+    for (i, page) in expected.chunks(ps).enumerate() {
+        if page.iter().any(|&b| b != 0) {
+            file.seek(SeekFrom::Start((i * ps) as u64)).unwrap();
+            file.write_all(page).unwrap();
+        }
+    }
+    file
+}
+
+fn tempfile() -> std::fs::File {
+    let dir = std::env::temp_dir();
+    let path = dir.join(format!(
+        "uffd-serve-test-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    file
+}
+
+#[test]
+fn file_sources_serve_holes_as_zero_pages() {
+    let memory = MemoryType::Anonymous;
+    let region = Arc::new(Region::new(memory, 512).unwrap());
+    let ps = region.page_size();
+    // Long runs of holes, so that whole fault-around blocks are holes too.
+    let mut expected = snapshot(region.pages(), ps);
+    expected[100 * ps..300 * ps].fill(0);
+    let expected = Arc::new(expected);
+    let file = sparse_file(&expected, ps);
+    let sources: [(&str, Arc<dyn PageSource>); 2] = [
+        ("MappedFile", Arc::new(MappedFile::new(&file).unwrap())),
+        (
+            "ReadFile",
+            Arc::new(ReadFile::new(file.try_clone().unwrap()).unwrap()),
+        ),
+    ];
+    for (name, source) in sources {
+        let uffd = serve_uffd(memory, RegisterMode::MISSING).unwrap();
+        // SAFETY: the test region holds no Rust object.
+        let server = unsafe {
+            Server::builder()
+                .region(Served::new(region.addr(), region.len()))
+                .start(uffd, source)
+        }
+        .unwrap();
+        let bad = touch_all(&region, &expected, 2);
+        let s = server.stop().stats;
+        assert!(bad.is_empty(), "{name}: pages {bad:?} differ");
+        eprintln!("{name}: {s:?}");
+        // The 200-page hole at least is mapped as zero pages, not copied.
+        assert!(s.pages_zeroed >= 200, "{name}: {s:?}");
+        assert!(
+            s.bytes_copied <= ((region.pages() - 200) * ps) as u64,
+            "{name}: {s:?}"
+        );
+        // SAFETY: discards our own test mapping's pages for the next source.
+        assert_eq!(
+            unsafe { libc::madvise(region.addr(), region.len(), libc::MADV_DONTNEED) },
+            0
+        );
+    }
+}
+
+#[test]
+fn fault_around_continues_after_present_pages() {
+    for memory in MemoryType::ALL {
+        let Some(uffd) = serve_uffd(memory, RegisterMode::MISSING) else {
+            continue;
+        };
+        let Some(region) = Region::new(memory, pages_for(memory)) else {
+            continue;
+        };
+        let ps = region.page_size();
+        let pages = region.pages();
+        let expected = snapshot(pages, ps);
+        // Pages the process wrote before serving starts: present, never overwritten.
+        let own: Vec<usize> = [1, 2, pages - 1]
+            .into_iter()
+            .filter(|&p| p < pages)
+            .collect();
+        for &p in &own {
+            region.write_page(p, &pattern(1000 + p, ps));
+        }
+        let mut want = expected.clone();
+        for &p in &own {
+            want[p * ps..(p + 1) * ps].copy_from_slice(&pattern(1000 + p, ps));
+        }
+        let region = Arc::new(region);
+        // SAFETY: the test region holds no Rust object.
+        let server = unsafe {
+            Server::builder()
+                .fault_around(16 * ps)
+                .region(Served::new(region.addr(), region.len()).page_size(ps))
+                .start(uffd, Arc::new(TestSource::new(expected, ps)))
+        }
+        .unwrap();
+        let bad = mismatches(&region, &want, 0..pages);
+        let s = server.stop().stats;
+        assert!(bad.is_empty(), "{memory:?}: pages {bad:?} differ");
+        eprintln!("{memory:?}: {s:?}");
+        // The first block holds present pages: the copy stopped at them (EAGAIN with
+        // progress, then EEXIST) and went on after them.
+        assert!(s.eexist >= 1, "{memory:?}: {s:?}");
+        assert_eq!(
+            s.pages_copied + s.pages_zeroed + s.eexist,
+            pages as u64,
+            "{memory:?}: {s:?}"
+        );
+    }
+}
+
+#[test]
+fn background_fill_places_everything_without_faults() {
+    for memory in MemoryType::ALL {
+        let Some(uffd) = serve_uffd(memory, RegisterMode::MISSING) else {
+            continue;
+        };
+        let Some(region) = Region::new(memory, pages_for(memory)) else {
+            continue;
+        };
+        let ps = region.page_size();
+        let expected = snapshot(region.pages(), ps);
+        // SAFETY: the test region holds no Rust object.
+        let server = unsafe {
+            Server::builder()
+                .background_fill(true)
+                .region(Served::new(region.addr(), region.len()).page_size(ps))
+                .start(uffd, Arc::new(TestSource::new(expected.clone(), ps)))
+        }
+        .unwrap();
+        let deadline = std::time::Instant::now() + support::TIMEOUT;
+        while server.stats().background_pages < region.pages() as u64 {
+            assert!(std::time::Instant::now() < deadline, "{:?}", server.stats());
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let bad = mismatches(&region, &expected, 0..region.pages());
+        let s = server.stop().stats;
+        assert!(bad.is_empty(), "{memory:?}: pages {bad:?} differ");
+        assert_eq!(
+            s.faults, 0,
+            "{memory:?}: everything was placed before the reads: {s:?}"
+        );
+    }
+}
