@@ -152,7 +152,7 @@ impl Mapping {
     fn clip(&self, start: usize, end: usize) -> Option<Mapping> {
         let s = self.addr.max(start);
         let e = (self.addr + self.len).min(end);
-        (s < e).then_some(Mapping {
+        (s < e).then(|| Mapping {
             addr: s,
             len: e - s,
             first_page: self.first_page + (s - self.addr) / self.page_size,

@@ -348,7 +348,9 @@ pub struct Finished {
     pub outcome: Result<Exit, ServeError>,
     /// The userfaultfd, still open with the regions registered: threads blocked in a fault
     /// stay blocked until it is dropped (then they get the kernel's default pages) or their
-    /// ranges are unregistered.
+    /// ranges are unregistered. While it is open, nobody reads its events: an `munmap`,
+    /// `mremap` or `madvise(MADV_DONTNEED)` of a region waits for its event to be read, so
+    /// drop it (or unregister) before those.
     pub uffd: Uffd,
 }
 
