@@ -1,7 +1,7 @@
 //! [`ServerBuilder`] and the [`Server`] handle: start, statistics, stop.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::pages::PageState;
 use super::region::{check_disjoint, AddressMap, Backend, Region};
 use super::stats::{Counters, Stats};
-use super::worker::{poison_unplaced, Config, Placer, Shared, Stop, Worker, ZeroMap};
+use super::worker::{poison_unplaced, Config, Flow, Placer, Shared, Stop, Worker, ZeroMap};
 use super::{ErrorPolicy, PageSource, ServeError};
 use crate::{FeatureFlags, IoctlFlags, RegisterMode, Uffd};
 
@@ -140,6 +140,7 @@ impl ServerBuilder {
                 .map(|r| PageState::new(r.pages()))
                 .collect(),
             map: RwLock::new(AddressMap::new(&self.regions)),
+            epoch: AtomicU64::new(0),
             regions: self.regions.clone(),
             uffd,
             source,
@@ -299,7 +300,6 @@ fn background(shared: &Shared, id: usize) -> Result<(), Stop> {
     // SAFETY: setpriority on this thread only (Linux: a thread id names one thread).
     unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
     let counters = &shared.counters[id];
-    let placer = Placer { shared, counters };
     let block = shared.config.fault_around;
     let mut scratch = vec![0u8; shared.zeros.len];
     for (index, region) in shared.regions.iter().enumerate() {
@@ -316,17 +316,24 @@ fn background(shared: &Shared, id: usize) -> Result<(), Stop> {
                 page += per_block;
                 continue;
             }
-            let flow = {
-                let map = shared.map.read().unwrap_or_else(|e| e.into_inner());
-                match map.locate(index, page) {
-                    Some(m) => Some(placer.background_block(&m, page, &mut scratch)?),
-                    None => None,
-                }
+            let placer = Placer {
+                shared,
+                counters,
+                epoch: shared.epoch.load(Ordering::Acquire),
+            };
+            let found = shared
+                .map
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .locate(index, page);
+            let flow = match found {
+                Some(m) => placer.background_block(&m, page, &mut scratch)?,
+                None => Flow::Done, // unmapped: nothing to fill
             };
             match flow {
-                // An event is pending: a worker will read it; let it.
-                Some(false) => std::thread::yield_now(),
-                _ => page += per_block,
+                Flow::Done => page += per_block,
+                // An event is pending (a worker reads it), or was just applied: try again.
+                Flow::ReadEvents | Flow::Restart => std::thread::yield_now(),
             }
         }
     }

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,9 @@ pub(crate) struct Shared {
     pub pages: Vec<PageState>,
     /// The lock: shared by placements, exclusive for reading messages and applying events.
     pub map: RwLock<AddressMap>,
+    /// Counts the non-cooperative events applied (changed under the exclusive lock): a
+    /// placement decided before a change is not made.
+    pub epoch: AtomicU64,
     /// Readable once the server stops (an eventfd that is written and never read).
     pub stop_fd: OwnedFd,
     /// The served process's pidfd, readable once it exits.
@@ -75,10 +78,13 @@ pub(crate) enum Stop {
 }
 
 /// How a placement ended.
-enum Flow {
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flow {
     Done,
     /// `EAGAIN` with no progress: read the pending messages, then start over.
     ReadEvents,
+    /// An event was applied since the placement looked at the page state: start over.
+    Restart,
 }
 
 /// Where pages come from in one placement.
@@ -112,9 +118,16 @@ fn lock_write(map: &RwLock<AddressMap>) -> RwLockWriteGuard<'_, AddressMap> {
 }
 
 /// Places pages: the part of a worker that only needs shared access.
+///
+/// The page state and the address map are looked at, and the source is read, without the
+/// lock; each placement then takes the shared lock and is made only if no event was applied
+/// since `epoch` was read (otherwise [`Flow::Restart`]). So a slow source never delays the
+/// reading of events, and a placement never contradicts an event applied before it.
 pub(crate) struct Placer<'a> {
     pub shared: &'a Shared,
     pub counters: &'a Counters,
+    /// `Shared::epoch` when this attempt started.
+    pub epoch: u64,
 }
 
 impl Placer<'_> {
@@ -145,8 +158,9 @@ impl Placer<'_> {
                     continue;
                 }
                 let j = state.run_end(i + 1, to, false);
-                if let Flow::ReadEvents = self.run(m, i, j, page, origin, scratch)? {
-                    return Ok(Flow::ReadEvents);
+                let flow = self.run(m, i, j, page, origin, scratch)?;
+                if flow != Flow::Done {
+                    return Ok(flow);
                 }
                 i = j;
             }
@@ -154,18 +168,14 @@ impl Placer<'_> {
         Ok(Flow::Done)
     }
 
-    /// Places the unplaced pages of the block holding region page `page` of `m`; `false` when
-    /// an event is pending (a worker reads it; try again).
+    /// Places the unplaced pages of the block holding region page `page` of `m`.
     pub fn background_block(
         &self,
         m: &Mapping,
         page: usize,
         scratch: &mut [u8],
-    ) -> Result<bool, Stop> {
-        Ok(matches!(
-            self.block(m, page, Origin::Background, scratch)?,
-            Flow::Done
-        ))
+    ) -> Result<Flow, Stop> {
+        self.block(m, page, Origin::Background, scratch)
     }
 
     /// Places pages `[from, to)` of `m`'s region, splitting by discarded state.
@@ -199,7 +209,7 @@ impl Placer<'_> {
                     }
                 }
             };
-            if let Flow::ReadEvents = flow {
+            if flow != Flow::Done {
                 return Ok(flow);
             }
             i = j;
@@ -244,7 +254,7 @@ impl Placer<'_> {
                 Fill::Zero => self.zeros(m, i, j, fault, origin)?,
                 _ => self.place(m, i, j, fill, fault, origin)?,
             };
-            if let Flow::ReadEvents = flow {
+            if flow != Flow::Done {
                 return Ok(flow);
             }
             i = j;
@@ -290,6 +300,10 @@ impl Placer<'_> {
         let state = &self.shared.pages[m.region];
         let addr_of = |page: usize| (m.addr + (page - m.first_page) * ps) as *mut c_void;
         let zero_fill = matches!(fill, Fill::Copy(p) if p == self.shared.zeros.ptr);
+        let _shared = lock_read(&self.shared.map);
+        if self.shared.epoch.load(Ordering::Acquire) != self.epoch {
+            return Ok(Flow::Restart);
+        }
         let mut i = from;
         while i < to {
             let (dst, len) = (addr_of(i), (to - i) * ps);
@@ -340,7 +354,7 @@ impl Placer<'_> {
                     Some(Errno::ENOENT) => return Ok(Flow::Done),
                     // CONTINUE of a page the page cache lacks (a hole): a zero page.
                     Some(Errno::EFAULT) if matches!(fill, Fill::Continue) => {
-                        match self.zeros(m, i, i + 1, fault, origin)? {
+                        match self.zero_one(m, i, fault, origin)? {
                             Flow::Done => {
                                 i += 1;
                                 continue;
@@ -362,6 +376,45 @@ impl Placer<'_> {
             state.mark_placed(i, i + done);
             i += done;
         }
+        Ok(Flow::Done)
+    }
+
+    /// One zero page in place of a page the page cache lacks (`CONTINUE` gave `EFAULT`),
+    /// under the shared lock the caller holds.
+    fn zero_one(
+        &self,
+        m: &Mapping,
+        page: usize,
+        fault: usize,
+        origin: Origin,
+    ) -> Result<Flow, Stop> {
+        let ps = m.page_size;
+        let dst = (m.addr + (page - m.first_page) * ps) as *mut c_void;
+        let result = if ps > super::source::page_size() {
+            // SAFETY: as in `place`: a served page, and the zero mapping is readable.
+            unsafe {
+                self.shared
+                    .uffd
+                    .copy(self.shared.zeros.ptr.cast(), dst, ps, true)
+            }
+        } else {
+            // SAFETY: as in `place`.
+            unsafe { self.shared.uffd.zeropage(dst, ps, true) }
+        };
+        match result {
+            Ok(_) => self.count(page, page + 1, fault, Fill::Zero, true, origin, ps),
+            Err(e) => match e.errno() {
+                Some(Errno::EAGAIN) => return Ok(Flow::ReadEvents),
+                Some(Errno::EEXIST | Errno::ENOENT) => {
+                    add(&self.counters.eexist, 1);
+                    if page == fault && origin == Origin::Fault {
+                        let _ = self.shared.uffd.wake(dst, ps);
+                    }
+                }
+                _ => return Err(uffd_error("placing a zero page for a page-cache hole", e)),
+            },
+        }
+        self.shared.pages[m.region].mark_placed(page, page + 1);
         Ok(Flow::Done)
     }
 
@@ -454,12 +507,13 @@ impl Worker {
                 let placer = Placer {
                     shared,
                     counters: &shared.counters[*id],
+                    epoch: shared.epoch.load(Ordering::Acquire),
                 };
-                let map = lock_read(&shared.map);
-                match map.find(addr) {
+                let found = lock_read(&shared.map).find(addr).copied();
+                match found {
                     Some(m) => {
                         let page = m.first_page + (addr - m.addr) / m.page_size;
-                        placer.block(m, page, Origin::Fault, scratch)?
+                        placer.block(&m, page, Origin::Fault, scratch)?
                     }
                     None => {
                         // Not (or no longer) served: the range was unmapped. Wake the thread,
@@ -476,6 +530,7 @@ impl Worker {
             match flow {
                 Flow::Done => break,
                 Flow::ReadEvents => self.read_messages()?,
+                Flow::Restart => {}
             }
         }
         let counters = &self.shared.counters[self.id];
@@ -497,7 +552,10 @@ impl Worker {
         let now = Instant::now();
         for event in events {
             match event.map_err(|e| uffd_error("decoding a message", e))? {
-                Event::Pagefault { addr, .. } => self.pending.push_back((addr as usize, now)),
+                Event::Pagefault { addr, .. } => {
+                    self.pending.push_back((addr as usize, now));
+                    continue;
+                }
                 Event::Remove { start, end } => {
                     add(&counters.events, 1);
                     apply_remove(shared, &map, start as usize, end as usize, counters);
@@ -516,7 +574,10 @@ impl Worker {
                 #[allow(unreachable_patterns)]
                 _ => {}
             }
+            // Placements decided before this event must not be made.
+            shared.epoch.fetch_add(1, Ordering::Release);
         }
+        drop(map);
         Ok(())
     }
 
@@ -558,6 +619,7 @@ impl Worker {
             if r == 0 {
                 continue;
             }
+
             if fds[2].revents != 0 {
                 return Err(Stop::Exit(Exit::ProcessExited));
             }
@@ -635,6 +697,7 @@ pub(crate) fn poison_unplaced(shared: &Shared) {
                                 }
                                 _ => {}
                             }
+                            shared.epoch.fetch_add(1, Ordering::Release);
                         }
                     }
                 }
