@@ -370,11 +370,10 @@ fn child_sending_its_uffd(touch: bool) -> (support::RunningChild, OwnedFd) {
 }
 
 fn go(sock: &OwnedFd) {
-    // SAFETY: writes one byte.
-    assert_eq!(
-        unsafe { libc::write(sock.as_raw_fd(), [1u8].as_ptr().cast(), 1) },
-        1
-    );
+    let byte = [1u8];
+    // SAFETY: writes one byte from `byte`.
+    let n = unsafe { libc::write(sock.as_raw_fd(), byte.as_ptr().cast(), 1) };
+    assert_eq!(n, 1);
 }
 
 /// As VMMs do: the process to serve sends its descriptor over a Unix socket; the server

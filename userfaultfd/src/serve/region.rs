@@ -103,7 +103,7 @@ impl Region {
         }
         if self.backend == Backend::Copy || source_len > 0 {
             let end = self.offset.checked_add(self.len as u64);
-            if end.is_none_or(|end| end > source_len) {
+            if !end.is_some_and(|end| end <= source_len) {
                 return bad(format!(
                     "source bytes {:#x}..{:#x} are outside the source ({source_len:#x} bytes)",
                     self.offset,

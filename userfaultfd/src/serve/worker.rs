@@ -203,7 +203,7 @@ impl Placer<'_> {
                 self.zeros(m, i, j, fault, origin)?
             } else {
                 match region.backend {
-                    Backend::Copy => self.from_source(m, region, i, j, fault, origin, scratch)?,
+                    Backend::Copy => self.source_run(m, region, i, j, fault, origin, scratch)?,
                     Backend::Continue { .. } => {
                         self.place(m, i, j, Fill::Continue, fault, origin)?
                     }
@@ -218,7 +218,7 @@ impl Placer<'_> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn from_source(
+    fn source_run(
         &self,
         m: &Mapping,
         region: &Region,
@@ -640,7 +640,8 @@ fn apply_remove(shared: &Shared, map: &AddressMap, start: usize, end: usize, cou
     for m in map.overlapping(start, end) {
         let ps = m.page_size;
         let first = m.first_page;
-        let last = m.first_page + (m.len + ps - 1) / ps;
+        // Mappings are page aligned: a range starting inside a page covers it from its start.
+        let last = m.first_page + (m.addr % ps + m.len).div_ceil(ps);
         let state = &shared.pages[m.region];
         if shared.regions[m.region].backend == (Backend::Continue { private: false }) {
             // The page cache keeps the contents (the mapping is the file): nothing to zero.
