@@ -318,6 +318,7 @@ fn background(shared: &Shared, id: usize) -> Result<(), Stop> {
             }
             let placer = Placer {
                 shared,
+                inbox: None,
                 counters,
                 epoch: shared.epoch.load(Ordering::Acquire),
             };

@@ -1,6 +1,7 @@
 //! The worker: waits for messages, reads them under the exclusive lock (applying the
 //! non-cooperative events), and places pages under the shared lock.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,8 +35,8 @@ pub(crate) struct Shared {
     pub pages: Vec<PageState>,
     /// The lock: shared by placements, exclusive for reading messages and applying events.
     pub map: RwLock<AddressMap>,
-    /// Counts the non-cooperative events applied (changed under the exclusive lock): a
-    /// placement decided before a change is not made.
+    /// Counts the changes of the address map (`UNMAP`, `REMAP`; under the exclusive lock): a
+    /// placement looked up before a change is not made.
     pub epoch: AtomicU64,
     /// Readable once the server stops (an eventfd that is written and never read).
     pub stop_fd: OwnedFd,
@@ -109,6 +110,17 @@ fn uffd_error(operation: &'static str, source: Error) -> Stop {
     Stop::Failed(ServeError::Uffd { operation, source })
 }
 
+/// After `EAGAIN` with nothing left to read, the event was read but the kernel refuses
+/// placements until the thread that caused it resumes: let it run.
+fn backoff(idle: &mut u32) {
+    *idle += 1;
+    if *idle < 8 {
+        std::thread::yield_now();
+    } else {
+        std::thread::sleep(Duration::from_micros(20));
+    }
+}
+
 fn lock_read(map: &RwLock<AddressMap>) -> RwLockReadGuard<'_, AddressMap> {
     map.read().unwrap_or_else(|e| e.into_inner())
 }
@@ -120,11 +132,15 @@ fn lock_write(map: &RwLock<AddressMap>) -> RwLockWriteGuard<'_, AddressMap> {
 /// Places pages: the part of a worker that only needs shared access.
 ///
 /// The page state and the address map are looked at, and the source is read, without the
-/// lock; each placement then takes the shared lock and is made only if no event was applied
-/// since `epoch` was read (otherwise [`Flow::Restart`]). So a slow source never delays the
-/// reading of events, and a placement never contradicts an event applied before it.
+/// lock; each placement then takes the shared lock and is made only if the address map did
+/// not change since `epoch` was read and none of its pages was discarded meanwhile
+/// (otherwise [`Flow::Restart`]). So a slow source never delays the reading of events, and a
+/// placement never contradicts an event applied before it.
 pub(crate) struct Placer<'a> {
     pub shared: &'a Shared,
+    /// Where a worker reads pending events when a placement meets one (`None` for the
+    /// background fill, which leaves them to the workers).
+    pub inbox: Option<&'a RefCell<Inbox>>,
     pub counters: &'a Counters,
     /// `Shared::epoch` when this attempt started.
     pub epoch: u64,
@@ -300,11 +316,24 @@ impl Placer<'_> {
         let state = &self.shared.pages[m.region];
         let addr_of = |page: usize| (m.addr + (page - m.first_page) * ps) as *mut c_void;
         let zero_fill = matches!(fill, Fill::Copy(p) if p == self.shared.zeros.ptr);
-        let _shared = lock_read(&self.shared.map);
+        let mut guard = lock_read(&self.shared.map);
         if self.shared.epoch.load(Ordering::Acquire) != self.epoch {
+            return Ok(Flow::Restart); // unmapped or moved since the lookup
+        }
+        // Contents that a discard since the decision would make stale: checked here, under
+        // the lock, so that an unrelated REMOVE does not restart the placement.
+        let stale_if_discarded = match fill {
+            Fill::Copy(_) => !zero_fill,
+            Fill::Zero => false,
+            Fill::Continue => {
+                self.shared.regions[m.region].backend != (Backend::Continue { private: false })
+            }
+        };
+        if stale_if_discarded && state.discarded_run_end(from, to, false) != to {
             return Ok(Flow::Restart);
         }
         let mut i = from;
+        let mut idle = 0u32;
         while i < to {
             let (dst, len) = (addr_of(i), (to - i) * ps);
             let result = match fill {
@@ -334,7 +363,27 @@ impl Placer<'_> {
                         add(&self.counters.eagain_retries, 1);
                         match e {
                             Error::PartiallyCopied(n) if n >= ps => n / ps,
-                            _ => return Ok(Flow::ReadEvents),
+                            _ => {
+                                // An event is pending: read it, then retry this very ioctl
+                                // (not the whole fault: under a stream of events, only a
+                                // quick retry lands between two of them).
+                                let Some(inbox) = self.inbox else {
+                                    return Ok(Flow::ReadEvents);
+                                };
+                                drop(guard);
+                                let read = inbox.borrow_mut().read(self.shared, self.counters)?;
+                                if read == 0 {
+                                    backoff(&mut idle);
+                                }
+                                guard = lock_read(&self.shared.map);
+                                if self.shared.epoch.load(Ordering::Acquire) != self.epoch
+                                    || (stale_if_discarded
+                                        && state.discarded_run_end(i, to, false) != to)
+                                {
+                                    return Ok(Flow::Restart);
+                                }
+                                continue;
+                            }
                         }
                     }
                     Some(Errno::EEXIST) => {
@@ -376,6 +425,7 @@ impl Placer<'_> {
             state.mark_placed(i, i + done);
             i += done;
         }
+        drop(guard);
         Ok(Flow::Done)
     }
 
@@ -450,13 +500,70 @@ impl Placer<'_> {
     }
 }
 
+/// Messages read and not yet handled: a worker's batch buffer and its queue of faults.
+pub(crate) struct Inbox {
+    buf: EventBuffer,
+    /// Faults read and not yet served, with when they were read.
+    pub pending: VecDeque<(usize, Instant)>,
+}
+
+impl Inbox {
+    pub fn new(batch: usize) -> Inbox {
+        Inbox {
+            buf: EventBuffer::new(batch),
+            pending: VecDeque::with_capacity(batch * 8),
+        }
+    }
+
+    /// Reads a batch of messages under the exclusive lock, applying the non-cooperative
+    /// events and queueing the faults. Returns how many messages were read.
+    pub fn read(&mut self, shared: &Shared, counters: &Counters) -> Result<usize, Stop> {
+        let mut map = lock_write(&shared.map);
+        let events = shared
+            .uffd
+            .read_events(&mut self.buf)
+            .map_err(|e| uffd_error("reading messages", e))?;
+        let now = Instant::now();
+        let count = events.len();
+        for event in events {
+            match event.map_err(|e| uffd_error("decoding a message", e))? {
+                Event::Pagefault { addr, .. } => {
+                    self.pending.push_back((addr as usize, now));
+                    continue;
+                }
+                Event::Remove { start, end } => {
+                    add(&counters.events, 1);
+                    // Marks only: placements re-check them under the lock.
+                    apply_remove(shared, &map, start as usize, end as usize, counters);
+                    continue;
+                }
+                Event::Unmap { start, end } => {
+                    add(&counters.events, 1);
+                    map.cut(start as usize, end as usize);
+                }
+                Event::Remap { from, to, len } => {
+                    add(&counters.events, 1);
+                    map.remap(from as usize, to as usize, len);
+                }
+                // Refused when the server is built (no EVENT_FORK); closing the child's
+                // descriptor leaves its copy of the regions unregistered.
+                Event::Fork { uffd } => drop(uffd),
+                #[allow(unreachable_patterns)]
+                _ => {}
+            }
+            // The address map changed: placements looked up before must start over.
+            shared.epoch.fetch_add(1, Ordering::Release);
+        }
+        drop(map);
+        Ok(count)
+    }
+}
+
 /// One worker thread's state.
 pub(crate) struct Worker {
     pub shared: Arc<Shared>,
     pub id: usize,
-    pub buf: EventBuffer,
-    /// Faults read and not yet served, with when they were read.
-    pub pending: VecDeque<(usize, Instant)>,
+    pub inbox: RefCell<Inbox>,
     pub scratch: Vec<u8>,
 }
 
@@ -472,8 +579,7 @@ impl Worker {
         Worker {
             shared,
             id,
-            buf: EventBuffer::new(batch),
-            pending: VecDeque::with_capacity(batch * 8),
+            inbox: RefCell::new(Inbox::new(batch)),
             scratch: vec![0; block],
         }
     }
@@ -481,7 +587,9 @@ impl Worker {
     /// Serves until stopped.
     pub fn run(&mut self) -> Result<(), Stop> {
         loop {
-            while let Some((addr, read_at)) = self.pending.pop_front() {
+            loop {
+                let next = self.inbox.get_mut().pending.pop_front();
+                let Some((addr, read_at)) = next else { break };
                 self.serve_fault(addr, read_at)?;
             }
             if self.shared.stopping.load(Ordering::Acquire) {
@@ -495,17 +603,24 @@ impl Worker {
         }
     }
 
+    fn read_messages(&mut self) -> Result<usize, Stop> {
+        let counters = &self.shared.counters[self.id];
+        self.inbox.get_mut().read(&self.shared, counters)
+    }
+
     fn serve_fault(&mut self, addr: usize, read_at: Instant) -> Result<(), Stop> {
+        let mut idle = 0;
         loop {
             let flow = {
                 let Worker {
                     shared,
                     id,
                     scratch,
-                    ..
+                    inbox,
                 } = &mut *self;
                 let placer = Placer {
                     shared,
+                    inbox: Some(inbox),
                     counters: &shared.counters[*id],
                     epoch: shared.epoch.load(Ordering::Acquire),
                 };
@@ -529,55 +644,17 @@ impl Worker {
             };
             match flow {
                 Flow::Done => break,
-                Flow::ReadEvents => self.read_messages()?,
+                Flow::ReadEvents => {
+                    if self.read_messages()? == 0 {
+                        backoff(&mut idle);
+                    }
+                }
                 Flow::Restart => {}
             }
         }
         let counters = &self.shared.counters[self.id];
         add(&counters.faults, 1);
         counters.record_latency(read_at.elapsed());
-        Ok(())
-    }
-
-    /// Reads a batch of messages under the exclusive lock, applying the non-cooperative
-    /// events and queueing the faults.
-    pub fn read_messages(&mut self) -> Result<(), Stop> {
-        let shared = &*self.shared;
-        let counters = &shared.counters[self.id];
-        let mut map = lock_write(&shared.map);
-        let events = shared
-            .uffd
-            .read_events(&mut self.buf)
-            .map_err(|e| uffd_error("reading messages", e))?;
-        let now = Instant::now();
-        for event in events {
-            match event.map_err(|e| uffd_error("decoding a message", e))? {
-                Event::Pagefault { addr, .. } => {
-                    self.pending.push_back((addr as usize, now));
-                    continue;
-                }
-                Event::Remove { start, end } => {
-                    add(&counters.events, 1);
-                    apply_remove(shared, &map, start as usize, end as usize, counters);
-                }
-                Event::Unmap { start, end } => {
-                    add(&counters.events, 1);
-                    map.cut(start as usize, end as usize);
-                }
-                Event::Remap { from, to, len } => {
-                    add(&counters.events, 1);
-                    map.remap(from as usize, to as usize, len);
-                }
-                // Refused when the server is built (no EVENT_FORK); closing the child's
-                // descriptor leaves its copy of the regions unregistered.
-                Event::Fork { uffd } => drop(uffd),
-                #[allow(unreachable_patterns)]
-                _ => {}
-            }
-            // Placements decided before this event must not be made.
-            shared.epoch.fetch_add(1, Ordering::Release);
-        }
-        drop(map);
         Ok(())
     }
 
