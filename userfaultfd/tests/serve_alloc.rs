@@ -85,10 +85,8 @@ fn serving_faults_allocates_nothing() {
     };
     let discard = |p: usize| {
         // SAFETY: discards one page of our own mapping.
-        assert_eq!(
-            unsafe { libc::madvise(region.page(p).cast(), ps, libc::MADV_DONTNEED) },
-            0
-        );
+        let r = unsafe { libc::madvise(region.page(p).cast(), ps, libc::MADV_DONTNEED) };
+        assert_eq!(r, 0);
     };
     discard(1);
     let n = counted(|| {

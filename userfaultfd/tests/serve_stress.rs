@@ -110,10 +110,8 @@ fn stress(memory: MemoryType, pages: usize, secs: f64) {
         // The final discard: afterwards discardable pages read zeros, the rest the source.
         for p in (0..pages).filter(|&p| discardable(p)) {
             // SAFETY: discards a page of our own mapping.
-            assert_eq!(
-                unsafe { libc::madvise(region.page(p).cast(), ps, advice) },
-                0
-            );
+            let r = unsafe { libc::madvise(region.page(p).cast(), ps, advice) };
+            assert_eq!(r, 0);
         }
         let mut mismatches: Vec<String> = results.into_iter().filter_map(Result::err).collect();
         for p in 0..pages {
@@ -139,10 +137,8 @@ fn stress(memory: MemoryType, pages: usize, secs: f64) {
         );
         drop(finished.uffd);
         // SAFETY: empties our own mapping for the next round (no descriptor is open).
-        assert_eq!(
-            unsafe { libc::madvise(region.addr(), region.len(), advice) },
-            0
-        );
+        let r = unsafe { libc::madvise(region.addr(), region.len(), advice) };
+        assert_eq!(r, 0);
     }
     eprintln!("{memory:?}: {rounds} rounds, 0 mismatches");
 }
