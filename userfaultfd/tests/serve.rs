@@ -191,6 +191,15 @@ fn sparse_file(expected: &[u8], ps: usize) -> std::fs::File {
     file
 }
 
+/// Whether the file system reports the file's holes (`SEEK_HOLE` before its end); ramfs,
+/// for one, reports none.
+fn reports_holes(file: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: lseek on our own descriptor has no memory effects.
+    let hole = unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_HOLE) };
+    hole >= 0 && (hole as u64) < file.metadata().unwrap().len()
+}
+
 fn tempfile() -> std::fs::File {
     let dir = std::env::temp_dir();
     let path = dir.join(format!(
@@ -239,12 +248,14 @@ fn file_sources_serve_holes_as_zero_pages() {
         let s = server.stop().stats;
         assert!(bad.is_empty(), "{name}: pages {bad:?} differ");
         eprintln!("{name}: {s:?}");
-        // The 200-page hole at least is mapped as zero pages, not copied.
-        assert!(s.pages_zeroed >= 200, "{name}: {s:?}");
-        assert!(
-            s.bytes_copied <= ((region.pages() - 200) * ps) as u64,
-            "{name}: {s:?}"
-        );
+        if reports_holes(&file) {
+            // The 200-page hole at least is mapped as zero pages, not copied.
+            assert!(s.pages_zeroed >= 200, "{name}: {s:?}");
+            let copied_at_most = ((region.pages() - 200) * ps) as u64;
+            assert!(s.bytes_copied <= copied_at_most, "{name}: {s:?}");
+        } else {
+            eprintln!("the temporary directory's file system reports no holes: zeros copied");
+        }
         // SAFETY: discards our own test mapping's pages for the next source.
         let r = unsafe { libc::madvise(region.addr(), region.len(), libc::MADV_DONTNEED) };
         assert_eq!(r, 0);
