@@ -111,10 +111,14 @@ fn uffd_error(operation: &'static str, source: Error) -> Stop {
 }
 
 /// After `EAGAIN` with nothing left to read, the event was read but the kernel refuses
-/// placements until the thread that caused it resumes: let it run.
+/// placements until the thread that caused it resumes (microseconds): retry at once a few
+/// times, since under a stream of events only a quick retry lands between two of them; then
+/// let that thread have the CPU; then sleep.
 fn backoff(idle: &mut u32) {
     *idle += 1;
-    if *idle < 8 {
+    if *idle < 32 {
+        std::hint::spin_loop();
+    } else if *idle < 64 {
         std::thread::yield_now();
     } else {
         std::thread::sleep(Duration::from_micros(20));
@@ -374,6 +378,8 @@ impl Placer<'_> {
                                 let read = inbox.borrow_mut().read(self.shared, self.counters)?;
                                 if read == 0 {
                                     backoff(&mut idle);
+                                } else {
+                                    idle = 0; // a new event: its thread resumes soon
                                 }
                                 guard = lock_read(&self.shared.map);
                                 if self.shared.epoch.load(Ordering::Acquire) != self.epoch
@@ -647,6 +653,8 @@ impl Worker {
                 Flow::ReadEvents => {
                     if self.read_messages()? == 0 {
                         backoff(&mut idle);
+                    } else {
+                        idle = 0;
                     }
                 }
                 Flow::Restart => {}
