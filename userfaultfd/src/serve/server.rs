@@ -248,17 +248,11 @@ fn register(uffd: &Uffd, index: usize, r: &Region) -> Result<(), ServeError> {
 }
 
 fn set_non_blocking(uffd: &Uffd) -> Result<(), ServeError> {
-    let fd = uffd.as_raw_fd();
-    // SAFETY: fcntl on our own descriptor has no memory effects.
-    let ok = unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(io_error("making the userfaultfd non-blocking"))
-    }
+    uffd.set_non_blocking(true)
+        .map_err(|source| ServeError::Io {
+            operation: "making the userfaultfd non-blocking",
+            source,
+        })
 }
 
 fn io_error(operation: &'static str) -> ServeError {

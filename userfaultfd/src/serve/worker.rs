@@ -756,9 +756,8 @@ pub(crate) fn poison_unplaced(shared: &Shared) {
                 continue;
             }
             let dst = (m.addr + (i - m.first_page) * ps) as *mut c_void;
-            // SAFETY: poisoning a served page makes accesses to it raise SIGBUS; it holds no
-            // Rust object (the caller of `start` promised the region's contents to us).
-            match unsafe { shared.uffd.poison(dst, ps, true) } {
+            // Missing pages only: accesses raise SIGBUS instead of blocking.
+            match shared.uffd.poison(dst, ps, true) {
                 Ok(_) => i += 1,
                 Err(e) if matches!(e.errno(), Some(Errno::EEXIST | Errno::ENOENT)) => i += 1,
                 Err(e) if e.errno() == Some(Errno::EAGAIN) => {
