@@ -40,6 +40,10 @@
 //! a discarded page is never refilled with the source's stale contents, and a slow source
 //! never delays the reading of events (nor the `madvise`/`munmap` waiting for them).
 //!
+//! A worker serves the faults it reads itself; with several workers each reads one message
+//! at a time, so that the next fault goes to another worker and a slow (remote) source is
+//! waited on by several workers at once.
+//!
 //! A fault places the block of [`ServerBuilder::fault_around`] bytes around the faulting
 //! page (aligned, clipped to the region and to pages not yet placed), the faulting page
 //! first. The background fill (optional) places the rest of the regions block by block at the

@@ -169,7 +169,10 @@ impl ServerBuilder {
             config: Config {
                 busy_poll: self.busy_poll,
                 policy: self.policy,
-                batch: 64,
+                // A worker serves the faults it reads: with several workers, reading one
+                // message at a time lets the others take the next faults, so that a slow
+                // source is waited on in parallel. Alone, a worker reads whole batches.
+                batch: if self.workers == 1 { 64 } else { 1 },
             },
             zeros,
         });
