@@ -93,11 +93,12 @@
 //! # Performance
 //!
 //! On a 2-CPU machine, restoring 1 GiB from a snapshot on tmpfs (`cargo bench --bench
-//! serve`, BENCHMARKS.md of the repository): the defaults on anonymous memory are 5-7x faster
-//! than placing one page per fault and faster than reading the file first; the
-//! [`Backend::Continue`] backend on a `MAP_PRIVATE` mapping of the file comes within 3x of
-//! the kernel's own lazy file mapping. Busy-polling ([`ServerBuilder::busy_poll`]) did not
-//! measurably help there; more workers pay off when the source is slow.
+//! serve`, BENCHMARKS.md of the repository): the defaults on anonymous memory are 5.7-18x
+//! faster than placing one page per fault and 1.2-1.9x faster than reading the file first;
+//! the [`Backend::Continue`] backend on a `MAP_PRIVATE` mapping of the file takes 0.7-1.8x
+//! the time of the kernel's own lazy file mapping. Neither busy-polling
+//! ([`ServerBuilder::busy_poll`]) nor a second worker helped there (a second worker pays off
+//! when the source is slow).
 
 mod background;
 mod inbox;

@@ -58,8 +58,9 @@ impl ServerBuilder {
         self
     }
 
-    /// The number of worker threads (default 1: on this project's 2-CPU machine a second
-    /// worker only pays off with a slow source; see BENCHMARKS.md).
+    /// The number of worker threads (default 1). On a 2-CPU machine a second worker did not
+    /// make restoring from a fast source any faster; several workers pay off with a slow
+    /// (remote) source, whose fetches for different faults then overlap.
     pub fn workers(&mut self, workers: usize) -> &mut Self {
         self.workers = workers;
         self
