@@ -8,6 +8,7 @@ pub mod blocked;
 pub mod child;
 pub mod dirty;
 pub mod memory;
+pub mod serve;
 pub mod skip;
 pub mod timeout;
 

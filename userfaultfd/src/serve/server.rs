@@ -1,0 +1,481 @@
+//! [`ServerBuilder`] and the [`Server`] handle: start, statistics, stop.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::background::background;
+use super::inbox::poison_unplaced;
+use super::pages::PageState;
+use super::region::{check_disjoint, AddressMap, Backend, Region};
+use super::shared::{Config, Shared, Stop, ZeroMap};
+use super::stats::{Counters, Stats};
+use super::worker::Worker;
+use super::{ErrorPolicy, PageSource, ServeError};
+use crate::{FeatureFlags, IoctlFlags, RegisterMode, Uffd};
+
+/// Why the server stopped, when it was not an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// [`Server::stop`] was called (or the server was dropped).
+    Stopped,
+    /// The served process exited (`ESRCH`, end of file, or its pidfd became readable).
+    ProcessExited,
+}
+
+/// Configures and starts a [`Server`].
+#[derive(Clone, Debug)]
+pub struct ServerBuilder {
+    regions: Vec<Region>,
+    workers: usize,
+    fault_around: Option<usize>,
+    background: bool,
+    busy_poll: Duration,
+    policy: ErrorPolicy,
+    peer: Option<libc::pid_t>,
+}
+
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        ServerBuilder {
+            regions: Vec::new(),
+            workers: 1,
+            fault_around: None,
+            background: false,
+            busy_poll: Duration::ZERO,
+            policy: ErrorPolicy::Stop,
+            peer: None,
+        }
+    }
+}
+
+impl ServerBuilder {
+    /// Adds a region to serve.
+    pub fn region(&mut self, region: Region) -> &mut Self {
+        self.regions.push(region);
+        self
+    }
+
+    /// The number of worker threads (default 1). On a 2-CPU machine a second worker did not
+    /// make restoring from a fast source any faster; several workers pay off with a slow
+    /// (remote) source, whose fetches for different faults then overlap.
+    pub fn workers(&mut self, workers: usize) -> &mut Self {
+        self.workers = workers;
+        self
+    }
+
+    /// How many bytes to place per fault: the aligned block around the faulting page,
+    /// clipped to the region and to pages not yet placed (at least one page; 0 means one
+    /// page). Default: 256 KiB for [`Backend::Copy`] (a copy costs memory bandwidth: larger
+    /// blocks copy pages that may never be touched), 2 MiB for [`Backend::Continue`] (mapping
+    /// a page-cache page costs next to nothing; what costs is the fault).
+    pub fn fault_around(&mut self, bytes: usize) -> &mut Self {
+        self.fault_around = Some(bytes);
+        self
+    }
+
+    /// The block size of a region: the setting, or the backend's default.
+    fn block_for(&self, r: &Region) -> usize {
+        let default = match r.backend {
+            Backend::Copy => 256 << 10,
+            Backend::Continue { .. } => 2 << 20,
+        };
+        self.fault_around.unwrap_or(default).max(r.page_size)
+    }
+
+    /// Whether a background thread places the rest of the regions after start, block by
+    /// block, at the lowest CPU priority (default off).
+    pub fn background_fill(&mut self, on: bool) -> &mut Self {
+        self.background = on;
+        self
+    }
+
+    /// How long a worker polls without sleeping before it blocks in `poll` (default 0:
+    /// always block).
+    pub fn busy_poll(&mut self, spin: Duration) -> &mut Self {
+        self.busy_poll = spin;
+        self
+    }
+
+    /// What to do on a fatal error (default [`ErrorPolicy::Stop`]).
+    pub fn error_policy(&mut self, policy: ErrorPolicy) -> &mut Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Serving another process (the descriptor received from it): stop when it exits, even
+    /// if it never faults again (its pidfd is polled with the userfaultfd).
+    pub fn peer_process(&mut self, pid: libc::pid_t) -> &mut Self {
+        self.peer = Some(pid);
+        self
+    }
+
+    /// Checks the settings and regions, registers the regions with `uffd` (missing faults
+    /// for [`Backend::Copy`], minor and missing faults for [`Backend::Continue`]), makes the
+    /// descriptor non-blocking, and starts the workers.
+    ///
+    /// # Safety
+    ///
+    /// The regions' contents are given to the source: no Rust object may live in them, and
+    /// nothing else may place pages in them through `uffd`.
+    ///
+    /// # Errors
+    ///
+    /// [`ServeError::InvalidConfig`] (no region, zero workers, a descriptor without
+    /// `EVENT_REMOVE` or with `EVENT_FORK`), [`ServeError::InvalidRegion`] (unaligned, empty,
+    /// outside the source, overlapping another), [`ServeError::Uffd`] (registration failed,
+    /// or the memory type does not allow the backend's ioctls), [`ServeError::Io`].
+    pub unsafe fn start(
+        &self,
+        uffd: Uffd,
+        source: Arc<dyn PageSource>,
+    ) -> Result<Server, ServeError> {
+        self.check(&uffd, &*source)?;
+        for (index, r) in self.regions.iter().enumerate() {
+            register(&uffd, index, r)?;
+        }
+        set_non_blocking(&uffd)?;
+        let peer = self.peer.map(pidfd_open).transpose()?;
+        let regions: Vec<Region> = self
+            .regions
+            .iter()
+            .map(|r| Region {
+                block: self.block_for(r),
+                ..r.clone()
+            })
+            .collect();
+        let zeros_len = regions.iter().map(|r| r.block).max().unwrap_or(0);
+        let zeros = ZeroMap {
+            ptr: map_zeros(zeros_len)?,
+            len: zeros_len,
+        };
+        let shared = Arc::new(Shared {
+            pages: self
+                .regions
+                .iter()
+                .map(|r| PageState::new(r.pages()))
+                .collect(),
+            map: RwLock::new(AddressMap::new(&self.regions)),
+            epoch: AtomicU64::new(0),
+            regions,
+            uffd,
+            source,
+            stop_fd: eventfd()?,
+            peer,
+            stopping: AtomicBool::new(false),
+            counters: (0..=self.workers).map(|_| Counters::default()).collect(),
+            outcome: Mutex::new(None),
+            config: Config {
+                busy_poll: self.busy_poll,
+                policy: self.policy,
+                // A worker serves the faults it reads: with several workers, reading one
+                // message at a time lets the others take the next faults, so that a slow
+                // source is waited on in parallel. Alone, a worker reads whole batches.
+                batch: if self.workers == 1 { 64 } else { 1 },
+            },
+            zeros,
+        });
+        let mut server = Server {
+            shared: Arc::clone(&shared),
+            threads: Vec::new(),
+        };
+        for id in 0..self.workers {
+            let mut worker = Worker::new(Arc::clone(&shared), id);
+            server.spawn(format!("uffd-serve-{id}"), move |shared| {
+                let _ = shared; // the worker holds its own reference
+                worker.run()
+            })?;
+        }
+        if self.background {
+            let id = self.workers;
+            server.spawn("uffd-serve-bg".into(), move |shared| background(shared, id))?;
+        }
+        Ok(server)
+    }
+
+    fn check(&self, uffd: &Uffd, source: &dyn PageSource) -> Result<(), ServeError> {
+        let bad = |why: &str| Err(ServeError::InvalidConfig(why.to_string()));
+        if self.workers == 0 {
+            return bad("zero workers: at least one thread must serve the faults");
+        }
+        if self.regions.is_empty() {
+            return bad("no region to serve");
+        }
+        let features = uffd.features();
+        if !features.contains(FeatureFlags::EVENT_REMOVE) {
+            return bad(
+                "the userfaultfd lacks FeatureFlags::EVENT_REMOVE: without it, pages the process \
+                 discards would be refilled with the source's stale contents (create it with \
+                 require_features(userfaultfd::serve::EVENTS))",
+            );
+        }
+        if features.contains(FeatureFlags::EVENT_FORK) {
+            return bad(
+                "the userfaultfd has FeatureFlags::EVENT_FORK: the server does not serve forked \
+                 children (see the module docs); create it without EVENT_FORK",
+            );
+        }
+        for (index, r) in self.regions.iter().enumerate() {
+            r.validate(index, source.len())?;
+        }
+        check_disjoint(&self.regions)
+    }
+}
+
+fn register(uffd: &Uffd, index: usize, r: &Region) -> Result<(), ServeError> {
+    let (mode, mut needed) = match r.backend {
+        Backend::Copy => (RegisterMode::MISSING, IoctlFlags::COPY),
+        Backend::Continue { .. } => (
+            RegisterMode::MISSING | RegisterMode::MINOR,
+            IoctlFlags::CONTINUE | IoctlFlags::COPY,
+        ),
+    };
+    if r.page_size == super::source::page_size() {
+        needed |= IoctlFlags::ZEROPAGE;
+    }
+    let allowed = uffd
+        .register_with_mode(r.addr as *mut libc::c_void, r.len, mode)
+        .map_err(|source| ServeError::Uffd {
+            operation: "registering a region",
+            source,
+        })?;
+    if !allowed.contains(needed) {
+        let _ = uffd.unregister(r.addr as *mut libc::c_void, r.len);
+        return Err(ServeError::InvalidRegion {
+            index,
+            reason: format!(
+                "its memory allows only {allowed:?}, the backend needs {needed:?} (is the page \
+                 size right? Continue needs shmem or hugetlbfs)"
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn set_non_blocking(uffd: &Uffd) -> Result<(), ServeError> {
+    uffd.set_non_blocking(true)
+        .map_err(|source| ServeError::Io {
+            operation: "making the userfaultfd non-blocking",
+            source,
+        })
+}
+
+fn io_error(operation: &'static str) -> ServeError {
+    ServeError::Io {
+        operation,
+        source: std::io::Error::last_os_error(),
+    }
+}
+
+fn eventfd() -> Result<OwnedFd, ServeError> {
+    // SAFETY: eventfd has no memory effects.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io_error("eventfd"));
+    }
+    // SAFETY: a new descriptor only we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn pidfd_open(pid: libc::pid_t) -> Result<OwnedFd, ServeError> {
+    // SAFETY: pidfd_open has no memory effects.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io_error("pidfd_open of the peer process"));
+    }
+    // SAFETY: a new descriptor only we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// A read-only private anonymous mapping: all zeros, costing no memory.
+fn map_zeros(len: usize) -> Result<*const u8, ServeError> {
+    // SAFETY: a new mapping at an address of the kernel's choosing.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io_error("mapping the zero buffer"));
+    }
+    Ok(p as *const u8)
+}
+
+/// A running page server. Stop it with [`stop`](Server::stop).
+pub struct Server {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// What a stopped server leaves: its statistics, why it stopped, and the descriptor.
+#[derive(Debug)]
+pub struct Finished {
+    /// The final statistics.
+    pub stats: Stats,
+    /// Why it stopped: `Ok` for a stop or the process's exit, `Err` for a fatal error.
+    pub outcome: Result<Exit, ServeError>,
+    /// The userfaultfd, still open with the regions registered: threads blocked in a fault
+    /// stay blocked until it is dropped (then they get the kernel's default pages) or their
+    /// ranges are unregistered. While it is open, nobody reads its events: an `munmap`,
+    /// `mremap` or `madvise(MADV_DONTNEED)` of a region waits for its event to be read, so
+    /// drop it (or unregister) before those.
+    pub uffd: Uffd,
+}
+
+impl Server {
+    /// A builder with the defaults.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    fn spawn(
+        &mut self,
+        name: String,
+        body: impl FnOnce(&Shared) -> Result<(), Stop> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let shared = Arc::clone(&self.shared);
+        let spawned = std::thread::Builder::new().name(name).spawn(move || {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&shared)));
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(Stop::Exit(exit))) => finish(&shared, Ok(exit)),
+                Ok(Err(Stop::Failed(e))) => fail(&shared, e),
+                Err(panic) => {
+                    let msg = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "(no message)".into());
+                    fail(&shared, ServeError::WorkerPanicked(msg));
+                }
+            }
+        });
+        match spawned {
+            Ok(handle) => {
+                self.threads.push(handle);
+                Ok(())
+            }
+            Err(source) => Err(ServeError::Io {
+                operation: "spawning a worker thread",
+                source,
+            }),
+        }
+    }
+
+    /// The statistics so far.
+    pub fn stats(&self) -> Stats {
+        Stats::sum(&self.shared.counters)
+    }
+
+    /// Whether the server has stopped by itself (fatal error, or the process exited).
+    pub fn is_stopped(&self) -> bool {
+        self.shared.stopping.load(Ordering::Acquire)
+    }
+
+    /// Why the server stopped by itself, if it has: the error's message, or the exit.
+    pub fn outcome(&self) -> Option<Result<Exit, String>> {
+        let outcome = self
+            .shared
+            .outcome
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        outcome
+            .as_ref()
+            .map(|o| o.as_ref().map(|e| *e).map_err(|e| e.to_string()))
+    }
+
+    /// Waits until the server stops by itself (fatal error, or the process exited), at most
+    /// `timeout`; returns whether it has.
+    pub fn wait_stopped(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while !self.is_stopped() {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    /// Stops every worker (waking those blocked in `poll`), joins them, and returns the
+    /// statistics, why it stopped, and the descriptor.
+    pub fn stop(mut self) -> Finished {
+        self.halt();
+        let shared = Arc::clone(&self.shared);
+        drop(self);
+        let shared = Arc::try_unwrap(shared)
+            .unwrap_or_else(|_| unreachable!("every worker has been joined"));
+        let stats = Stats::sum(&shared.counters);
+        let outcome = shared
+            .outcome
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or(Ok(Exit::Stopped));
+        Finished {
+            stats,
+            outcome,
+            uffd: shared.uffd,
+        }
+    }
+
+    fn halt(&mut self) {
+        signal_stop(&self.shared);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("uffd", &self.shared.uffd)
+            .field("regions", &self.shared.regions)
+            .field("workers", &self.threads.len())
+            .finish()
+    }
+}
+
+fn signal_stop(shared: &Shared) {
+    shared.stopping.store(true, Ordering::Release);
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from `one` to our eventfd; it stays readable (never read), so
+    // every poll on it returns at once.
+    unsafe { libc::write(shared.stop_fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+}
+
+fn finish(shared: &Shared, outcome: Result<Exit, ServeError>) {
+    {
+        let mut o = shared.outcome.lock().unwrap_or_else(|e| e.into_inner());
+        if o.is_none() {
+            *o = Some(outcome);
+        }
+    }
+    signal_stop(shared);
+}
+
+fn fail(shared: &Shared, error: ServeError) {
+    let first = shared
+        .outcome
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_none();
+    if first && shared.config.policy == ErrorPolicy::FailClosed {
+        poison_unplaced(shared);
+    }
+    finish(shared, Err(error));
+}

@@ -1,0 +1,341 @@
+//! [`PageSource`]: what the served memory holds, at byte offsets, and the sources shipped with
+//! the crate (a read-only mapping of a file, `pread` from a file, memory, all zeros).
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::ptr::NonNull;
+
+/// The next bytes of a source, from the offset asked for.
+#[derive(Debug)]
+pub enum Chunk<'a> {
+    /// These bytes (a non-empty whole number of pages, at most the length asked for), borrowed
+    /// from the source's own memory (zero-copy) or from the scratch buffer it was given.
+    Data(&'a [u8]),
+    /// This many bytes (a non-empty whole number of pages, at most the length asked for) are
+    /// zero: the server maps zero pages (`UFFDIO_ZEROPAGE`) instead of copying zeros.
+    Zeros(usize),
+}
+
+/// The contents of the served memory: a snapshot file, a migration stream, memory.
+///
+/// The server asks for page-aligned ranges (`offset` and `len` are multiples of the region's
+/// page size) and serves whatever prefix the source answers, asking again for the rest. A
+/// source answers from its own memory when it can (a mapped file: the kernel copies straight
+/// from the mapping) or reads into `scratch` (`pread`, a network fetch).
+///
+/// `fetch` takes `&self` and is called by every worker thread at once: a slow source (a
+/// remote one) blocks only the worker that asked, and workers waiting on it do not serialise.
+pub trait PageSource: Send + Sync {
+    /// The length of the contents in bytes: a region is checked to lie inside it when the
+    /// server is built.
+    fn len(&self) -> u64;
+
+    /// Whether the source is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes at `offset`: at most `len` of them, at least one page. `scratch` is `len`
+    /// bytes the source may read into and return.
+    ///
+    /// # Errors
+    ///
+    /// An I/O error is fatal to the server, which then follows its
+    /// [`ErrorPolicy`](super::ErrorPolicy).
+    fn fetch<'a>(&'a self, offset: u64, len: usize, scratch: &'a mut [u8])
+        -> io::Result<Chunk<'a>>;
+}
+
+/// The data extents of a file (`SEEK_DATA`/`SEEK_HOLE`), read once: holes are served as zero
+/// pages, and a fault costs no system call to find them.
+#[derive(Debug, Default)]
+struct Extents {
+    /// Sorted, disjoint `[start, end)` byte ranges holding data; the rest is holes.
+    data: Vec<(u64, u64)>,
+}
+
+impl Extents {
+    fn of(file: &File, len: u64) -> io::Result<Extents> {
+        let fd = file.as_raw_fd();
+        let mut data = Vec::new();
+        let mut pos: u64 = 0;
+        while pos < len {
+            // SAFETY: lseek on our own descriptor has no memory effects.
+            let start = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
+            if start < 0 {
+                let err = io::Error::last_os_error();
+                match err.raw_os_error() {
+                    Some(libc::ENXIO) => break, // no data after `pos`
+                    // A file system without SEEK_DATA: treat the file as all data.
+                    Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => {
+                        return Ok(Extents {
+                            data: vec![(0, len)],
+                        })
+                    }
+                    _ => return Err(err),
+                }
+            }
+            // SAFETY: as above.
+            let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
+            if end < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let (start, end) = (start as u64, (end as u64).min(len));
+            if start >= end {
+                break;
+            }
+            data.push((start, end));
+            pos = end;
+        }
+        Ok(Extents { data })
+    }
+
+    /// Whether `offset` is in data, and how many bytes from it (at most `len`) are the same.
+    fn classify(&self, offset: u64, len: usize) -> (bool, usize) {
+        let i = self.data.partition_point(|&(_, end)| end <= offset);
+        let limit = offset + len as u64;
+        match self.data.get(i) {
+            Some(&(start, end)) if start <= offset => (true, (end.min(limit) - offset) as usize),
+            Some(&(start, _)) => (false, (start.min(limit) - offset) as usize),
+            None => (false, len),
+        }
+    }
+}
+
+/// Rounds a sparse extent's length to whole pages: data wins over a partial zero page.
+fn page_run(is_data: bool, run: usize, len: usize, page: usize) -> usize {
+    if is_data {
+        run.div_ceil(page).saturating_mul(page).min(len)
+    } else {
+        run / page * page
+    }
+}
+
+/// A snapshot file mapped read-only: the kernel copies pages straight from the page cache
+/// (zero-copy). Holes of a sparse file are served as zero pages.
+#[derive(Debug)]
+pub struct MappedFile {
+    base: NonNull<u8>,
+    len: u64,
+    extents: Extents,
+    page: usize,
+}
+
+// SAFETY: the mapping is read-only and lives as long as the value; reading it from several
+// threads at once is fine.
+unsafe impl Send for MappedFile {}
+// SAFETY: as above.
+unsafe impl Sync for MappedFile {}
+
+impl MappedFile {
+    /// Maps `file` read-only (`MAP_PRIVATE`, `PROT_READ`) and reads its holes.
+    ///
+    /// # Errors
+    ///
+    /// `mmap` or `lseek` failed; an empty file is `InvalidInput`.
+    pub fn new(file: &File) -> io::Result<MappedFile> {
+        let len = file.metadata()?.len();
+        if len == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "MappedFile::new: the file is empty",
+            ));
+        }
+        // SAFETY: a new read-only mapping at an address of the kernel's choosing; nothing
+        // else lives there.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(MappedFile {
+            base: NonNull::new(base.cast()).expect("mmap returned a non-null mapping"),
+            len,
+            extents: Extents::of(file, len)?,
+            page: page_size(),
+        })
+    }
+}
+
+impl Drop for MappedFile {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping of `len` bytes, unused from now on.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len as usize) };
+    }
+}
+
+impl PageSource for MappedFile {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn fetch<'a>(&'a self, offset: u64, len: usize, _: &'a mut [u8]) -> io::Result<Chunk<'a>> {
+        let len = len.min((self.len - offset.min(self.len)) as usize);
+        let (is_data, run) = self.extents.classify(offset, len);
+        let run = page_run(is_data, run, len, self.page);
+        if !is_data && run > 0 {
+            return Ok(Chunk::Zeros(run));
+        }
+        let run = run.max(len.min(self.page));
+        // SAFETY: `[offset, offset + run)` lies inside the mapping (clipped to `self.len`
+        // above; the tail of the last page reads as zeros), which lives as long as `self`.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(offset as usize), run) };
+        Ok(Chunk::Data(bytes))
+    }
+}
+
+/// A snapshot file read with `pread` into the worker's buffer: for files too large to map, on
+/// a slow device, or opened with `O_DIRECT`. Holes of a sparse file are served as zero pages.
+#[derive(Debug)]
+pub struct ReadFile {
+    file: File,
+    len: u64,
+    extents: Extents,
+    page: usize,
+}
+
+impl ReadFile {
+    /// Reads from `file` (its length now, and its holes).
+    ///
+    /// # Errors
+    ///
+    /// `fstat` or `lseek` failed.
+    pub fn new(file: File) -> io::Result<ReadFile> {
+        let len = file.metadata()?.len();
+        let extents = Extents::of(&file, len)?;
+        Ok(ReadFile {
+            file,
+            len,
+            extents,
+            page: page_size(),
+        })
+    }
+}
+
+impl PageSource for ReadFile {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn fetch<'a>(
+        &'a self,
+        offset: u64,
+        len: usize,
+        scratch: &'a mut [u8],
+    ) -> io::Result<Chunk<'a>> {
+        let (is_data, run) = self.extents.classify(offset, len);
+        let run = page_run(is_data, run, len, self.page);
+        if !is_data && run > 0 {
+            return Ok(Chunk::Zeros(run));
+        }
+        let run = run.max(len.min(self.page));
+        let buf = &mut scratch[..run];
+        let mut done = 0;
+        while done < run {
+            let n = self.file.read_at(&mut buf[done..], offset + done as u64)?;
+            if n == 0 {
+                // Past the end of the file: the rest of the last page is zeros.
+                buf[done..].fill(0);
+                break;
+            }
+            done += n;
+        }
+        Ok(Chunk::Data(buf))
+    }
+}
+
+/// Contents held in memory.
+#[derive(Debug)]
+pub struct Memory {
+    bytes: Box<[u8]>,
+}
+
+impl Memory {
+    /// Serves `bytes`.
+    pub fn new(bytes: impl Into<Box<[u8]>>) -> Memory {
+        Memory {
+            bytes: bytes.into(),
+        }
+    }
+}
+
+impl PageSource for Memory {
+    fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    fn fetch<'a>(
+        &'a self,
+        offset: u64,
+        len: usize,
+        scratch: &'a mut [u8],
+    ) -> io::Result<Chunk<'a>> {
+        let start = offset as usize;
+        let end = (start + len).min(self.bytes.len());
+        if end - start == len {
+            return Ok(Chunk::Data(&self.bytes[start..end]));
+        }
+        // The last page is partial: pad it with zeros in the scratch buffer.
+        let buf = &mut scratch[..len];
+        buf[..end - start].copy_from_slice(&self.bytes[start..end]);
+        buf[end - start..].fill(0);
+        Ok(Chunk::Data(buf))
+    }
+}
+
+/// All zeros, of a given length: every page is a zero page.
+#[derive(Debug)]
+pub struct Zeros {
+    len: u64,
+}
+
+impl Zeros {
+    /// `len` bytes of zeros.
+    pub fn new(len: u64) -> Zeros {
+        Zeros { len }
+    }
+}
+
+impl PageSource for Zeros {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn fetch<'a>(&'a self, _: u64, len: usize, _: &'a mut [u8]) -> io::Result<Chunk<'a>> {
+        Ok(Chunk::Zeros(len))
+    }
+}
+
+/// The base page size.
+pub(crate) fn page_size() -> usize {
+    // SAFETY: sysconf has no memory effects.
+    (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extents_classify() {
+        let e = Extents {
+            data: vec![(4096, 12288), (20480, 24576)],
+        };
+        assert_eq!(e.classify(0, 65536), (false, 4096));
+        assert_eq!(e.classify(4096, 65536), (true, 8192));
+        assert_eq!(e.classify(8192, 4096), (true, 4096));
+        assert_eq!(e.classify(12288, 65536), (false, 8192));
+        assert_eq!(e.classify(24576, 8192), (false, 8192));
+    }
+}

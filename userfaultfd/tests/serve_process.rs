@@ -1,0 +1,541 @@
+//! The page server's edges: bad input is a clear error at build time; a source error or a
+//! worker panic follows the error policy (report and stop: faulting threads stay blocked;
+//! fail closed: they get SIGBUS, never zero pages); serving another process whose descriptor
+//! arrives over a Unix socket (SCM_RIGHTS), which stops the server when it exits (pidfd, or
+//! ESRCH from a placement).
+
+mod support;
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::serve::{mismatches, serve_uffd, snapshot, Gate, TestSource};
+use support::{blocked_in_userfault, gettid, join_timeout, spawn_child, spawn_named};
+use support::{wait_blocked_in_userfault, MemoryType, Region};
+use userfaultfd::serve::{
+    Backend, ErrorPolicy, Exit, Region as Served, ServeError, Server, ServerBuilder, Zeros,
+};
+use userfaultfd::{FeatureFlags, RegisterMode, UffdBuilder};
+
+/// Starts a server for `regions` over a fresh descriptor and returns its error.
+fn start_error(builder: &mut ServerBuilder, source_len: u64) -> ServeError {
+    let uffd = serve_uffd(MemoryType::Anonymous, RegisterMode::MISSING).unwrap();
+    // SAFETY: the regions hold no Rust object (and most are refused before registering).
+    match unsafe { builder.start(uffd, Arc::new(Zeros::new(source_len))) } {
+        Ok(server) => panic!("started: {server:?}"),
+        Err(e) => e,
+    }
+}
+
+#[track_caller]
+fn assert_mentions(e: &ServeError, words: &[&str]) {
+    let shown = e.to_string();
+    for w in words {
+        assert!(shown.contains(w), "{shown:?} does not mention {w:?}");
+    }
+}
+
+#[test]
+fn bad_input_is_a_clear_error_at_build_time() {
+    let region = Region::new(MemoryType::Anonymous, 16).unwrap();
+    let ps = region.page_size();
+    let (addr, len) = (region.addr(), region.len());
+    let at = |p: usize| region.page(p).cast::<libc::c_void>();
+    let source = len as u64;
+    let cases: Vec<(ServerBuilder, u64, &[&str])> = vec![
+        (Server::builder(), source, &["no region"]),
+        (
+            Server::builder()
+                .workers(0)
+                .region(Served::new(addr, len))
+                .clone(),
+            source,
+            &["zero workers"],
+        ),
+        (
+            Server::builder()
+                .region(Served::new(at(0).wrapping_byte_add(100), ps))
+                .clone(),
+            source,
+            &["region 0", "multiples of the page size"],
+        ),
+        (
+            Server::builder().region(Served::new(addr, ps + 1)).clone(),
+            source,
+            &["region 0", "multiples of the page size"],
+        ),
+        (
+            Server::builder()
+                .region(Served::new(addr, ps).offset(5))
+                .clone(),
+            source,
+            &["region 0", "multiples of the page size"],
+        ),
+        (
+            Server::builder().region(Served::new(addr, 0)).clone(),
+            source,
+            &["region 0", "length is 0"],
+        ),
+        (
+            Server::builder().region(Served::new(addr, len)).clone(),
+            source - ps as u64,
+            &["region 0", "outside the source"],
+        ),
+        (
+            Server::builder()
+                .region(Served::new(addr, ps).offset(source))
+                .clone(),
+            source,
+            &["region 0", "outside the source"],
+        ),
+        (
+            Server::builder()
+                .region(Served::new(at(0), 4 * ps))
+                .region(Served::new(at(3), 4 * ps))
+                .clone(),
+            source,
+            &["region 1", "overlaps region 0"],
+        ),
+        (
+            Server::builder()
+                .region(Served::new(addr, len).page_size(3000))
+                .clone(),
+            source,
+            &["region 0", "page size"],
+        ),
+        (
+            Server::builder()
+                .region(Served::new(addr, len).backend(Backend::Continue { private: false }))
+                .clone(),
+            source,
+            &["registering a region", "EINVAL"],
+        ),
+    ];
+    for (mut builder, source_len, words) in cases {
+        let e = start_error(&mut builder, source_len);
+        eprintln!("as expected: {e}");
+        assert_mentions(&e, words);
+    }
+    // A descriptor without EVENT_REMOVE is refused: discarded pages would get stale data.
+    let plain = UffdBuilder::new().create().unwrap();
+    // SAFETY: refused before registering.
+    let e = unsafe {
+        Server::builder()
+            .region(Served::new(addr, len))
+            .start(plain, Arc::new(Zeros::new(source)))
+    }
+    .unwrap_err();
+    assert_mentions(&e, &["EVENT_REMOVE"]);
+    // EVENT_FORK is refused (documented: forked children are not served).
+    if support::privileged() && support::kernel_lacks(FeatureFlags::EVENT_FORK).is_none() {
+        let forking = UffdBuilder::new()
+            .require_features(userfaultfd::serve::EVENTS | FeatureFlags::EVENT_FORK)
+            .create()
+            .unwrap();
+        // SAFETY: refused before registering.
+        let e = unsafe {
+            Server::builder()
+                .region(Served::new(addr, len))
+                .start(forking, Arc::new(Zeros::new(source)))
+        }
+        .unwrap_err();
+        assert_mentions(&e, &["EVENT_FORK"]);
+    }
+}
+
+/// A thread that reads page `page` of `region`, returning its first byte and its thread id
+/// through a channel first.
+fn blocked_reader(region: &Arc<Region>, page: usize) -> (libc::pid_t, support::Waitable<u8>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let region = Arc::clone(region);
+    let reader = spawn_named("faulting", move || {
+        tx.send(gettid()).unwrap();
+        // SAFETY: a byte of our own mapping.
+        unsafe { region.page(page).read_volatile() }
+    });
+    (rx.recv().unwrap(), reader)
+}
+
+/// Report and stop: the error is reported, the faulting thread stays blocked (it does not
+/// run on a zero page) until the owner acts on the returned descriptor.
+fn report_and_stop(source: TestSource, expect: &[&str]) {
+    let memory = MemoryType::Anonymous;
+    let uffd = serve_uffd(memory, RegisterMode::MISSING).unwrap();
+    let region = Arc::new(Region::new(memory, 64).unwrap());
+    // SAFETY: the test region holds no Rust object.
+    let server = unsafe {
+        Server::builder()
+            .workers(2)
+            .region(Served::new(region.addr(), region.len()))
+            .start(uffd, Arc::new(source))
+    }
+    .unwrap();
+    let (tid, reader) = blocked_reader(&region, 10);
+    assert!(
+        server.wait_stopped(support::TIMEOUT),
+        "the server did not stop"
+    );
+    let reported = server.outcome().unwrap().unwrap_err();
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        blocked_in_userfault(tid),
+        "the faulting thread must stay blocked"
+    );
+    let finished = server.stop();
+    let e = finished.outcome.unwrap_err();
+    assert_eq!(e.to_string(), reported);
+    assert_mentions(&e, expect);
+    assert!(
+        blocked_in_userfault(tid),
+        "stop() must not release the faulting thread"
+    );
+    // The owner decides: here, unregistering gives the kernel's default (a zero page).
+    finished
+        .uffd
+        .unregister(region.addr(), region.len())
+        .unwrap();
+    assert_eq!(join_timeout(reader), 0);
+}
+
+#[test]
+fn source_error_reports_and_stops() {
+    let ps = MemoryType::Anonymous.page_size();
+    let mut source = TestSource::new(snapshot(64, ps), ps);
+    source.fail_at = Some(10);
+    report_and_stop(source, &["reading the page source", "injected read error"]);
+}
+
+#[test]
+fn worker_panic_reports_and_stops() {
+    let ps = MemoryType::Anonymous.page_size();
+    let mut source = TestSource::new(snapshot(64, ps), ps);
+    source.panic_at = Some(10);
+    report_and_stop(source, &["worker panicked", "injected panic"]);
+}
+
+/// Fail closed: after a source error, every page not placed raises SIGBUS — the blocked
+/// thread's and later ones — while placed pages keep their contents.
+#[test]
+fn fail_closed_raises_sigbus_instead_of_zero_pages() {
+    if support::kernel_lacks(FeatureFlags::POISON).is_some() {
+        return;
+    }
+    let outcome = support::run_in_child(|report| {
+        let memory = MemoryType::Anonymous;
+        let uffd = serve_uffd(memory, RegisterMode::MISSING).ok_or("no uffd")?;
+        let region = Arc::new(Region::new(memory, 64).ok_or("no region")?);
+        let ps = region.page_size();
+        let expected = snapshot(64, ps);
+        let mut source = TestSource::new(expected.clone(), ps);
+        source.fail_at = Some(40);
+        // SAFETY: the test region holds no Rust object.
+        let server = unsafe {
+            Server::builder()
+                .fault_around(8 * ps)
+                .error_policy(ErrorPolicy::FailClosed)
+                .region(Served::new(region.addr(), region.len()))
+                .start(uffd, Arc::new(source))
+        }
+        .map_err(|e| e.to_string())?;
+        if !mismatches(&region, &expected, 0..8).is_empty() {
+            return Err("placed pages differ".into());
+        }
+        report.note("first block served");
+        let (_, reader) = blocked_reader(&region, 40);
+        if !server.wait_stopped(support::TIMEOUT) {
+            return Err("the server did not stop".into());
+        }
+        report.note(&format!("stopped: {:?}", server.outcome()));
+        join_timeout(reader); // SIGBUS ends the process here
+        Err("the access to a page the server failed to place returned".into())
+    });
+    outcome.assert_killed_by(libc::SIGBUS);
+    assert!(
+        outcome.report.contains("first block served"),
+        "{}",
+        outcome.report
+    );
+}
+
+/// Sends `fd` and `words` over the Unix socket `sock` (SCM_RIGHTS).
+fn send_fd(sock: RawFd, fd: RawFd, words: [u64; 2]) {
+    let mut data = words;
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: 16,
+    };
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(4) } as usize;
+    let mut control = vec![0u8; space];
+    // SAFETY: a zeroed msghdr is valid; its pointers are set below to live buffers.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: the control buffer has room for one header with one descriptor.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(4) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
+    }
+    // SAFETY: `msg` points to live buffers.
+    let n = unsafe { libc::sendmsg(sock, &msg, 0) };
+    assert_eq!(n, 16, "sendmsg: {}", std::io::Error::last_os_error());
+}
+
+/// Receives a descriptor and two words sent by [`send_fd`].
+fn recv_fd(sock: RawFd) -> (OwnedFd, [u64; 2]) {
+    let mut data = [0u64; 2];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: 16,
+    };
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(4) } as usize;
+    let mut control = vec![0u8; space];
+    // SAFETY: as in `send_fd`.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: `msg` points to live buffers.
+    let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    assert_eq!(n, 16, "recvmsg: {}", std::io::Error::last_os_error());
+    // SAFETY: the kernel filled the control buffer with one SCM_RIGHTS header.
+    let fd = unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        assert!(!cmsg.is_null() && (*cmsg).cmsg_type == libc::SCM_RIGHTS);
+        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>())
+    };
+    // SAFETY: a descriptor just installed for us.
+    (unsafe { OwnedFd::from_raw_fd(fd) }, data)
+}
+
+fn socketpair() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for two descriptors.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    assert_eq!(r, 0, "socketpair: {}", std::io::Error::last_os_error());
+    // SAFETY: two new descriptors only we own.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+const CHILD_PAGES: usize = 512;
+
+/// A child that maps memory, creates a userfaultfd and sends both to the parent, waits for
+/// a byte, then (if `touch`) reads every page and checks it against the snapshot.
+fn child_sending_its_uffd(touch: bool) -> (support::RunningChild, OwnedFd) {
+    let (parent_end, child_end) = socketpair();
+    let child = spawn_child(move |report| {
+        let region = Region::new(MemoryType::Anonymous, CHILD_PAGES).ok_or("no region")?;
+        let uffd = UffdBuilder::new()
+            .close_on_exec(true)
+            .require_features(userfaultfd::serve::EVENTS)
+            .create()
+            .map_err(|e| e.to_string())?;
+        let words = [region.addr() as u64, region.len() as u64];
+        send_fd(child_end.as_raw_fd(), uffd.as_raw_fd(), words);
+        drop(uffd); // the parent's copy serves us
+        let mut go = [0u8; 1];
+        // SAFETY: reads one byte into `go`.
+        let n = unsafe { libc::read(child_end.as_raw_fd(), go.as_mut_ptr().cast(), 1) };
+        if n != 1 {
+            return Err("no go byte".into());
+        }
+        if touch {
+            let expected = snapshot(CHILD_PAGES, region.page_size());
+            let bad = mismatches(&region, &expected, (0..CHILD_PAGES).rev());
+            if !bad.is_empty() {
+                return Err(format!("pages {bad:?} differ"));
+            }
+            report.note("all pages served");
+        }
+        // Exit with the region mapped: an munmap would be an UNMAP event for the server.
+        std::mem::forget(region);
+        Ok(())
+    });
+    (child, parent_end)
+}
+
+fn go(sock: &OwnedFd) {
+    let byte = [1u8];
+    // SAFETY: writes one byte from `byte`.
+    let n = unsafe { libc::write(sock.as_raw_fd(), byte.as_ptr().cast(), 1) };
+    assert_eq!(n, 1);
+}
+
+/// As VMMs do: the process to serve sends its descriptor over a Unix socket; the server
+/// registers its region (in that process's address space) and serves it, and stops when the
+/// process exits (its pidfd).
+#[test]
+fn serves_another_process_over_scm_rights_and_stops_when_it_exits() {
+    let (child, sock) = child_sending_its_uffd(true);
+    let (fd, [addr, len]) = recv_fd(sock.as_raw_fd());
+    let uffd = userfaultfd::Uffd::try_from(fd).expect("a userfaultfd");
+    let ps = MemoryType::Anonymous.page_size();
+    let source = Arc::new(TestSource::new(snapshot(CHILD_PAGES, ps), ps));
+    // SAFETY: the child's region holds no Rust object (it is the child's test mapping).
+    let server = unsafe {
+        Server::builder()
+            .peer_process(child.pid())
+            .region(Served::new(addr as *mut libc::c_void, len as usize))
+            .start(uffd, source)
+    }
+    .unwrap();
+    go(&sock);
+    let outcome = child.wait();
+    outcome.assert_success();
+    assert!(
+        outcome.report.contains("all pages served"),
+        "{}",
+        outcome.report
+    );
+    assert!(
+        server.wait_stopped(support::TIMEOUT),
+        "the server did not notice the exit"
+    );
+    let finished = server.stop();
+    assert!(
+        matches!(finished.outcome, Ok(Exit::ProcessExited)),
+        "{:?}",
+        finished.outcome
+    );
+    assert!(finished.stats.faults >= 1, "{:?}", finished.stats);
+}
+
+/// Without a pidfd, the exit is noticed by the next placement (ESRCH): here the background
+/// fill's, held at a gate until the child has exited.
+#[test]
+fn placement_after_the_process_exited_stops_the_server() {
+    let (child, sock) = child_sending_its_uffd(false);
+    let (fd, [addr, len]) = recv_fd(sock.as_raw_fd());
+    let ps = MemoryType::Anonymous.page_size();
+    let gate = Arc::new(Gate::default());
+    let mut source = TestSource::new(snapshot(CHILD_PAGES, ps), ps);
+    source.gate = Some(Arc::clone(&gate));
+    // SAFETY: the child's region holds no Rust object.
+    let server = unsafe {
+        Server::builder()
+            .background_fill(true)
+            .region(Served::new(addr as *mut libc::c_void, len as usize))
+            .start(
+                userfaultfd::Uffd::try_from(fd).expect("a userfaultfd"),
+                Arc::new(source),
+            )
+    }
+    .unwrap();
+    gate.wait_entered();
+    go(&sock);
+    child.wait().assert_success();
+    gate.open();
+    assert!(
+        server.wait_stopped(support::TIMEOUT),
+        "the server did not notice the exit"
+    );
+    let finished = server.stop();
+    assert!(
+        matches!(finished.outcome, Ok(Exit::ProcessExited)),
+        "{:?}",
+        finished.outcome
+    );
+}
+
+/// `stop()` while a thread is blocked in a fault whose page the source is still fetching:
+/// the worker finishes that page (the thread is served), then every worker is joined.
+#[test]
+fn stop_while_a_fault_is_in_flight() {
+    let memory = MemoryType::Anonymous;
+    let uffd = serve_uffd(memory, RegisterMode::MISSING).unwrap();
+    let region = Arc::new(Region::new(memory, 64).unwrap());
+    let ps = region.page_size();
+    let expected = snapshot(64, ps);
+    let gate = Arc::new(Gate::default());
+    let mut source = TestSource::new(expected.clone(), ps);
+    source.gate = Some(Arc::clone(&gate));
+    // SAFETY: the test region holds no Rust object.
+    let server = unsafe {
+        Server::builder()
+            .workers(2)
+            .region(Served::new(region.addr(), region.len()))
+            .start(uffd, Arc::new(source))
+    }
+    .unwrap();
+    let (tid, reader) = blocked_reader(&region, 0);
+    gate.wait_entered();
+    wait_blocked_in_userfault(tid);
+    let stopper = spawn_named("stopping", move || server.stop());
+    std::thread::sleep(Duration::from_millis(20));
+    gate.open();
+    let finished = join_timeout(stopper);
+    assert_eq!(join_timeout(reader), expected[0]);
+    assert!(
+        matches!(finished.outcome, Ok(Exit::Stopped)),
+        "{:?}",
+        finished.outcome
+    );
+    assert_eq!(finished.stats.faults, 1);
+}
+
+/// FORK is refused (no `EVENT_FORK`): a forked child does not inherit the registration and
+/// sees the parent's memory as it is at the fork — placed pages hold the source's bytes, the
+/// others are empty (zeros on anonymous memory). With `MADV_DONTFORK`, as the docs advise,
+/// the child has no such mapping at all: a touch is a loud `SIGSEGV`, never a zero page.
+#[test]
+fn forked_children_are_not_served() {
+    let memory = MemoryType::Anonymous;
+    let uffd = serve_uffd(memory, RegisterMode::MISSING).unwrap();
+    let region = Arc::new(Region::new(memory, 128).unwrap());
+    let ps = region.page_size();
+    let expected = snapshot(128, ps);
+    // SAFETY: the test region holds no Rust object.
+    let server = unsafe {
+        Server::builder()
+            .fault_around(ps)
+            .region(Served::new(region.addr(), region.len()))
+            .start(uffd, Arc::new(TestSource::new(expected.clone(), ps)))
+    }
+    .unwrap();
+    assert!(mismatches(&region, &expected, 0..1).is_empty());
+    let child = {
+        let (region, expected) = (Arc::clone(&region), expected.clone());
+        support::run_in_child(move |_| {
+            if !mismatches(&region, &expected, 0..1).is_empty() {
+                return Err("the placed page differs in the child".into());
+            }
+            // SAFETY: a byte of the child's copy of the mapping (not registered there).
+            let unplaced = unsafe { region.page(100).add(9).read_volatile() };
+            if unplaced != 0 {
+                return Err(format!("unplaced page reads {unplaced}, not 0"));
+            }
+            Ok(())
+        })
+    };
+    child.assert_success();
+    // SAFETY: advice on our own mapping: not inherited by children.
+    let r = unsafe { libc::madvise(region.addr(), region.len(), libc::MADV_DONTFORK) };
+    assert_eq!(r, 0);
+    let region_addr = region.page(100) as usize;
+    let child = support::run_in_child(move |_| {
+        // SAFETY: the child has no mapping here: the access raises SIGSEGV.
+        let _ = unsafe { (region_addr as *const u8).read_volatile() };
+        Err("the child read memory it does not have".into())
+    });
+    child.assert_killed_by(libc::SIGSEGV);
+    let s = server.stop().stats;
+    assert_eq!(
+        s.faults, 1,
+        "the children's accesses never reached the server: {s:?}"
+    );
+}

@@ -1,0 +1,155 @@
+//! For the page-server tests: a snapshot with recognisable and zero pages, a page source
+//! over it that can be made to fail, panic or hold a fetch, and checks of every byte.
+
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use userfaultfd::serve::{Chunk, PageSource};
+use userfaultfd::{FeatureFlags, RegisterMode, Uffd};
+
+use super::{pattern, uffd_for, MemoryType, Region};
+
+/// Whether page `i` of a test snapshot is all zeros (every 7th page).
+pub fn zero_page(i: usize) -> bool {
+    i % 7 == 3
+}
+
+/// The test snapshot: page `i` is `pattern(i)`, or zeros where [`zero_page`].
+pub fn snapshot(pages: usize, page_size: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(pages * page_size);
+    for i in 0..pages {
+        if zero_page(i) {
+            out.resize(out.len() + page_size, 0);
+        } else {
+            out.extend(pattern(i, page_size));
+        }
+    }
+    out
+}
+
+/// A gate: the first fetch announces itself and waits until opened.
+#[derive(Default)]
+pub struct Gate {
+    state: Mutex<(bool, bool)>, // (entered, open)
+    cv: Condvar,
+}
+
+impl Gate {
+    /// Waits until a fetch is held at the gate.
+    pub fn wait_entered(&self) {
+        let mut s = self.state.lock().unwrap();
+        while !s.0 {
+            let (g, t) = self.cv.wait_timeout(s, super::TIMEOUT).unwrap();
+            assert!(!t.timed_out(), "no fetch reached the gate");
+            s = g;
+        }
+    }
+
+    /// Lets the held fetch go on (and every later one).
+    pub fn open(&self) {
+        self.state.lock().unwrap().1 = true;
+        self.cv.notify_all();
+    }
+
+    fn pass(&self) {
+        let mut s = self.state.lock().unwrap();
+        s.0 = true;
+        self.cv.notify_all();
+        while !s.1 {
+            s = self.cv.wait(s).unwrap();
+        }
+    }
+}
+
+/// A page source over a snapshot in memory: runs of zero pages are answered as zeros (so the
+/// server maps zero pages), the rest as data. It can fail or panic at one page, or hold its
+/// first fetch at a gate.
+pub struct TestSource {
+    pub bytes: Vec<u8>,
+    pub page_size: usize,
+    pub fail_at: Option<usize>,
+    pub panic_at: Option<usize>,
+    pub gate: Option<Arc<Gate>>,
+    pub fetches: AtomicUsize,
+}
+
+impl TestSource {
+    pub fn new(bytes: Vec<u8>, page_size: usize) -> TestSource {
+        TestSource {
+            bytes,
+            page_size,
+            fail_at: None,
+            panic_at: None,
+            gate: None,
+            fetches: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl PageSource for TestSource {
+    fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    fn fetch<'a>(&'a self, offset: u64, len: usize, _: &'a mut [u8]) -> io::Result<Chunk<'a>> {
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        if let Some(gate) = &self.gate {
+            gate.pass();
+        }
+        let ps = self.page_size;
+        let first = offset as usize / ps;
+        let pages = len / ps;
+        if self
+            .fail_at
+            .is_some_and(|p| (first..first + pages).contains(&p))
+        {
+            return Err(io::Error::other("injected read error"));
+        }
+        if self
+            .panic_at
+            .is_some_and(|p| (first..first + pages).contains(&p))
+        {
+            panic!("injected panic in the page source");
+        }
+        let is_zero = |p: usize| self.bytes[p * ps..(p + 1) * ps].iter().all(|&b| b == 0);
+        let zero = is_zero(first);
+        let run = (first..first + pages)
+            .take_while(|&p| is_zero(p) == zero)
+            .count();
+        if zero {
+            Ok(Chunk::Zeros(run * ps))
+        } else {
+            Ok(Chunk::Data(
+                &self.bytes[offset as usize..offset as usize + run * ps],
+            ))
+        }
+    }
+}
+
+/// A descriptor for serving `memory` in `mode`, with the server's events; `None` to skip.
+#[track_caller]
+pub fn serve_uffd(memory: MemoryType, mode: RegisterMode) -> Option<Uffd> {
+    uffd_for(
+        memory,
+        mode,
+        userfaultfd::serve::EVENTS | FeatureFlags::empty(),
+    )
+}
+
+/// The pages of `region` that differ from `expected` (page-sized slices), read through the
+/// region (faulting them in).
+pub fn mismatches(
+    region: &Region,
+    expected: &[u8],
+    pages: impl Iterator<Item = usize>,
+) -> Vec<usize> {
+    let ps = region.page_size();
+    pages
+        .filter(|&i| {
+            // SAFETY: a page of our own mapping, served by the server under test.
+            let got = unsafe { std::slice::from_raw_parts(region.page(i), ps) };
+            got != &expected[i * ps..(i + 1) * ps]
+        })
+        .collect()
+}
