@@ -86,6 +86,7 @@ mod server;
 mod source;
 mod stats;
 mod worker;
+pub mod working_set;
 
 use std::fmt;
 use std::io;
@@ -94,6 +95,7 @@ pub use region::{Backend, Region};
 pub use server::{Exit, Finished, Server, ServerBuilder};
 pub use source::{Chunk, MappedFile, Memory, PageSource, ReadFile, Zeros};
 pub use stats::{Stats, LATENCY_BUCKETS};
+pub use working_set::{SnapshotId, WorkingSet, WorkingSetError};
 
 use crate::FeatureFlags;
 
