@@ -155,6 +155,9 @@ pub enum ServeError {
     },
     /// A worker panicked (the payload's message).
     WorkerPanicked(String),
+    /// The working set to replay was refused (recorded on another snapshot, or with another
+    /// page size).
+    WorkingSet(WorkingSetError),
     /// A system call the server needs (eventfd, poll, pidfd_open, fcntl, thread spawn) failed.
     Io {
         /// What the server was doing.
@@ -184,6 +187,7 @@ impl fmt::Display for ServeError {
                  {offset:#x} (must be a non-empty whole number of pages, at most what was asked)"
             ),
             ServeError::WorkerPanicked(msg) => write!(f, "page server: a worker panicked: {msg}"),
+            ServeError::WorkingSet(e) => write!(f, "page server: replay: {e}"),
             ServeError::Io { operation, source } => {
                 write!(f, "page server: {operation} failed: {source}")
             }
@@ -195,6 +199,7 @@ impl std::error::Error for ServeError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             ServeError::Uffd { source, .. } => Some(source),
+            ServeError::WorkingSet(source) => Some(source),
             ServeError::Source { source, .. } | ServeError::Io { source, .. } => Some(source),
             _ => None,
         }

@@ -4,12 +4,13 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::pages::PageState;
 use super::region::{check_disjoint, AddressMap, Backend, Region};
 use super::stats::{Counters, Stats};
 use super::worker::{poison_unplaced, Config, Flow, Placer, Shared, Stop, Worker, ZeroMap};
+use super::working_set::{Recorder, SnapshotId, WorkingSet};
 use super::{ErrorPolicy, PageSource, ServeError};
 use crate::{FeatureFlags, IoctlFlags, RegisterMode, Uffd};
 
@@ -32,6 +33,9 @@ pub struct ServerBuilder {
     busy_poll: Duration,
     policy: ErrorPolicy,
     peer: Option<libc::pid_t>,
+    record: bool,
+    replay: Option<Arc<WorkingSet>>,
+    snapshot: Option<SnapshotId>,
 }
 
 impl Default for ServerBuilder {
@@ -44,6 +48,9 @@ impl Default for ServerBuilder {
             busy_poll: Duration::ZERO,
             policy: ErrorPolicy::Stop,
             peer: None,
+            record: false,
+            replay: None,
+            snapshot: None,
         }
     }
 }
@@ -97,6 +104,89 @@ impl ServerBuilder {
         self
     }
 
+    /// Records the pages faulted on demand (not those placed around a fault, by the
+    /// background fill or by replay), in first-touch order, as a [`WorkingSet`] of the
+    /// snapshot: take it with [`Server::working_set`] or [`Finished::working_set`], save it
+    /// with [`WorkingSet::save`], and replay it on the next start (default off). The regions
+    /// must have one page size. Costs one relaxed load per fault, and three atomic operations
+    /// on a page's first touch; memory: a bit and (as far as pages are touched) 8 bytes per
+    /// page of the source.
+    ///
+    /// A run that replays records only its own demand faults, the pages the record missed:
+    /// [`merge`](super::working_set::merge) the two records to keep them all.
+    pub fn record(&mut self, on: bool) -> &mut Self {
+        self.record = on;
+        self
+    }
+
+    /// Replays `working_set` at start: a background thread places its pages in its order, in
+    /// runs of consecutive source pages of at most 2 MiB per ioctl (so a fault waits at most
+    /// one such ioctl for the lock), at the lowest CPU priority, while the workers keep
+    /// serving faults. A page already placed (by a fault) is skipped, as is a page the
+    /// process discarded (`REMOVE`: it stays empty). A failed replay (a source error, an
+    /// unexpected `errno`) ends the replay only ([`Finished::replay_error`]): the workers go on
+    /// serving faults. Stopping the server ends the replay after the current run. With
+    /// [`background_fill`](Self::background_fill), the fill follows the replay.
+    ///
+    /// [`start`](Self::start) refuses a record of another snapshot
+    /// ([`ServeError::WorkingSet`]): see [`snapshot_id`](Self::snapshot_id).
+    pub fn replay(&mut self, working_set: WorkingSet) -> &mut Self {
+        self.replay = Some(Arc::new(working_set));
+        self
+    }
+
+    /// The identity of the source, stamped on the record and checked against the replayed
+    /// working set. Default: [`SnapshotId::sample`] of the source, computed at start when
+    /// recording or replaying.
+    pub fn snapshot_id(&mut self, id: SnapshotId) -> &mut Self {
+        self.snapshot = Some(id);
+        self
+    }
+
+    /// The page size of every region, and the snapshot's identity, when recording or
+    /// replaying; the replayed record checked against them and turned into (region, page)
+    /// pairs.
+    fn working_set_setup(
+        &self,
+        source: &dyn PageSource,
+    ) -> Result<(Option<Recorder>, Vec<(usize, usize)>), ServeError> {
+        if !self.record && self.replay.is_none() {
+            return Ok((None, Vec::new()));
+        }
+        let ps = self.regions[0].page_size;
+        if self.regions.iter().any(|r| r.page_size != ps) {
+            return Err(ServeError::InvalidConfig(
+                "recording or replaying a working set needs regions of one page size".into(),
+            ));
+        }
+        let id = match self.snapshot {
+            Some(id) => id,
+            None => SnapshotId::sample(source).map_err(|source| ServeError::Io {
+                operation: "sampling the snapshot's identity for the working set",
+                source,
+            })?,
+        };
+        let recorder = self.record.then(|| Recorder::new(id, ps as u64));
+        let mut replay = Vec::new();
+        if let Some(ws) = &self.replay {
+            ws.check_applies_to(id, ps as u64)
+                .map_err(ServeError::WorkingSet)?;
+            replay.reserve(ws.len());
+            for &sp in ws.order() {
+                // The region serving this source page, if any (pages outside every region
+                // are not replayed).
+                let found = self.regions.iter().enumerate().find_map(|(i, r)| {
+                    let first = r.offset / ps as u64;
+                    (first..first + r.pages() as u64)
+                        .contains(&sp)
+                        .then(|| (i, (sp - first) as usize))
+                });
+                replay.extend(found);
+            }
+        }
+        Ok((recorder, replay))
+    }
+
     /// Checks the settings and regions, registers the regions with `uffd` (missing faults
     /// for [`Backend::Copy`], minor and missing faults for [`Backend::Continue`]), makes the
     /// descriptor non-blocking, and starts the workers.
@@ -118,6 +208,7 @@ impl ServerBuilder {
         source: Arc<dyn PageSource>,
     ) -> Result<Server, ServeError> {
         self.check(&uffd, &*source)?;
+        let (recorder, replay) = self.working_set_setup(&*source)?;
         for (index, r) in self.regions.iter().enumerate() {
             register(&uffd, index, r)?;
         }
@@ -156,6 +247,11 @@ impl ServerBuilder {
                 batch: 64,
             },
             zeros,
+            recorder,
+            replay,
+            started: Instant::now(),
+            replay_done_ns: AtomicU64::new(u64::MAX),
+            replay_error: Mutex::new(None),
         });
         let mut server = Server {
             shared: Arc::clone(&shared),
@@ -168,9 +264,29 @@ impl ServerBuilder {
                 worker.run()
             })?;
         }
-        if self.background {
-            let id = self.workers;
-            server.spawn("uffd-serve-bg".into(), move |shared| background(shared, id))?;
+        if self.background || !shared.replay.is_empty() {
+            let (id, fill) = (self.workers, self.background);
+            server.spawn("uffd-serve-bg".into(), move |shared| {
+                // SAFETY: setpriority on this thread only (Linux: a thread id names one
+                // thread).
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
+                match replay_pages(shared, id) {
+                    // A failed replay ends the replay only: the workers keep serving faults
+                    // (a fault on the page that failed meets the error again, and that one
+                    // is fatal).
+                    Err(Stop::Failed(e)) => {
+                        *shared
+                            .replay_error
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner()) = Some(e);
+                    }
+                    other => other?,
+                }
+                if fill {
+                    background(shared, id)?;
+                }
+                Ok(())
+            })?;
         }
         Ok(server)
     }
@@ -297,8 +413,6 @@ fn map_zeros(len: usize) -> Result<*const u8, ServeError> {
 /// The background fill: places every block not yet placed, region by region, at the lowest
 /// priority, taking the shared lock one block at a time.
 fn background(shared: &Shared, id: usize) -> Result<(), Stop> {
-    // SAFETY: setpriority on this thread only (Linux: a thread id names one thread).
-    unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
     let counters = &shared.counters[id];
     let block = shared.config.fault_around;
     let mut scratch = vec![0u8; shared.zeros.len];
@@ -341,6 +455,73 @@ fn background(shared: &Shared, id: usize) -> Result<(), Stop> {
     Ok(())
 }
 
+/// The most bytes one replay ioctl places: a fault waits at most that long for the lock.
+const REPLAY_RUN: usize = 2 << 20;
+
+/// The replay: places the recorded pages in order, a run of consecutive pages (at most
+/// [`REPLAY_RUN`] bytes) at a time, under the shared lock one ioctl at a time.
+fn replay_pages(shared: &Shared, id: usize) -> Result<(), Stop> {
+    let list = &shared.replay;
+    if list.is_empty() {
+        return Ok(());
+    }
+    let counters = &shared.counters[id];
+    let ps = shared.regions[list[0].0].page_size;
+    let per_run = (REPLAY_RUN / ps).max(1);
+    let mut scratch = vec![0u8; per_run * ps];
+    let mut k = 0;
+    while k < list.len() {
+        if shared.stopping.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // The run: entries that follow each other in the region.
+        let (region, from) = list[k];
+        let mut n = 1;
+        while k + n < list.len() && n < per_run && list[k + n] == (region, from + n) {
+            n += 1;
+        }
+        let placer = Placer {
+            shared,
+            inbox: None,
+            counters,
+            epoch: shared.epoch.load(Ordering::Acquire),
+        };
+        let found = shared
+            .map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .locate(region, from);
+        let flow = match found {
+            Some(m) => {
+                // Clipped to the mapping (an unmap may have cut the region); the rest of the
+                // run is the next one.
+                n = n.min(m.first_page + m.len / ps - from);
+                placer.replay_run(&m, from, from + n, &mut scratch)?
+            }
+            None => Flow::Done, // unmapped: nothing to replay
+        };
+        match flow {
+            Flow::Done => k += n,
+            // An event is pending (a worker reads it), or was just applied: try again.
+            Flow::ReadEvents | Flow::Restart => std::thread::yield_now(),
+        }
+    }
+    let ns = shared
+        .started
+        .elapsed()
+        .as_nanos()
+        .min(u64::MAX as u128 - 1) as u64;
+    shared.replay_done_ns.store(ns, Ordering::Release);
+    Ok(())
+}
+
+fn stats_of(shared: &Shared) -> Stats {
+    let mut s = Stats::sum(&shared.counters);
+    let ns = shared.replay_done_ns.load(Ordering::Acquire);
+    s.replay_time = (ns != u64::MAX).then(|| Duration::from_nanos(ns));
+    s
+}
+
 /// A running page server. Stop it with [`stop`](Server::stop).
 pub struct Server {
     shared: Arc<Shared>,
@@ -360,6 +541,11 @@ pub struct Finished {
     /// `mremap` or `madvise(MADV_DONTNEED)` of a region waits for its event to be read, so
     /// drop it (or unregister) before those.
     pub uffd: Uffd,
+    /// The recorded working set (see [`ServerBuilder::record`]); `None` when not recording.
+    pub working_set: Option<WorkingSet>,
+    /// Why the replay ended early, if it failed (a source error, an unexpected `errno`): the
+    /// server went on serving faults.
+    pub replay_error: Option<ServeError>,
 }
 
 impl Server {
@@ -404,7 +590,23 @@ impl Server {
 
     /// The statistics so far.
     pub fn stats(&self) -> Stats {
-        Stats::sum(&self.shared.counters)
+        stats_of(&self.shared)
+    }
+
+    /// Why the replay ended early, if it failed (the server goes on serving faults).
+    pub fn replay_error(&self) -> Option<String> {
+        let e = self
+            .shared
+            .replay_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        e.as_ref().map(ToString::to_string)
+    }
+
+    /// The working set recorded so far (see [`ServerBuilder::record`]); `None` when not
+    /// recording.
+    pub fn working_set(&self) -> Option<WorkingSet> {
+        self.shared.recorder.as_ref().map(Recorder::working_set)
     }
 
     /// Whether the server has stopped by itself (fatal error, or the process exited).
@@ -445,7 +647,13 @@ impl Server {
         drop(self);
         let shared = Arc::try_unwrap(shared)
             .unwrap_or_else(|_| unreachable!("every worker has been joined"));
-        let stats = Stats::sum(&shared.counters);
+        let stats = stats_of(&shared);
+        let working_set = shared.recorder.as_ref().map(Recorder::working_set);
+        let replay_error = shared
+            .replay_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         let outcome = shared
             .outcome
             .lock()
@@ -455,6 +663,8 @@ impl Server {
         Finished {
             stats,
             outcome,
+            working_set,
+            replay_error,
             uffd: shared.uffd,
         }
     }

@@ -15,6 +15,7 @@ use super::region::{AddressMap, Backend, Mapping, Region};
 use super::server::Exit;
 use super::source::{Chunk, PageSource};
 use super::stats::{add, Counters};
+use super::working_set::Recorder;
 use super::{ErrorPolicy, ServeError};
 use crate::{Errno, Error, Event, EventBuffer, Uffd};
 
@@ -50,6 +51,16 @@ pub(crate) struct Shared {
     /// A read-only anonymous mapping of zeros, at least a fault-around block long: the
     /// source of zero pages on hugetlbfs, which has no `ZEROPAGE`.
     pub zeros: ZeroMap,
+    /// Records the demand faults, when asked to.
+    pub recorder: Option<Recorder>,
+    /// The pages to replay, in order: (region, page of the region).
+    pub replay: Vec<(usize, usize)>,
+    /// When the server started.
+    pub started: Instant,
+    /// Nanoseconds from the start to the end of the replay (`u64::MAX` until then).
+    pub replay_done_ns: AtomicU64,
+    /// Why the replay ended early.
+    pub replay_error: Mutex<Option<ServeError>>,
 }
 
 /// A read-only private anonymous mapping: all zeros, costing no memory.
@@ -101,6 +112,7 @@ enum Fill {
 pub(crate) enum Origin {
     Fault,
     Background,
+    Replay,
 }
 
 fn uffd_error(operation: &'static str, source: Error) -> Stop {
@@ -196,6 +208,36 @@ impl Placer<'_> {
         scratch: &mut [u8],
     ) -> Result<Flow, Stop> {
         self.block(m, page, Origin::Background, scratch)
+    }
+
+    /// Replay: places the pages of `[from, to)` (inside `m`) that are neither placed nor
+    /// discarded; a discarded page stays empty (the process's discard wins over the record).
+    pub fn replay_run(
+        &self,
+        m: &Mapping,
+        from: usize,
+        to: usize,
+        scratch: &mut [u8],
+    ) -> Result<Flow, Stop> {
+        let state = &self.shared.pages[m.region];
+        let mut i = from;
+        while i < to {
+            if state.is_placed(i) || state.is_discarded(i) {
+                i += 1;
+                continue;
+            }
+            let mut j = i + 1;
+            while j < to && !state.is_placed(j) && !state.is_discarded(j) {
+                j += 1;
+            }
+            // No page of a replay run is a fault: `usize::MAX` matches none.
+            let flow = self.run(m, i, j, usize::MAX, Origin::Replay, scratch)?;
+            if flow != Flow::Done {
+                return Ok(flow);
+            }
+            i = j;
+        }
+        Ok(Flow::Done)
     }
 
     /// Places pages `[from, to)` of `m`'s region, splitting by discarded state.
@@ -498,6 +540,7 @@ impl Placer<'_> {
         }
         match origin {
             Origin::Background => add(&c.background_pages, n),
+            Origin::Replay => add(&c.replay_pages, n),
             Origin::Fault => {
                 let own = u64::from((from..to).contains(&fault));
                 add(&c.fault_around_pages, n - own);
@@ -634,6 +677,11 @@ impl Worker {
                 match found {
                     Some(m) => {
                         let page = m.first_page + (addr - m.addr) / m.page_size;
+                        if let Some(recorder) = &shared.recorder {
+                            let region = &shared.regions[m.region];
+                            let first = region.offset / region.page_size as u64;
+                            recorder.touch(first + page as u64);
+                        }
                         placer.block(&m, page, Origin::Fault, scratch)?
                     }
                     None => {

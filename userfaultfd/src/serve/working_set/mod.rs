@@ -7,12 +7,14 @@
 
 mod file;
 mod merge;
+mod record;
 
 use std::fmt;
 use std::io;
 use std::path::Path;
 
 pub use merge::merge;
+pub(crate) use record::Recorder;
 
 use super::source::{Chunk, PageSource};
 
@@ -109,7 +111,7 @@ impl Fnv {
 }
 
 /// The pages touched on demand by one or more runs, in the order of first touch.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct WorkingSet {
     snapshot: SnapshotId,
     page_size: u64,
@@ -255,6 +257,17 @@ impl WorkingSet {
             source,
         })?;
         WorkingSet::decode(&bytes)
+    }
+}
+
+impl fmt::Debug for WorkingSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The order list can hold millions of pages: its length only.
+        f.debug_struct("WorkingSet")
+            .field("snapshot", &self.snapshot)
+            .field("page_size", &self.page_size)
+            .field("pages", &self.order.len())
+            .finish()
     }
 }
 
