@@ -90,7 +90,7 @@ fn seeded_random_corruption() {
     let id = SnapshotId::new(64 << 20, 0xfeed);
     let order: Vec<u64> = (0..600u64).map(|k| (k * 7919 + 5) % 16384).collect();
     let original = WorkingSet::new(id, 4096, order).unwrap().encode();
-    let mut rng = Rng(0x5eed_0f_0bad_f11e);
+    let mut rng = Rng(0x5eed_0f0b_adf1_1e00);
     let (mut parsed, mut resealed_parsed) = (0, 0);
     for _ in 0..20_000 {
         let mut bytes = original.clone();

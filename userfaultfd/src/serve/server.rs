@@ -14,6 +14,9 @@ use super::working_set::{Recorder, SnapshotId, WorkingSet};
 use super::{ErrorPolicy, PageSource, ServeError};
 use crate::{FeatureFlags, IoctlFlags, RegisterMode, Uffd};
 
+/// The pages to replay, in order: (region, page of the region).
+type ReplayList = Vec<(usize, usize)>;
+
 /// Why the server stopped, when it was not an error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exit {
@@ -149,7 +152,7 @@ impl ServerBuilder {
     fn working_set_setup(
         &self,
         source: &dyn PageSource,
-    ) -> Result<(Option<Recorder>, Vec<(usize, usize)>), ServeError> {
+    ) -> Result<(Option<Recorder>, ReplayList), ServeError> {
         if !self.record && self.replay.is_none() {
             return Ok((None, Vec::new()));
         }
