@@ -124,7 +124,7 @@ impl ServerBuilder {
 
     /// Replays `working_set` at start: a background thread places its pages in its order, in
     /// runs of consecutive source pages of at most 2 MiB per ioctl (so a fault waits at most
-    /// one such ioctl for the lock), at the lowest CPU priority, while the workers keep
+    /// one such ioctl for the lock), at the workers' CPU priority, while the workers keep
     /// serving faults. A page already placed (by a fault) is skipped, as is a page the
     /// process discarded (`REMOVE`: it stays empty). A failed replay (a source error, an
     /// unexpected `errno`) ends the replay only ([`Finished::replay_error`]): the workers go on
@@ -270,9 +270,10 @@ impl ServerBuilder {
         if self.background || !shared.replay.is_empty() {
             let (id, fill) = (self.workers, self.background);
             server.spawn("uffd-serve-bg".into(), move |shared| {
-                // SAFETY: setpriority on this thread only (Linux: a thread id names one
-                // thread).
-                unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
+                // The replay runs at the workers' priority: its pages are wanted soon, and at
+                // the lowest priority any other load on the machine starves it (measured: the
+                // workload then overtook it and faulted). Faults keep priority through the
+                // lock: a replay ioctl holds it for at most 2 MiB.
                 match replay_pages(shared, id) {
                     // A failed replay ends the replay only: the workers keep serving faults
                     // (a fault on the page that failed meets the error again, and that one
@@ -286,6 +287,11 @@ impl ServerBuilder {
                     other => other?,
                 }
                 if fill {
+                    // SAFETY: setpriority on this thread only (Linux: a thread id names one
+                    // thread).
+                    unsafe {
+                        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19)
+                    };
                     background(shared, id)?;
                 }
                 Ok(())
