@@ -200,22 +200,15 @@ fn reports_holes(file: &std::fs::File) -> bool {
     hole >= 0 && (hole as u64) < file.metadata().unwrap().len()
 }
 
+/// A memfd (shmem, which reports holes; needs no writable directory, so it works for any
+/// user).
 fn tempfile() -> std::fs::File {
-    let dir = std::env::temp_dir();
-    let path = dir.join(format!(
-        "uffd-serve-test-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
-    std::fs::remove_file(&path).unwrap();
-    file
+    use std::os::fd::FromRawFd;
+    // SAFETY: the name is NUL-terminated.
+    let fd = unsafe { libc::memfd_create(c"uffd-serve-snapshot".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: a new descriptor only we own.
+    unsafe { std::fs::File::from_raw_fd(fd) }
 }
 
 #[test]

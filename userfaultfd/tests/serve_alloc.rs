@@ -56,6 +56,30 @@ fn counted(f: impl FnOnce()) -> usize {
     ALLOCATIONS.load(Relaxed) - before
 }
 
+/// Waits until `n` server workers sleep in `poll`.
+fn wait_workers_polling(n: usize) {
+    let deadline = std::time::Instant::now() + support::TIMEOUT;
+    loop {
+        let polling = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| {
+                let t = t.ok()?.path();
+                let comm = std::fs::read_to_string(t.join("comm")).ok()?;
+                let wchan = std::fs::read_to_string(t.join("wchan")).ok()?;
+                (comm.starts_with("uffd-serve-") && wchan.contains("poll")).then_some(())
+            })
+            .count();
+        if polling >= n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{polling} of {n} workers polling"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 #[test]
 fn serving_faults_allocates_nothing() {
     // The counter counts (so zero below means zero).
@@ -76,8 +100,10 @@ fn serving_faults_allocates_nothing() {
             .start(uffd, Arc::new(TestSource::new(expected.clone(), ps)))
     }
     .unwrap();
-    // Warm up: the first faults, and one REMOVE event.
+    // Warm up: the first faults, and one REMOVE event; and every worker started (a thread's
+    // start-up allocates) and waiting in poll.
     assert!(mismatches(&region, &expected, 0..16).is_empty());
+    wait_workers_polling(2);
     let read = |pages: std::ops::Range<usize>| {
         for p in pages {
             // SAFETY: a byte of our own served mapping.

@@ -32,11 +32,13 @@
 //! serving another process, its pidfd). A worker that finds it readable takes the server's
 //! lock *exclusively*, reads a batch of messages and applies the non-cooperative events among
 //! them (marks pages discarded, unmaps, moves) before releasing it; it then serves the page
-//! faults it read with the lock *shared*, in parallel with the other workers. Every placement
-//! (fault, fault-around, background fill) runs under the shared lock and checks the page
-//! state there. So a placement either completes before an event is read — and the kernel's
-//! zap that follows the read removes what it placed — or starts after the event's marks are
-//! in place: a discarded page is never refilled with the source's stale contents.
+//! faults it read, in parallel with the other workers. A placement reads the source without
+//! the lock, then takes the lock *shared* for the ioctl and makes it only if, there, the
+//! address map has not changed and none of its pages was marked discarded meanwhile
+//! (otherwise it starts over). So a placement either completes before an event is read — and
+//! the kernel's zap that follows the read removes what it placed — or sees the event's marks:
+//! a discarded page is never refilled with the source's stale contents, and a slow source
+//! never delays the reading of events (nor the `madvise`/`munmap` waiting for them).
 //!
 //! A fault places the block of [`ServerBuilder::fault_around`] bytes around the faulting
 //! page (aligned, clipped to the region and to pages not yet placed), the faulting page
@@ -52,13 +54,13 @@
 //! | page fault (`MINOR`, [`Backend::Continue`]) | maps the block from the page cache (`CONTINUE`); a page absent from the page cache gets a zero page |
 //! | `EEXIST` (the page is already there) | wakes the faulting address; a fault-around block continues after the present page |
 //! | `EAGAIN` with progress `n` (`PartiallyCopied`) | continues from `n` (the next page is present: `EEXIST`, skipped) |
-//! | `EAGAIN` with no progress (an event is pending) | reads the pending messages (applying the events), then retries from the current page state |
+//! | `EAGAIN` with no progress (an event is pending) | reads the pending messages (applying the events), then retries the same ioctl at once (re-checking the page state); if the event was already read, the kernel refuses placements until the thread that caused it resumes: retries at once a few times, then yields, then sleeps 20 µs between tries — so that under a stream of `REMOVE`s a retry still lands between two of them |
 //! | `REMOVE` (`MADV_DONTNEED`, `MADV_REMOVE`, `MADV_FREE`) | marks the pages discarded: a later fault gets zeros, never the source. `Continue { private: false }`: only unmarks them (the mapping is the file: the kernel itself shows the file's contents after `DONTNEED`; after `MADV_REMOVE` the hole faults as missing and gets a zero page) |
 //! | `UNMAP` (`munmap`) | stops serving the range (fault-around and background fill skip it) |
 //! | `REMAP` (`mremap` that moves) | serves the pages at their new address, from the same source offsets |
 //! | `FORK` | refused: [`ServerBuilder::start`] rejects a descriptor with `EVENT_FORK`. A forked child then does not inherit the registration and sees the parent's memory as it is at the fork (pages not yet placed are empty: zeros on anonymous memory); fork only after the regions are filled, or mark them `MADV_DONTFORK` |
 //! | the faulting process exits (`ESRCH`, or its pidfd becomes readable, see [`ServerBuilder::peer_process`]) | every worker stops; [`Finished::outcome`] is `Ok(Exit::ProcessExited)` |
-//! | [`Server::stop`] | wakes every worker (eventfd) and joins them: no thread left blocked in the server |
+//! | [`Server::stop`] | wakes every worker (eventfd) and joins them (a worker busy with a fault finishes that fault first): no thread left blocked in the server. Faults arriving afterwards wait on [`Finished::uffd`] |
 //!
 //! A fault read before a `REMOVE` and served concurrently with it is an access racing with
 //! its own discard: the server places the source's page either before the event is read (the
@@ -73,12 +75,25 @@
 //!
 //! | [`ErrorPolicy`] | the server | threads blocked in a fault, and later faults |
 //! |---|---|---|
-//! | [`ErrorPolicy::Stop`] (default) | records the error and stops every worker; keeps the descriptor open | stay blocked until the owner acts on [`Finished::uffd`]: fix and serve the pages, unregister (the kernel's default: zeros on anonymous memory), or end the process |
+//! | [`ErrorPolicy::Stop`] (default) | records the error and stops every worker; keeps the descriptor open | stay blocked until the owner acts on [`Finished::uffd`]: fix and serve the pages, unregister (the kernel's default: zeros on anonymous memory), or end the process. Threads in `madvise`, `munmap` or `mremap` of a region wait too (for their event to be read) |
 //! | [`ErrorPolicy::FailClosed`] | records the error, poisons every page not yet placed (`UFFDIO_POISON`, Linux 6.6+) and wakes the regions, then stops | get `SIGBUS` on any page not placed, now and later; on kernels without `POISON` they stay blocked as with `Stop` |
 //!
 //! Dropping the [`Server`] without [`stop`](Server::stop) stops it and closes the descriptor:
 //! then blocked threads retry without userfaultfd and get the kernel's default pages. Call
 //! `stop` and keep [`Finished::uffd`] when that must not happen.
+//!
+//! A process that is served from another one (the descriptor sent over a Unix socket) is
+//! best served with [`ServerBuilder::peer_process`]: without it, its exit is noticed only by
+//! the next placement (`ESRCH`).
+//!
+//! # Performance
+//!
+//! On a 2-CPU machine, restoring 1 GiB from a snapshot on tmpfs (`cargo bench --bench
+//! serve`, BENCHMARKS.md of the repository): the defaults on anonymous memory are 5-7x faster
+//! than placing one page per fault and faster than reading the file first; the
+//! [`Backend::Continue`] backend on a `MAP_PRIVATE` mapping of the file comes within 3x of
+//! the kernel's own lazy file mapping. Busy-polling ([`ServerBuilder::busy_poll`]) did not
+//! measurably help there; more workers pay off when the source is slow.
 
 mod pages;
 mod region;

@@ -39,6 +39,8 @@ pub struct Region {
     pub(crate) offset: u64,
     pub(crate) page_size: usize,
     pub(crate) backend: Backend,
+    /// Bytes placed per fault, set by the server when it starts.
+    pub(crate) block: usize,
 }
 
 impl Region {
@@ -51,6 +53,7 @@ impl Region {
             offset: 0,
             page_size: page_size(),
             backend: Backend::Copy,
+            block: 0,
         }
     }
 
@@ -71,6 +74,11 @@ impl Region {
     pub fn backend(mut self, backend: Backend) -> Region {
         self.backend = backend;
         self
+    }
+
+    /// Pages placed per fault: `bytes` (or the backend's default), at least one page.
+    pub(crate) fn pages_per_block(&self) -> usize {
+        (self.block / self.page_size).max(1)
     }
 
     /// The number of pages.

@@ -31,7 +31,7 @@ pub enum Exit {
 pub struct ServerBuilder {
     regions: Vec<Region>,
     workers: usize,
-    fault_around: usize,
+    fault_around: Option<usize>,
     background: bool,
     busy_poll: Duration,
     policy: ErrorPolicy,
@@ -46,7 +46,7 @@ impl Default for ServerBuilder {
         ServerBuilder {
             regions: Vec::new(),
             workers: 1,
-            fault_around: 256 << 10,
+            fault_around: None,
             background: false,
             busy_poll: Duration::ZERO,
             policy: ErrorPolicy::Stop,
@@ -73,11 +73,22 @@ impl ServerBuilder {
     }
 
     /// How many bytes to place per fault: the aligned block around the faulting page,
-    /// clipped to the region and to pages not yet placed (default 256 KiB; at least one
-    /// page; 0 means one page).
+    /// clipped to the region and to pages not yet placed (at least one page; 0 means one
+    /// page). Default: 256 KiB for [`Backend::Copy`] (a copy costs memory bandwidth: larger
+    /// blocks copy pages that may never be touched), 2 MiB for [`Backend::Continue`] (mapping
+    /// a page-cache page costs next to nothing; what costs is the fault).
     pub fn fault_around(&mut self, bytes: usize) -> &mut Self {
-        self.fault_around = bytes;
+        self.fault_around = Some(bytes);
         self
+    }
+
+    /// The block size of a region: the setting, or the backend's default.
+    fn block_for(&self, r: &Region) -> usize {
+        let default = match r.backend {
+            Backend::Copy => 256 << 10,
+            Backend::Continue { .. } => 2 << 20,
+        };
+        self.fault_around.unwrap_or(default).max(r.page_size)
     }
 
     /// Whether a background thread places the rest of the regions after start, block by
@@ -217,12 +228,15 @@ impl ServerBuilder {
         }
         set_non_blocking(&uffd)?;
         let peer = self.peer.map(pidfd_open).transpose()?;
-        let zeros_len = self
+        let regions: Vec<Region> = self
             .regions
             .iter()
-            .map(|r| self.fault_around.max(r.page_size))
-            .max()
-            .unwrap_or(0);
+            .map(|r| Region {
+                block: self.block_for(r),
+                ..r.clone()
+            })
+            .collect();
+        let zeros_len = regions.iter().map(|r| r.block).max().unwrap_or(0);
         let zeros = ZeroMap {
             ptr: map_zeros(zeros_len)?,
             len: zeros_len,
@@ -235,7 +249,7 @@ impl ServerBuilder {
                 .collect(),
             map: RwLock::new(AddressMap::new(&self.regions)),
             epoch: AtomicU64::new(0),
-            regions: self.regions.clone(),
+            regions,
             uffd,
             source,
             stop_fd: eventfd()?,
@@ -244,7 +258,6 @@ impl ServerBuilder {
             counters: (0..=self.workers).map(|_| Counters::default()).collect(),
             outcome: Mutex::new(None),
             config: Config {
-                fault_around: self.fault_around,
                 busy_poll: self.busy_poll,
                 policy: self.policy,
                 batch: 64,
@@ -423,10 +436,9 @@ fn map_zeros(len: usize) -> Result<*const u8, ServeError> {
 /// priority, taking the shared lock one block at a time.
 fn background(shared: &Shared, id: usize) -> Result<(), Stop> {
     let counters = &shared.counters[id];
-    let block = shared.config.fault_around;
     let mut scratch = vec![0u8; shared.zeros.len];
     for (index, region) in shared.regions.iter().enumerate() {
-        let per_block = (block / region.page_size).max(1);
+        let per_block = region.pages_per_block();
         let mut page = 0;
         while page < region.pages() {
             if shared.stopping.load(Ordering::Acquire) {

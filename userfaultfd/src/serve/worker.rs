@@ -22,7 +22,6 @@ use crate::{Errno, Error, Event, EventBuffer, Uffd};
 /// Settings the workers read.
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
-    pub fault_around: usize,
     pub busy_poll: Duration,
     pub policy: ErrorPolicy,
     pub batch: usize,
@@ -173,7 +172,7 @@ impl Placer<'_> {
         scratch: &mut [u8],
     ) -> Result<Flow, Stop> {
         let ps = m.page_size;
-        let per_block = (self.shared.config.fault_around / ps).max(1);
+        let per_block = self.shared.regions[m.region].pages_per_block();
         let map_end = m.first_page + m.len / ps;
         let aligned = page - page % per_block;
         let start = aligned.max(m.first_page);
@@ -622,7 +621,8 @@ impl Worker {
         let block = shared
             .regions
             .iter()
-            .map(|r| shared.config.fault_around.max(r.page_size))
+            .filter(|r| r.backend == Backend::Copy)
+            .map(|r| r.block)
             .max()
             .unwrap_or(0);
         Worker {
