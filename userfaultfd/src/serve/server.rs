@@ -126,7 +126,10 @@ impl ServerBuilder {
     /// on a page's first touch; memory: a bit and (as far as pages are touched) 8 bytes per
     /// page of the source.
     ///
-    /// A run that replays records only its own demand faults, the pages the record missed:
+    /// Pages placed around a fault and touched later fault no more, so they are not
+    /// recorded: a recording run that should capture the whole working set sets
+    /// [`fault_around(0)`](Self::fault_around) (one page per fault). A run that replays
+    /// records only its own demand faults, the pages the replayed record missed:
     /// [`merge`](super::working_set::merge) the two records to keep them all.
     pub fn record(&mut self, on: bool) -> &mut Self {
         self.record = on;
