@@ -315,3 +315,50 @@ fn failed_replay_leaves_faults_served() {
     assert_eq!(finished.stats.faults, 48);
     assert_eq!(finished.stats.replay_pages, 0);
 }
+
+#[test]
+fn fault_ahead_of_the_replay_places_the_next_recorded_pages() {
+    let (region, expected) = anonymous(64);
+    let ps = region.page_size();
+    let mut source = TestSource::new(expected.clone(), ps);
+    // The replay fails at once (page 40), so the faults below are all ahead of it.
+    source.fail_at = Some(40);
+    let id = SnapshotId::new(expected.len() as u64, 7);
+    let evens: Vec<u64> = (0..16).map(|k| 2 * k).collect();
+    let ws = WorkingSet::new(id, ps as u64, [40].into_iter().chain(evens).collect()).unwrap();
+    let uffd = serve_uffd(MemoryType::Anonymous, RegisterMode::MISSING).unwrap();
+    // SAFETY: the test region holds no Rust object.
+    let server = unsafe {
+        Server::builder()
+            .fault_around(16 * ps)
+            .snapshot_id(id)
+            .replay(ws)
+            .region(Served::new(region.addr(), region.len()))
+            .start(uffd, Arc::new(source))
+    }
+    .unwrap();
+    let deadline = Instant::now() + support::TIMEOUT;
+    while server.replay_error().is_none() {
+        assert!(Instant::now() < deadline, "the replay did not fail");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // A fault on page 0 places it and the 15 recorded pages after it (the even pages up to
+    // 30), not the block around it: touching them faults no more.
+    let mut bad = mismatches(&region, &expected, [0].into_iter());
+    // (The fault is counted once its extra placements are done.)
+    while server.stats().faults == 0 {
+        assert!(Instant::now() < deadline, "the fault was not counted");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    bad.extend(mismatches(&region, &expected, (2..32).step_by(2)));
+    let after_evens = server.stats();
+    // An odd page is not recorded: its fault places the block around it (pages 16..32 not yet
+    // placed).
+    let bad_odd = mismatches(&region, &expected, (17..32).step_by(2));
+    let s = server.stop().stats;
+    assert!(bad.is_empty() && bad_odd.is_empty(), "{bad:?} {bad_odd:?}");
+    assert_eq!(after_evens.faults, 1, "{after_evens:?}");
+    assert_eq!(after_evens.fault_around_pages, 15, "{after_evens:?}");
+    assert_eq!(s.faults, 2, "{s:?}");
+    assert_eq!(s.fault_around_pages, 15 + 7, "{s:?}");
+}

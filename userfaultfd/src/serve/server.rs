@@ -139,7 +139,11 @@ impl ServerBuilder {
     /// Replays `working_set` at start: a background thread places its pages in its order, in
     /// runs of consecutive source pages of at most 2 MiB per ioctl (so a fault waits at most
     /// one such ioctl for the lock), at the workers' CPU priority, while the workers keep
-    /// serving faults. A page already placed (by a fault) is skipped, as is a page the
+    /// serving faults. A fault on a recorded page not yet replayed (the workload overtook the
+    /// replay) places, instead of the block around it, the pages the record lists next (up to
+    /// [`fault_around`](Self::fault_around) bytes, one ioctl each): the record knows what the
+    /// workload touches next, the block around it mostly holds pages nobody wants. A page
+    /// already placed (by a fault) is skipped, as is a page the
     /// process discarded (`REMOVE`: it stays empty). A failed replay (a source error, an
     /// unexpected `errno`) ends the replay only ([`Finished::replay_error`]): the workers go on
     /// serving faults. Stopping the server ends the replay after the current run. With
@@ -267,6 +271,7 @@ impl ServerBuilder {
             },
             zeros,
             recorder,
+            replay_rank: replay_ranks(&self.regions, &replay),
             replay,
             started: Instant::now(),
             replay_done_ns: AtomicU64::new(u64::MAX),
@@ -477,6 +482,22 @@ fn background(shared: &Shared, id: usize) -> Result<(), Stop> {
         }
     }
     Ok(())
+}
+
+/// Each region page's position in the replay list plus one (0: not listed); no entry without
+/// replay. Positions past `u32::MAX - 1` are left out (they fault as unrecorded pages).
+fn replay_ranks(regions: &[Region], list: &ReplayList) -> Vec<Box<[u32]>> {
+    if list.is_empty() {
+        return Vec::new();
+    }
+    let mut ranks: Vec<Box<[u32]>> = regions
+        .iter()
+        .map(|r| vec![0u32; r.pages()].into_boxed_slice())
+        .collect();
+    for (k, &(region, page)) in list.iter().enumerate().take(u32::MAX as usize - 1) {
+        ranks[region][page] = k as u32 + 1;
+    }
+    ranks
 }
 
 /// The most bytes one replay ioctl places: a fault waits at most that long for the lock.

@@ -54,6 +54,9 @@ pub(crate) struct Shared {
     pub recorder: Option<Recorder>,
     /// The pages to replay, in order: (region, page of the region).
     pub replay: Vec<(usize, usize)>,
+    /// Per region, each page's position in `replay` plus one (0: not in the record); empty
+    /// boxes without replay.
+    pub replay_rank: Vec<Box<[u32]>>,
     /// When the server started.
     pub started: Instant,
     /// Nanoseconds from the start to the end of the replay (`u64::MAX` until then).
@@ -207,6 +210,49 @@ impl Placer<'_> {
         scratch: &mut [u8],
     ) -> Result<Flow, Stop> {
         self.block(m, page, Origin::Background, scratch)
+    }
+
+    /// A fault on page `page` of `m`, which the replayed record holds at position `rank`:
+    /// places it, then (instead of the block around it) the pages the record lists after
+    /// it, up to the fault-around budget. The workload has overtaken the replay there, and
+    /// the record says what it touches next; the pages around it are mostly not wanted.
+    fn along_record(
+        &self,
+        m: &Mapping,
+        page: usize,
+        rank: usize,
+        scratch: &mut [u8],
+    ) -> Result<Flow, Stop> {
+        let flow = self.run(m, page, page + 1, page, Origin::Fault, scratch)?;
+        if flow != Flow::Done {
+            return Ok(flow);
+        }
+        let budget = self.shared.regions[m.region].pages_per_block() - 1;
+        let map_end = m.first_page + m.len / m.page_size;
+        let state = &self.shared.pages[m.region];
+        let list = &self.shared.replay;
+        // Looks a few budgets far at most: the replay may have placed the pages already.
+        let end = list.len().min(rank + 1 + 4 * budget);
+        let mut placed = 0;
+        for &(region, p) in &list[(rank + 1).min(end)..end] {
+            if placed == budget {
+                break;
+            }
+            if region != m.region
+                || !(m.first_page..map_end).contains(&p)
+                || state.is_placed(p)
+                || state.is_discarded(p)
+            {
+                continue;
+            }
+            // The faulting page is in place and woken: whatever stops these extra
+            // placements (an event to read first) ends them, not the fault.
+            if self.run(m, p, p + 1, page, Origin::Fault, scratch)? != Flow::Done {
+                break;
+            }
+            placed += 1;
+        }
+        Ok(Flow::Done)
     }
 
     /// Replay: places the pages of `[from, to)` (inside `m`) that are neither placed nor
@@ -682,7 +728,16 @@ impl Worker {
                             let first = region.offset / region.page_size as u64;
                             recorder.touch(first + page as u64);
                         }
-                        placer.block(&m, page, Origin::Fault, scratch)?
+                        let rank = shared
+                            .replay_rank
+                            .get(m.region)
+                            .and_then(|r| r.get(page))
+                            .map_or(0, |&r| r as usize);
+                        if rank > 0 {
+                            placer.along_record(&m, page, rank - 1, scratch)?
+                        } else {
+                            placer.block(&m, page, Origin::Fault, scratch)?
+                        }
                     }
                     None => {
                         // Not (or no longer) served: the range was unmapped. Wake the thread,
