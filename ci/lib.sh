@@ -36,3 +36,36 @@ newest_header_tree() {
   fi
   echo "$tree"
 }
+
+# Builds the kernel's own userfaultfd stress test, tools/testing/selftests/mm/uffd-stress.c
+# (with uffd-common.c and vm_util.c), from Debian's linux-source-6.12, fetched with apt-get
+# download into target/uffd-stress-c (never installed; only the selftests are unpacked), against
+# the 6.12 uapi headers of newest_header_tree (the system's /usr/include is 6.1's, which lacks
+# what uffd-common.c uses). Usage: build_kernel_uffd_stress OUT [extra gcc flags, e.g. -static]
+build_kernel_uffd_stress() {
+  local out=$1
+  shift
+  local work=$PWD/target/uffd-stress-c
+  local tools=$work/linux-source-6.12/tools
+  ensure_packages gcc xz-utils
+  if [ ! -f "$tools/testing/selftests/mm/uffd-stress.c" ]; then
+    mkdir -p "$work"
+    rm -f "$work"/linux-source-6.12_*.deb
+    (cd "$work" && { apt-get download -q linux-source-6.12 >/dev/null 2>&1 ||
+      { apt-get update >/dev/null && apt-get download -q linux-source-6.12 >/dev/null; }; })
+    dpkg-deb --fsys-tarfile "$work"/linux-source-6.12_*.deb |
+      tar -xO ./usr/src/linux-source-6.12.tar.xz |
+      tar -xJ -C "$work" --wildcards 'linux-source-6.12/tools/testing/selftests/mm/*' \
+        'linux-source-6.12/tools/testing/selftests/kselftest*' 'linux-source-6.12/tools/include/*'
+    rm -f "$work"/linux-source-6.12_*.deb
+  fi
+  local tree
+  tree=$(newest_header_tree)
+  mkdir -p "$work/include/linux"
+  cp "$tree/include/uapi/linux/userfaultfd.h" "$tree/include/uapi/linux/fs.h" "$work/include/linux/"
+  # The uapi headers of a source tree still say __packed (headers_install would rewrite it).
+  gcc -Wall -O2 -U_FORTIFY_SOURCE '-D__packed=__attribute__((packed))' -isystem "$work/include" \
+    -I "$tools/testing/selftests" -I "$tools/include" "$@" \
+    "$tools/testing/selftests/mm/uffd-stress.c" "$tools/testing/selftests/mm/uffd-common.c" \
+    "$tools/testing/selftests/mm/vm_util.c" -o "$out" -lrt -lpthread -lm
+}

@@ -104,6 +104,7 @@ impl Server for Raw {
         );
     }
 
+    #[inline]
     fn next_fault(&self) -> usize {
         let mut msg = sys::uffd_msg::default();
         loop {
@@ -123,6 +124,7 @@ impl Server for Raw {
         vec![sys::uffd_msg::default(); capacity]
     }
 
+    #[inline]
     fn faults(&self, batch: &mut Vec<sys::uffd_msg>, mut f: impl FnMut(usize)) -> usize {
         // SAFETY: reads whole messages into the buffer.
         let n = unsafe {
@@ -142,6 +144,7 @@ impl Server for Raw {
         count
     }
 
+    #[inline]
     fn copy(&self, src: *const c_void, dst: usize, len: usize) {
         let mut copy = sys::uffdio_copy {
             dst: dst as u64,
@@ -210,6 +213,7 @@ impl Server for Ours {
         self.0.register(addr, len).unwrap();
     }
 
+    #[inline]
     fn next_fault(&self) -> usize {
         match self.0.read_event().unwrap() {
             Some(userfaultfd::Event::Pagefault { addr, .. }) => addr as usize,
@@ -221,6 +225,7 @@ impl Server for Ours {
         userfaultfd::EventBuffer::new(capacity)
     }
 
+    #[inline]
     fn faults(&self, batch: &mut userfaultfd::EventBuffer, mut f: impl FnMut(usize)) -> usize {
         let mut n = 0;
         for event in self.0.read_events(batch).unwrap() {
@@ -233,6 +238,7 @@ impl Server for Ours {
         n
     }
 
+    #[inline]
     fn copy(&self, src: *const c_void, dst: usize, len: usize) {
         // SAFETY: the destination is a benchmark mapping holding no Rust object.
         unsafe { self.0.copy(src, dst as *mut c_void, len, true) }.unwrap();
@@ -272,6 +278,7 @@ impl Server for V09 {
         self.0.register(addr, len).unwrap();
     }
 
+    #[inline]
     fn next_fault(&self) -> usize {
         match self.0.read_event().unwrap() {
             Some(userfaultfd09::Event::Pagefault { addr, .. }) => addr as usize,
@@ -283,6 +290,7 @@ impl Server for V09 {
         userfaultfd09::EventBuffer::new(capacity)
     }
 
+    #[inline]
     fn faults(&self, batch: &mut userfaultfd09::EventBuffer, mut f: impl FnMut(usize)) -> usize {
         let mut n = 0;
         for event in self.0.read_events(batch).unwrap() {
@@ -295,6 +303,7 @@ impl Server for V09 {
         n
     }
 
+    #[inline]
     fn copy(&self, src: *const c_void, dst: usize, len: usize) {
         // SAFETY: the destination is a benchmark mapping holding no Rust object.
         unsafe { self.0.copy(src, dst as *mut c_void, len, true) }.unwrap();

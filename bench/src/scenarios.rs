@@ -318,37 +318,71 @@ pub fn table(reps: usize) {
 /// Serves `n` faults raised by `MADV_POPULATE_READ` (valgrind cannot run a thread that
 /// faults on a registered page: see ci/bench), resolving each with a COPY. The handler is
 /// the main thread, so its instruction count is callgrind's thread 1.
-pub fn serve_populate(which: Impl, n: usize) {
+pub fn serve_populate(which: Impl, n: usize, batch: usize, threads: usize) {
     match which {
-        Impl::Raw => serve_populate_with::<Raw>(n),
-        Impl::Ours => serve_populate_with::<Ours>(n),
-        Impl::V09 => serve_populate_with::<V09>(n),
+        Impl::Raw => serve_populate_with::<Raw>(n, batch, threads),
+        Impl::Ours => serve_populate_with::<Ours>(n, batch, threads),
+        Impl::V09 => serve_populate_with::<V09>(n, batch, threads),
     }
 }
 
-fn serve_populate_with<S: Server>(n: usize) {
+/// Serves `n` faults, each resolved by one COPY; `batch` 1 reads one event per `read`
+/// (`read_event`), more reads through the implementation's batch buffer of that capacity
+/// (`read_events`). The faults come from `threads` threads, each populating its share of the
+/// region with one MADV_POPULATE_READ: that call faults page after page inside the kernel,
+/// never returning to user space (so valgrind's lock does not serialise the threads), and
+/// with several threads several faults wait at each read. With one thread, each batch read
+/// returns the one pending event, so what is counted is the batch path's own cost.
+fn serve_populate_with<S: Server>(n: usize, batch: usize, threads: usize) {
+    assert!(n.is_multiple_of(threads), "N is a multiple of T");
     let server = S::create(false);
     let region = Arc::new(Mapping::new(n * PAGE, false));
     server.register(region.addr(), region.len);
     let source = Mapping::populated(PAGE, false);
-    let toucher = {
-        let region = Arc::clone(&region);
-        std::thread::spawn(move || {
-            // SAFETY: populates our own mapping; each page faults to the handler.
-            let r = unsafe { libc::madvise(region.addr(), region.len, libc::MADV_POPULATE_READ) };
-            assert_eq!(
-                r,
-                0,
-                "MADV_POPULATE_READ: {}",
-                std::io::Error::last_os_error()
-            );
+    let share = n / threads * PAGE;
+    let touchers: Vec<_> = (0..threads)
+        .map(|t| {
+            let region = Arc::clone(&region);
+            std::thread::spawn(move || {
+                // SAFETY: populates a share of our own mapping; each page faults to the
+                // handler.
+                let r = unsafe {
+                    libc::madvise(
+                        region.addr().cast::<u8>().add(t * share).cast(),
+                        share,
+                        libc::MADV_POPULATE_READ,
+                    )
+                };
+                assert_eq!(
+                    r,
+                    0,
+                    "MADV_POPULATE_READ: {}",
+                    std::io::Error::last_os_error()
+                );
+            })
         })
-    };
-    for _ in 0..n {
-        let addr = server.next_fault();
-        server.copy(source.ptr.cast(), addr, PAGE);
+        .collect();
+    let mut reads = 0;
+    if batch == 1 {
+        for _ in 0..n {
+            let addr = server.next_fault();
+            server.copy(source.ptr.cast(), addr, PAGE);
+        }
+        reads = n;
+    } else {
+        let mut buf = server.batch(batch);
+        let mut served = 0;
+        while served < n {
+            served += server.faults(&mut buf, |addr| server.copy(source.ptr.cast(), addr, PAGE));
+            reads += 1;
+        }
     }
-    toucher.join().unwrap();
+    for toucher in touchers {
+        toucher.join().unwrap();
+    }
+    // How many events each read returned on average (ci/bench prints it next to the
+    // counts of the rows with several faulting threads).
+    println!("reads {reads} events {n}");
 }
 
 /// Pins the calling thread to `cpu` (when the machine has it): the handler on one CPU, the

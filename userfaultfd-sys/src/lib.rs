@@ -39,14 +39,22 @@
 //!
 //! # How the bindings are made
 //!
-//! `build.rs` runs bindgen over the kernel headers of the build host, or of the tree named by the
-//! `LINUX_HEADERS` environment variable (a tree with `include/` and `include/uapi/`). Where
-//! libclang cannot be loaded (a machine without it, docs.rs) or `USERFAULTFD_SYS_USE_FALLBACK=1`
-//! is set, it uses bindings the project generated itself and keeps in `src/generated.rs`, and
-//! says so with a `cargo:warning`. Those were generated from the **Linux 6.12 uapi headers**
-//! (Debian's `linux-headers-6.12.*-common`) plus `include/newest.h`; `ci/regen-bindings`
-//! refreshes them, and CI regenerates them and fails on any difference. Either way the output is
-//! put in a canonical order, so the three sources give byte-identical bindings.
+//! With the cargo feature `bindgen` (on by default), the build script runs bindgen over the
+//! kernel headers of the build host, or of the tree named by the `LINUX_HEADERS` environment
+//! variable (a tree with `include/` and `include/uapi/`). Without it, or where bindgen cannot
+//! deliver, the build uses bindings the project generated itself and keeps in
+//! `src/generated.rs`. Those were generated from the **Linux 6.12 uapi headers** (Debian's
+//! `linux-headers-6.12.*-common`) plus `include/newest.h`; `ci/regen-bindings` refreshes them,
+//! and CI regenerates them and fails on any difference. Either way the output is put in a
+//! canonical order, so every source gives byte-identical bindings.
+//!
+//! With the feature, the checked-in bindings are used, and a `cargo:warning` gives the reason
+//! (bindgen's whole error where there is one), when libclang cannot be loaded (a machine without
+//! it), when bindgen fails, when its output lacks an item of `src/generated.rs` (bindgen leaves
+//! out a macro it cannot evaluate instead of failing), or when `USERFAULTFD_SYS_USE_FALLBACK=1`
+//! or `DOCS_RS` is set. Bindgen's scratch files go to the build's `OUT_DIR`: the source folder
+//! may be read-only (vendored sources, distribution packages, Nix), and concurrent builds of it
+//! do not interfere.
 //!
 //! The structs are generated without layout tests (the checked-in file must serve every target);
 //! this crate's own tests check sizes and offsets, which are the same on every architecture.
@@ -71,7 +79,12 @@
 //! let flags = libc::O_CLOEXEC | UFFD_USER_MODE_ONLY as libc::c_int;
 //! // SAFETY: userfaultfd(2) takes one integer argument and returns a new descriptor or -1.
 //! let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) } as libc::c_int;
-//! assert!(fd >= 0, "userfaultfd: {}", std::io::Error::last_os_error());
+//! if fd < 0 {
+//!     // A kernel without userfaultfd (ENOSYS), a seccomp filter, or Linux before 5.11, which
+//!     // does not know UFFD_USER_MODE_ONLY (EINVAL).
+//!     eprintln!("userfaultfd: {}", std::io::Error::last_os_error());
+//!     return;
+//! }
 //!
 //! let mut api = uffdio_api { api: UFFD_API, ..Default::default() };
 //! // SAFETY: fd is a userfaultfd and `api` is a valid uffdio_api the kernel may write.
@@ -87,8 +100,11 @@
 //!
 //! # Cargo features
 //!
-//! `linux4_14`, `linux5_7` and `linux5_13` exist so that manifests written for
-//! userfaultfd-sys 0.6 keep building. They do nothing: every item is always compiled in.
+//! - `bindgen` (default): generate the bindings at build time, as described above. Without it
+//!   (`default-features = false`), the checked-in bindings: the same items, no libclang, and a
+//!   build of a few seconds instead of some twenty build dependencies.
+//! - `linux4_14`, `linux5_7` and `linux5_13` exist so that manifests written for
+//!   userfaultfd-sys 0.6 keep building. They do nothing: every item is always compiled in.
 
 #![no_std]
 #![cfg_attr(docsrs, feature(doc_cfg))]

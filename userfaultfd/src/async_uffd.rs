@@ -6,7 +6,7 @@ use std::os::fd::AsRawFd;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use crate::{Errno, Error, Event, EventBuffer, Events, Result, Uffd};
+use crate::{Error, Event, EventBuffer, Events, Rejected, Result, Uffd};
 
 /// A [`Uffd`] whose events are read with `.await`, without blocking a runtime thread.
 ///
@@ -29,11 +29,12 @@ use crate::{Errno, Error, Event, EventBuffer, Events, Result, Uffd};
 /// # async fn serve() -> userfaultfd::Result<()> {
 /// use userfaultfd::{AsyncUffd, Event, UffdBuilder};
 /// let uffd = AsyncUffd::new(UffdBuilder::new().non_blocking(true).create()?)?;
+/// // SAFETY: sysconf has no preconditions.
+/// let page = vec![0u8; unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize];
 /// loop {
 ///     if let Event::Pagefault { addr, .. } = uffd.read_event().await? {
-///         let page = [0u8; 4096];
 ///         // SAFETY: `addr` is in a registered mapping that holds no Rust object.
-///         unsafe { uffd.get_ref().copy(page.as_ptr().cast(), addr, 4096, true)? };
+///         unsafe { uffd.get_ref().copy(page.as_ptr().cast(), addr, page.len(), true)? };
 ///     }
 /// }
 /// # }
@@ -48,31 +49,54 @@ impl AsyncUffd {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidArgument`] if `uffd` is blocking; [`Error::SystemError`] if the
-    /// reactor refuses the descriptor.
+    /// `uffd` is given back with the error (as tokio's [`AsyncFd::register`] does), so a
+    /// refusal does not close it: [`Error::InvalidArgument`] if it is blocking;
+    /// [`Error::Io`] naming the operation if `fcntl(F_GETFL)` fails or the reactor refuses
+    /// the descriptor. `?` turns the [`Rejected`] into an [`Error`], closing the descriptor.
     ///
     /// # Panics
     ///
-    /// Outside a tokio runtime (tokio's [`AsyncFd::new`] panics there).
-    pub fn new(uffd: Uffd) -> Result<AsyncUffd> {
+    /// Outside a tokio runtime (tokio's [`AsyncFd::register`] panics there).
+    pub fn new(uffd: Uffd) -> std::result::Result<AsyncUffd, Rejected<Uffd>> {
         // SAFETY: F_GETFL reads the descriptor's status flags.
         let flags = unsafe { libc::fcntl(uffd.as_raw_fd(), libc::F_GETFL) };
         if flags < 0 {
-            return Err(Error::SystemError(Errno::last()));
+            let source = io::Error::last_os_error();
+            return Err(Rejected::new(
+                uffd,
+                Error::Io {
+                    operation: "fcntl(F_GETFL) on the userfaultfd (AsyncUffd::new)",
+                    source,
+                },
+            ));
         }
         if flags & libc::O_NONBLOCK == 0 {
-            return Err(Error::InvalidArgument {
-                operation: "AsyncUffd::new",
-                reason: "the userfaultfd is blocking, and epoll reports POLLERR for a blocking \
-                         userfaultfd: create it with UffdBuilder::non_blocking(true)",
-            });
+            return Err(Rejected::new(
+                uffd,
+                Error::InvalidArgument {
+                    operation: "AsyncUffd::new",
+                    reason: "the userfaultfd is blocking, and epoll reports POLLERR for a \
+                             blocking userfaultfd: create it with UffdBuilder::non_blocking(true)",
+                },
+            ));
         }
         // SAFETY: `Uffd` owns its descriptor (an `OwnedFd`): it stays open, refers to the same
         // file, and `as_raw_fd` returns the same number until the `AsyncFd` gives it back
         // (`into_inner`) or drops it. `AsyncUffd` never hands out `&mut Uffd`.
-        let fd = unsafe { AsyncFd::register_with_interest(uffd, Interest::READABLE) }
-            .map_err(|e| io_error(e.into()))?;
-        Ok(AsyncUffd { fd })
+        match unsafe { AsyncFd::register_with_interest(uffd, Interest::READABLE) } {
+            Ok(fd) => Ok(AsyncUffd { fd }),
+            Err(e) => {
+                let (uffd, source) = e.into_parts();
+                Err(Rejected::new(
+                    uffd,
+                    Error::Io {
+                        operation: "registering the userfaultfd with the tokio reactor \
+                                    (AsyncUffd::new)",
+                        source,
+                    },
+                ))
+            }
+        }
     }
 
     /// The descriptor, for the ioctls that resolve faults (`copy`, `wake`, ...).
@@ -92,7 +116,7 @@ impl AsyncUffd {
     /// As [`Uffd::read_event`].
     pub async fn read_event(&self) -> Result<Event> {
         loop {
-            let mut guard = self.fd.readable().await.map_err(io_error)?;
+            let mut guard = self.fd.readable().await.map_err(reactor_error)?;
             match guard.get_inner().read_event()? {
                 Some(event) => return Ok(event),
                 None => guard.clear_ready(),
@@ -107,16 +131,22 @@ impl AsyncUffd {
     /// As [`Uffd::read_events`].
     pub async fn read_events<'a>(&self, buf: &'a mut EventBuffer) -> Result<Events<'a>> {
         let count = loop {
-            let mut guard = self.fd.readable().await.map_err(io_error)?;
+            let mut guard = self.fd.readable().await.map_err(reactor_error)?;
             match guard.get_inner().fill(buf)? {
                 0 => guard.clear_ready(),
                 n => break n,
             }
         };
-        Ok(buf.events(count, self.get_ref().features()))
+        // SAFETY: `fill` read `count` (at most the capacity) messages just now.
+        Ok(unsafe { buf.events(count, self.get_ref().features()) })
     }
 }
 
-fn io_error(e: io::Error) -> Error {
-    Error::SystemError(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+/// An error of the reactor while waiting for readiness (for example, its runtime was shut
+/// down): not a read of the userfaultfd, which `Error::SystemError` is.
+fn reactor_error(source: io::Error) -> Error {
+    Error::Io {
+        operation: "waiting for the userfaultfd to become readable (tokio reactor)",
+        source,
+    }
 }

@@ -97,7 +97,7 @@ impl UffdBuilder {
     ///   descriptor, saying why each failed; [`Error::OpenDevUserfaultfd`] when the device
     ///   exists and fails for a reason other than permissions.
     /// - [`Error::UnsupportedFeatures`] naming the required features the kernel lacks.
-    /// - [`Error::ApiFailed`] with `EPERM` when `EVENT_FORK` is required without
+    /// - [`Error::SystemError`] with `EPERM` when `EVENT_FORK` is required without
     ///   `CAP_SYS_PTRACE`.
     /// - [`Error::UnsupportedIoctls`] when a required ioctl is not allowed.
     pub fn create(&self) -> Result<Uffd> {
@@ -150,6 +150,6 @@ impl UffdBuilder {
                 }
             }
         }
-        Error::ApiFailed(errno)
+        Error::SystemError(errno)
     }
 }

@@ -1,99 +1,235 @@
-//! The crate's own `errno` type, so that users need no `nix` (0.9 re-exported nix's).
+//! The crate's own `errno` type, so that users need no `nix` (userfaultfd 0.9 re-exported
+//! `nix::errno::Errno`).
 
 use core::fmt;
 
-/// An `errno` value returned by the kernel.
-///
-/// A small `Copy + Eq` wrapper around the raw number, with associated constants for the values
-/// userfaultfd operations produce. It replaces `nix::errno::Errno` from userfaultfd 0.9: code
-/// that matched `Errno::EEXIST` keeps working after changing the import to
-/// `userfaultfd::Errno`.
-///
-/// ```
-/// use userfaultfd::Errno;
-/// let e = Errno::from_raw(libc::EEXIST);
-/// assert_eq!(e, Errno::EEXIST);
-/// assert_eq!(e.raw(), libc::EEXIST);
-/// assert_eq!(e.name(), Some("EEXIST"));
-/// ```
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Errno(i32);
-
-macro_rules! errno_consts {
-    ($($name:ident: $doc:literal),* $(,)?) => {
-        impl Errno {
+macro_rules! errno_enum {
+    ($($name:ident = $desc:literal,)*) => {
+        /// An `errno` value returned by the kernel.
+        ///
+        /// A fieldless `#[repr(i32)]` enum of every Linux `errno`, shaped like the
+        /// `nix::errno::Errno` that userfaultfd 0.9 re-exported, so that 0.9 code keeps compiling
+        /// after changing the import to `userfaultfd::Errno`: `Errno::EEXIST` in patterns,
+        /// `use Errno::*`, `errno as i32`, [`desc`](Errno::desc) returning `&'static str`,
+        /// [`from_i32`](Errno::from_i32) and [`last`](Errno::last) all work as they did. The
+        /// discriminants are the target's own values (`libc::EAGAIN`...: mips, sparc, alpha and
+        /// parisc number some `errno`s differently). A number that is not a Linux `errno`
+        /// becomes [`Errno::UnknownErrno`] (0), as with nix.
+        ///
+        /// The aliases `EWOULDBLOCK` (= `EAGAIN`), `EDEADLOCK` (= `EDEADLK`) and `ENOTSUP`
+        /// (= `EOPNOTSUPP`) are associated constants.
+        ///
+        /// ```
+        /// use userfaultfd::Errno;
+        /// let e = Errno::from_raw(libc::EEXIST);
+        /// assert_eq!(e, Errno::EEXIST);
+        /// assert_eq!(e as i32, libc::EEXIST);
+        /// assert_eq!(e.raw(), libc::EEXIST);
+        /// assert_eq!(e.desc(), "File exists");
+        /// assert_eq!(Errno::from_raw(-1), Errno::UnknownErrno);
+        /// ```
+        #[repr(i32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Errno {
+            /// Not an `errno` this crate knows (or 0).
+            UnknownErrno = 0,
             $(
-                #[doc = $doc]
-                pub const $name: Errno = Errno(libc::$name);
+                #[doc = concat!($desc, ".")]
+                $name = libc::$name,
             )*
+        }
 
-            /// The symbolic name of this value (`"EEXIST"`), if it is one this crate names.
-            pub const fn name(self) -> Option<&'static str> {
-                match self.0 {
-                    $(libc::$name => Some(stringify!($name)),)*
-                    _ => None,
+        impl Errno {
+            /// The value for the raw `errno` number `raw`; [`Errno::UnknownErrno`] if it is not
+            /// a Linux `errno`.
+            pub const fn from_raw(raw: i32) -> Errno {
+                match raw {
+                    $(libc::$name => Errno::$name,)*
+                    _ => Errno::UnknownErrno,
                 }
             }
+
+            /// The symbolic name of this value (`"EEXIST"`); `None` for
+            /// [`Errno::UnknownErrno`].
+            pub const fn name(self) -> Option<&'static str> {
+                match self {
+                    Errno::UnknownErrno => None,
+                    $(Errno::$name => Some(stringify!($name)),)*
+                }
+            }
+
+            /// The description of this value: glibc's `strerror` text in the C locale
+            /// (`"File exists"`).
+            pub const fn desc(self) -> &'static str {
+                match self {
+                    Errno::UnknownErrno => "Unknown errno",
+                    $(Errno::$name => $desc,)*
+                }
+            }
+
+            /// Every value but `UnknownErrno`, for tests and tables.
+            #[cfg(test)]
+            pub(crate) const ALL: &'static [Errno] = &[$(Errno::$name,)*];
         }
     };
 }
 
-errno_consts! {
-    EPERM: "Operation not permitted.",
-    ENOENT: "No such file or directory; for ioctls, no registered range at the address.",
-    ESRCH: "No such process: the process that owns the memory has exited.",
-    EINTR: "Interrupted system call.",
-    EIO: "Input/output error; for `UFFDIO_CONTINUE`, a hardware-poisoned page.",
-    EBADF: "Bad file descriptor.",
-    EAGAIN: "Try again: partial progress, or a non-cooperative event is pending.",
-    ENOMEM: "Out of memory, or the address space is gone.",
-    EACCES: "Permission denied.",
-    EFAULT: "Bad address.",
-    EBUSY: "Device or resource busy.",
-    EEXIST: "The page already exists.",
-    ENODEV: "No such device.",
-    EINVAL: "Invalid argument.",
-    EMFILE: "Too many open files in this process.",
-    ENFILE: "Too many open files in the system.",
-    ENOTTY: "Inappropriate ioctl for device.",
-    ENOSPC: "No space left on device.",
-    ENOSYS: "Function not implemented: the kernel lacks `CONFIG_USERFAULTFD`.",
-    EOPNOTSUPP: "Operation not supported.",
+errno_enum! {
+    EPERM = "Operation not permitted",
+    ENOENT = "No such file or directory",
+    ESRCH = "No such process",
+    EINTR = "Interrupted system call",
+    EIO = "Input/output error",
+    ENXIO = "No such device or address",
+    E2BIG = "Argument list too long",
+    ENOEXEC = "Exec format error",
+    EBADF = "Bad file descriptor",
+    ECHILD = "No child processes",
+    EAGAIN = "Resource temporarily unavailable",
+    ENOMEM = "Cannot allocate memory",
+    EACCES = "Permission denied",
+    EFAULT = "Bad address",
+    ENOTBLK = "Block device required",
+    EBUSY = "Device or resource busy",
+    EEXIST = "File exists",
+    EXDEV = "Invalid cross-device link",
+    ENODEV = "No such device",
+    ENOTDIR = "Not a directory",
+    EISDIR = "Is a directory",
+    EINVAL = "Invalid argument",
+    ENFILE = "Too many open files in system",
+    EMFILE = "Too many open files",
+    ENOTTY = "Inappropriate ioctl for device",
+    ETXTBSY = "Text file busy",
+    EFBIG = "File too large",
+    ENOSPC = "No space left on device",
+    ESPIPE = "Illegal seek",
+    EROFS = "Read-only file system",
+    EMLINK = "Too many links",
+    EPIPE = "Broken pipe",
+    EDOM = "Numerical argument out of domain",
+    ERANGE = "Numerical result out of range",
+    EDEADLK = "Resource deadlock avoided",
+    ENAMETOOLONG = "File name too long",
+    ENOLCK = "No locks available",
+    ENOSYS = "Function not implemented",
+    ENOTEMPTY = "Directory not empty",
+    ELOOP = "Too many levels of symbolic links",
+    ENOMSG = "No message of desired type",
+    EIDRM = "Identifier removed",
+    ECHRNG = "Channel number out of range",
+    EL2NSYNC = "Level 2 not synchronized",
+    EL3HLT = "Level 3 halted",
+    EL3RST = "Level 3 reset",
+    ELNRNG = "Link number out of range",
+    EUNATCH = "Protocol driver not attached",
+    ENOCSI = "No CSI structure available",
+    EL2HLT = "Level 2 halted",
+    EBADE = "Invalid exchange",
+    EBADR = "Invalid request descriptor",
+    EXFULL = "Exchange full",
+    ENOANO = "No anode",
+    EBADRQC = "Invalid request code",
+    EBADSLT = "Invalid slot",
+    EBFONT = "Bad font file format",
+    ENOSTR = "Device not a stream",
+    ENODATA = "No data available",
+    ETIME = "Timer expired",
+    ENOSR = "Out of streams resources",
+    ENONET = "Machine is not on the network",
+    ENOPKG = "Package not installed",
+    EREMOTE = "Object is remote",
+    ENOLINK = "Link has been severed",
+    EADV = "Advertise error",
+    ESRMNT = "Srmount error",
+    ECOMM = "Communication error on send",
+    EPROTO = "Protocol error",
+    EMULTIHOP = "Multihop attempted",
+    EDOTDOT = "RFS specific error",
+    EBADMSG = "Bad message",
+    EOVERFLOW = "Value too large for defined data type",
+    ENOTUNIQ = "Name not unique on network",
+    EBADFD = "File descriptor in bad state",
+    EREMCHG = "Remote address changed",
+    ELIBACC = "Can not access a needed shared library",
+    ELIBBAD = "Accessing a corrupted shared library",
+    ELIBSCN = ".lib section in a.out corrupted",
+    ELIBMAX = "Attempting to link in too many shared libraries",
+    ELIBEXEC = "Cannot exec a shared library directly",
+    EILSEQ = "Invalid or incomplete multibyte or wide character",
+    ERESTART = "Interrupted system call should be restarted",
+    ESTRPIPE = "Streams pipe error",
+    EUSERS = "Too many users",
+    ENOTSOCK = "Socket operation on non-socket",
+    EDESTADDRREQ = "Destination address required",
+    EMSGSIZE = "Message too long",
+    EPROTOTYPE = "Protocol wrong type for socket",
+    ENOPROTOOPT = "Protocol not available",
+    EPROTONOSUPPORT = "Protocol not supported",
+    ESOCKTNOSUPPORT = "Socket type not supported",
+    EOPNOTSUPP = "Operation not supported",
+    EPFNOSUPPORT = "Protocol family not supported",
+    EAFNOSUPPORT = "Address family not supported by protocol",
+    EADDRINUSE = "Address already in use",
+    EADDRNOTAVAIL = "Cannot assign requested address",
+    ENETDOWN = "Network is down",
+    ENETUNREACH = "Network is unreachable",
+    ENETRESET = "Network dropped connection on reset",
+    ECONNABORTED = "Software caused connection abort",
+    ECONNRESET = "Connection reset by peer",
+    ENOBUFS = "No buffer space available",
+    EISCONN = "Transport endpoint is already connected",
+    ENOTCONN = "Transport endpoint is not connected",
+    ESHUTDOWN = "Cannot send after transport endpoint shutdown",
+    ETOOMANYREFS = "Too many references: cannot splice",
+    ETIMEDOUT = "Connection timed out",
+    ECONNREFUSED = "Connection refused",
+    EHOSTDOWN = "Host is down",
+    EHOSTUNREACH = "No route to host",
+    EALREADY = "Operation already in progress",
+    EINPROGRESS = "Operation now in progress",
+    ESTALE = "Stale file handle",
+    EUCLEAN = "Structure needs cleaning",
+    ENOTNAM = "Not a XENIX named type file",
+    ENAVAIL = "No XENIX semaphores available",
+    EISNAM = "Is a named type file",
+    EREMOTEIO = "Remote I/O error",
+    EDQUOT = "Disk quota exceeded",
+    ENOMEDIUM = "No medium found",
+    EMEDIUMTYPE = "Wrong medium type",
+    ECANCELED = "Operation canceled",
+    ENOKEY = "Required key not available",
+    EKEYEXPIRED = "Key has expired",
+    EKEYREVOKED = "Key has been revoked",
+    EKEYREJECTED = "Key was rejected by service",
+    EOWNERDEAD = "Owner died",
+    ENOTRECOVERABLE = "State not recoverable",
+    ERFKILL = "Operation not possible due to RF-kill",
+    EHWPOISON = "Memory page has hardware error",
 }
 
 impl Errno {
-    /// Wraps a raw `errno` number.
-    pub const fn from_raw(raw: i32) -> Errno {
-        Errno(raw)
+    /// `EAGAIN` under its other name.
+    pub const EWOULDBLOCK: Errno = Errno::EAGAIN;
+    /// `EDEADLK` under its other name.
+    pub const EDEADLOCK: Errno = Errno::EDEADLK;
+    /// `EOPNOTSUPP` under its other name.
+    pub const ENOTSUP: Errno = Errno::EOPNOTSUPP;
+
+    /// The value for the raw `errno` number `raw` (the name nix 0.27 used; same as
+    /// [`from_raw`](Errno::from_raw)).
+    pub const fn from_i32(raw: i32) -> Errno {
+        Errno::from_raw(raw)
     }
 
-    /// The raw `errno` number.
+    /// The raw `errno` number (0 for [`Errno::UnknownErrno`]); the same as `self as i32`.
     pub const fn raw(self) -> i32 {
-        self.0
+        self as i32
     }
 
     /// The calling thread's current `errno`: call right after a failed libc call.
     pub fn last() -> Errno {
-        Errno(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
-    }
-
-    /// The C library's description of this value (`strerror`).
-    pub fn desc(self) -> String {
-        let text = std::io::Error::from_raw_os_error(self.0).to_string();
-        // std appends " (os error N)"; the number is printed separately by Display.
-        match text.rfind(" (os error") {
-            Some(at) => text[..at].to_string(),
-            None => text,
-        }
-    }
-}
-
-impl fmt::Debug for Errno {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.name() {
-            Some(name) => f.write_str(name),
-            None => write!(f, "Errno({})", self.0),
-        }
+        Errno::from_raw(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
     }
 }
 
@@ -102,7 +238,7 @@ impl fmt::Display for Errno {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.name() {
             Some(name) => write!(f, "{name} ({})", self.desc()),
-            None => write!(f, "errno {} ({})", self.0, self.desc()),
+            None => f.write_str("unknown errno"),
         }
     }
 }
@@ -111,6 +247,37 @@ impl std::error::Error for Errno {}
 
 impl From<Errno> for std::io::Error {
     fn from(e: Errno) -> Self {
-        std::io::Error::from_raw_os_error(e.0)
+        std::io::Error::from_raw_os_error(e.raw())
+    }
+}
+
+impl From<i32> for Errno {
+    fn from(raw: i32) -> Errno {
+        Errno::from_raw(raw)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Errno;
+
+    /// The table against the C library: every value round-trips, and its description is
+    /// what strerror(3) says.
+    #[test]
+    fn table_matches_the_c_library() {
+        assert_eq!(Errno::ALL.len(), 131);
+        for &e in Errno::ALL {
+            assert_ne!(e.raw(), 0, "{e:?}");
+            assert_eq!(Errno::from_raw(e.raw()), e);
+            assert_eq!(Errno::from_i32(e as i32), e);
+            let text = std::io::Error::from_raw_os_error(e.raw()).to_string();
+            let strerror = text.rsplit_once(" (os error").map_or(&*text, |(t, _)| t);
+            assert_eq!(e.desc(), strerror, "{e:?}");
+            assert_eq!(format!("{e:?}"), e.name().unwrap());
+        }
+        assert_eq!(Errno::from_raw(0), Errno::UnknownErrno);
+        assert_eq!(Errno::from_raw(4095), Errno::UnknownErrno);
+        assert_eq!(Errno::EWOULDBLOCK, Errno::EAGAIN);
+        assert_eq!(Errno::ENOTSUP.raw(), libc::ENOTSUP);
     }
 }

@@ -10,23 +10,37 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// Everything that can go wrong.
 ///
-/// Each variant names the operation; [`Error::errno`] gives the kernel's `errno` where there is
-/// one, and `Display` says what the operation was, the `errno`, and what it means for the caller
-/// (for `EEXIST` from a copy: the page is already populated, wake the faulting thread).
+/// [`Error::errno`] gives the kernel's `errno` where there is one, and `Display` says what the
+/// operation was, the `errno`, and what it means for the caller (for `EEXIST` from a copy: the
+/// page is already populated, wake the faulting thread).
 ///
-/// The variants of userfaultfd 0.9 are kept with their meaning. Operations that 0.9 reported
-/// as `SystemError(errno)` (API, register, unregister, wake, write-protect) now have variants
-/// of their own, so the message can name them; `errno()` returns the same value as before.
+/// # Compatibility with userfaultfd 0.9
+///
+/// Every variant of 0.9 is kept, and each operation of 0.9 fails with the variant it failed
+/// with in 0.9, so that a `match` written for 0.9 takes the same arm: `read`, `UFFDIO_API`,
+/// `REGISTER`, `UNREGISTER`, `WAKE`, `WRITEPROTECT` and [`Uffd::r#continue`](crate::Uffd::continue)
+/// give [`SystemError`](Error::SystemError), copy gives `CopyFailed`/`PartiallyCopied`, zeropage
+/// `ZeropageFailed`. The fixes: `PartiallyCopied(n)` never carries a negative number cast to
+/// `usize`; creation failures and missing features have their own variants
+/// ([`CreateFailed`](Error::CreateFailed), [`UnsupportedFeatures`](Error::UnsupportedFeatures)).
+/// Operations 0.9 did not have report with variants of their own (`ContinueFailed` for
+/// [`continue_with_mode`](crate::Uffd::continue_with_mode), `PoisonFailed`, `MoveFailed`, ...).
+///
+/// The enum is `#[non_exhaustive]`: this crate has variants 0.9 had not, and the kernel grows
+/// operations, so a `match` needs a `_` arm (a `match` that was exhaustive for 0.9 fails to
+/// compile, rather than silently missing a case).
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
     /// `UFFDIO_COPY` failed without copying anything.
     CopyFailed(Errno),
 
-    /// A `COPY`, `ZEROPAGE`, `CONTINUE`, `POISON` or `MOVE` did this many bytes (always more
-    /// than zero), then stopped with `EAGAIN`: a page further on was already populated, or a
-    /// non-cooperative event became pending. The bytes done are in place (and their waiters
-    /// woken unless the mode said otherwise); the rest of the range is untouched.
+    /// A `COPY` ([`Uffd::copy`](crate::Uffd::copy), `copy_with_mode`), or one of
+    /// `zeropage_with_mode`, `continue_with_mode`, `poison`, `move`, stopped with `EAGAIN` after
+    /// doing this many bytes, possibly 0: a page further on was already populated, or a
+    /// non-cooperative event (fork, mremap, madvise, munmap) is pending and must be read
+    /// first. The bytes done are in place (and their waiters woken unless the mode said
+    /// otherwise); the rest of the range is untouched. Never more than the length asked for.
     PartiallyCopied(usize),
 
     /// `read(2)` returned a length that is not a whole number of `uffd_msg`s.
@@ -37,8 +51,12 @@ pub enum Error {
         expected: usize,
     },
 
-    /// `read(2)` from the userfaultfd failed (other than `EINTR`, which is retried, and
-    /// `EAGAIN` on a non-blocking descriptor, which is "no event").
+    /// A system call on the userfaultfd failed: `read(2)` (other than `EINTR`, which is
+    /// retried, and `EAGAIN` on a non-blocking descriptor, which is "no event"), or the ioctls
+    /// `UFFDIO_API`, `UFFDIO_REGISTER`, `UFFDIO_UNREGISTER`, `UFFDIO_WAKE`,
+    /// `UFFDIO_WRITEPROTECT`, and `UFFDIO_CONTINUE` through [`Uffd::r#continue`](crate::Uffd::continue)
+    /// (as in userfaultfd 0.9). The method that returned it is the operation; the `errno` says
+    /// why (each method's documentation lists its cases).
     SystemError(Errno),
 
     /// `read(2)` returned end of file.
@@ -77,22 +95,8 @@ pub enum Error {
         unprivileged_userfaultfd: Option<u8>,
     },
 
-    /// The `UFFDIO_API` handshake failed.
-    ApiFailed(Errno),
-
-    /// `UFFDIO_REGISTER` failed; nothing in the range was registered.
-    RegisterFailed(Errno),
-
-    /// `UFFDIO_UNREGISTER` failed.
-    UnregisterFailed(Errno),
-
-    /// `UFFDIO_WAKE` failed.
-    WakeFailed(Errno),
-
-    /// `UFFDIO_WRITEPROTECT` failed (setting or removing write protection).
-    WriteProtectFailed(Errno),
-
-    /// `UFFDIO_CONTINUE` failed without mapping anything.
+    /// `UFFDIO_CONTINUE` through [`Uffd::continue_with_mode`](crate::Uffd::continue_with_mode)
+    /// failed without mapping anything.
     ContinueFailed(Errno),
 
     /// `UFFDIO_POISON` failed without poisoning anything.
@@ -114,39 +118,42 @@ pub enum Error {
         /// What is wrong and what to do.
         reason: &'static str,
     },
+
+    /// A system call other than `read(2)` and the userfaultfd ioctls failed, or what the
+    /// kernel returned broke its own contract: `operation` says which (for example
+    /// `"fcntl(F_GETFL) on the userfaultfd (AsyncUffd::new)"`), `source` why. `errno()` is
+    /// the source's OS error, if it has one.
+    Io {
+        /// What was being done.
+        operation: &'static str,
+        /// Why it failed.
+        source: io::Error,
+    },
 }
 
 /// The operations errors are reported for, to pick the explanation of an `errno`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Op {
-    Api,
-    Register,
-    Unregister,
-    Wake,
-    WriteProtect,
+    /// The system calls 0.9 reported as `SystemError`: read, API, REGISTER, UNREGISTER,
+    /// WAKE, WRITEPROTECT, CONTINUE.
+    System,
     Copy,
     Zeropage,
     Continue,
     Poison,
     Move,
-    Read,
     PagemapScan,
 }
 
 impl Op {
     fn name(self) -> &'static str {
         match self {
-            Op::Api => "UFFDIO_API",
-            Op::Register => "UFFDIO_REGISTER",
-            Op::Unregister => "UFFDIO_UNREGISTER",
-            Op::Wake => "UFFDIO_WAKE",
-            Op::WriteProtect => "UFFDIO_WRITEPROTECT",
+            Op::System => "userfaultfd system call",
             Op::Copy => "UFFDIO_COPY",
             Op::Zeropage => "UFFDIO_ZEROPAGE",
             Op::Continue => "UFFDIO_CONTINUE",
             Op::Poison => "UFFDIO_POISON",
             Op::Move => "UFFDIO_MOVE",
-            Op::Read => "read from the userfaultfd",
             Op::PagemapScan => "PAGEMAP_SCAN",
         }
     }
@@ -160,10 +167,44 @@ impl Op {
     }
 }
 
-/// What an `errno` means for the caller of `op` (KERNEL.md section 2 of the project, distilled
-/// from fs/userfaultfd.c and mm/userfaultfd.c).
+/// What an `errno` means for the caller of `op` (distilled from the kernel's fs/userfaultfd.c
+/// and mm/userfaultfd.c, as of Linux 6.18).
 fn explain(op: Op, e: Errno) -> &'static str {
     match (op, e) {
+        (Op::System, Errno::EBUSY) => {
+            "UFFDIO_REGISTER: part of the range is already registered with another userfaultfd"
+        }
+        (Op::System, Errno::EPERM) => {
+            "UFFDIO_REGISTER: a shared mapping in the range is not writable (read-only file or \
+             write-sealed memfd); UFFDIO_API: FeatureFlags::EVENT_FORK requires CAP_SYS_PTRACE \
+             in the initial user namespace"
+        }
+        (Op::System, Errno::ENOENT) => {
+            "UFFDIO_WRITEPROTECT: part of the range is unmapped or not registered with \
+             RegisterMode::WRITE_PROTECT; UFFDIO_CONTINUE: the range is not entirely inside one \
+             range registered with this userfaultfd"
+        }
+        (Op::System, Errno::EAGAIN) => {
+            "UFFDIO_WRITEPROTECT, UFFDIO_CONTINUE: a non-cooperative event (fork, mremap, \
+             madvise, munmap) is pending: read every pending event from the userfaultfd, then \
+             retry"
+        }
+        (Op::System, Errno::EEXIST) => {
+            "UFFDIO_CONTINUE: the page is already mapped; wake the faulting thread with \
+             Uffd::wake"
+        }
+        (Op::System, Errno::EFAULT) => {
+            "UFFDIO_CONTINUE: the page is not in the page cache (populate it through another \
+             mapping of the file first); otherwise an address passed to the kernel is not \
+             accessible"
+        }
+        (Op::System, Errno::EINVAL) => {
+            "invalid argument: start and len must be page aligned (huge-page aligned on \
+             hugetlbfs) and non-zero, a mapping must exist in the range, and the memory type \
+             must support the mode (MINOR only on shmem/hugetlbfs); UFFDIO_API: the descriptor \
+             was already initialised; UFFDIO_UNREGISTER (Linux 6.17+): part of the range is \
+             registered with another userfaultfd; read: the buffer is smaller than a message"
+        }
         (Op::Copy | Op::Zeropage | Op::Continue | Op::Poison, Errno::EEXIST) => {
             "the destination page is already populated (another thread or a racing operation \
              resolved it); wake the faulting thread with Uffd::wake"
@@ -171,7 +212,7 @@ fn explain(op: Op, e: Errno) -> &'static str {
         (Op::Move, Errno::EEXIST) => {
             "the destination page is already populated; wake the faulting thread with Uffd::wake"
         }
-        (op, Errno::EAGAIN) if op.fills_pages() || op == Op::WriteProtect => {
+        (op, Errno::EAGAIN) if op.fills_pages() => {
             "a non-cooperative event (fork, mremap, madvise, munmap) is pending: read every \
              pending event from the userfaultfd, then retry"
         }
@@ -182,9 +223,6 @@ fn explain(op: Op, e: Errno) -> &'static str {
                 "the destination range is not entirely inside one range registered with this \
                  userfaultfd (unregistered, unmapped, or crossing a mapping boundary)"
             }
-        }
-        (Op::WriteProtect, Errno::ENOENT) => {
-            "part of the range is unmapped or not registered with RegisterMode::WRITE_PROTECT"
         }
         (Op::Copy, Errno::EFAULT) => {
             "the source range is not readable, or the destination lies beyond the end of the \
@@ -203,27 +241,6 @@ fn explain(op: Op, e: Errno) -> &'static str {
             "MOVE works only on private anonymous memory within this process, between \
              mappings with the same protection, with the destination registered with this \
              userfaultfd; and start, len must be page aligned and non-zero"
-        }
-        (Op::Register, Errno::EBUSY) => {
-            "part of the range is already registered with another userfaultfd"
-        }
-        (Op::Register, Errno::EPERM) => {
-            "a shared mapping in the range is not writable (read-only file or write-sealed memfd)"
-        }
-        (Op::Register, Errno::EINVAL) => {
-            "invalid range or mode: start and len must be page aligned (huge-page aligned on \
-             hugetlbfs) and non-zero, a mapping must exist in the range, the memory type must \
-             support the mode (MINOR only on shmem/hugetlbfs; WRITE_PROTECT needs kernel \
-             support), and the mode must not be empty"
-        }
-        (Op::Unregister, Errno::EINVAL) => {
-            "invalid range, or part of it is registered with another userfaultfd (Linux 6.17+)"
-        }
-        (Op::Api, Errno::EPERM) => {
-            "FeatureFlags::EVENT_FORK requires CAP_SYS_PTRACE in the initial user namespace"
-        }
-        (Op::Api, Errno::EINVAL) => {
-            "the descriptor was already initialised, or a requested feature is not supported"
         }
         (Op::PagemapScan, Errno::EPERM) => {
             "part of the range is not registered with a WP_ASYNC userfaultfd in \
@@ -259,17 +276,13 @@ impl Error {
             Error::CopyFailed(e)
             | Error::SystemError(e)
             | Error::ZeropageFailed(e)
-            | Error::ApiFailed(e)
-            | Error::RegisterFailed(e)
-            | Error::UnregisterFailed(e)
-            | Error::WakeFailed(e)
-            | Error::WriteProtectFailed(e)
             | Error::ContinueFailed(e)
             | Error::PoisonFailed(e)
             | Error::MoveFailed(e)
             | Error::PagemapScanFailed(e) => Some(*e),
             Error::PartiallyCopied(_) => Some(Errno::EAGAIN),
             Error::InvalidArgument { .. } => Some(Errno::EINVAL),
+            Error::Io { source, .. } => source.raw_os_error().map(Errno::from_raw),
             Error::CreateFailed { syscall, .. } => Some(*syscall),
             Error::OpenDevUserfaultfd(e) => e.raw_os_error().map(Errno::from_raw),
             Error::UnsupportedFeatures(_) => Some(Errno::EINVAL),
@@ -283,13 +296,8 @@ impl Error {
     fn op_errno(&self) -> Option<(Op, Errno)> {
         let (op, e) = match self {
             Error::CopyFailed(e) => (Op::Copy, e),
-            Error::SystemError(e) => (Op::Read, e),
+            Error::SystemError(e) => (Op::System, e),
             Error::ZeropageFailed(e) => (Op::Zeropage, e),
-            Error::ApiFailed(e) => (Op::Api, e),
-            Error::RegisterFailed(e) => (Op::Register, e),
-            Error::UnregisterFailed(e) => (Op::Unregister, e),
-            Error::WakeFailed(e) => (Op::Wake, e),
-            Error::WriteProtectFailed(e) => (Op::WriteProtect, e),
             Error::ContinueFailed(e) => (Op::Continue, e),
             Error::PoisonFailed(e) => (Op::Poison, e),
             Error::MoveFailed(e) => (Op::Move, e),
@@ -329,6 +337,10 @@ fn explain_syscall(e: Errno, sysctl: Option<u8>) -> String {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Error::PartiallyCopied(0) => f.write_str(
+                "nothing done yet: EAGAIN: a non-cooperative event (fork, mremap, madvise, \
+                 munmap) is pending: read every pending event from the userfaultfd, then retry",
+            ),
             Error::PartiallyCopied(done) => write!(
                 f,
                 "operation completed partially: {done} bytes done, then EAGAIN (a page further \
@@ -352,6 +364,7 @@ impl fmt::Display for Error {
             Error::InvalidArgument { operation, reason } => {
                 write!(f, "{operation}: invalid argument: {reason}")
             }
+            Error::Io { operation, source } => write!(f, "{operation} failed: {source}"),
             Error::UnsupportedFeatures(missing) => {
                 write!(
                     f,
@@ -386,7 +399,7 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::OpenDevUserfaultfd(e) => Some(e),
+            Error::OpenDevUserfaultfd(e) | Error::Io { source: e, .. } => Some(e),
             _ => None,
         }
     }
@@ -396,9 +409,11 @@ impl std::error::Error for Error {
 /// [`Error`] is its inner error (`get_ref()` / `into_inner()`).
 impl From<Error> for io::Error {
     fn from(e: Error) -> io::Error {
-        let kind = match e.errno() {
-            Some(errno) => io::Error::from_raw_os_error(errno.raw()).kind(),
-            None => io::ErrorKind::InvalidData,
+        let kind = match (&e, e.errno()) {
+            // An `io::Error` without an errno (tokio's "runtime shut down") keeps its kind.
+            (Error::Io { source, .. }, None) => source.kind(),
+            (_, Some(errno)) => io::Error::from_raw_os_error(errno.raw()).kind(),
+            (_, None) => io::ErrorKind::InvalidData,
         };
         // Every variant is wrapped, `OpenDevUserfaultfd` too: returning its inner `io::Error`
         // would lose "opening /dev/userfaultfd" from the message.

@@ -1,7 +1,11 @@
 //! The bit sets exchanged with the kernel: features, ioctls, registration and operation modes.
 //!
 //! Bits this crate does not know (from a kernel newer than it) are kept, never an error: every
-//! set is built with `from_bits_retain`, and each declares all bits as known to `bitflags`.
+//! set the kernel reports is built with `from_bits_retain`. What `all()`, `from_bits` and `!`
+//! consider known is what userfaultfd 0.9 did: the named flags for [`FeatureFlags`] and
+//! [`RegisterMode`] (so `FeatureFlags::all()` is every feature this crate names, and
+//! `FeatureFlags::from_bits(1 << 40)` is `None`), every bit for [`IoctlFlags`] (0.9 declared
+//! them all known, so that future ioctls survive `from_bits`).
 
 use bitflags::bitflags;
 use userfaultfd_sys as sys;
@@ -57,9 +61,6 @@ bitflags! {
         const WP_ASYNC = sys::UFFD_FEATURE_WP_ASYNC;
         /// [`Uffd::r#move`](crate::Uffd::r#move) (`UFFDIO_MOVE`). Linux 6.8.
         const MOVE = sys::UFFD_FEATURE_MOVE;
-
-        // Bits of kernels newer than this crate are kept.
-        const _ = !0;
     }
 }
 
@@ -93,7 +94,8 @@ bitflags! {
         /// `UFFDIO_API`.
         const API = 1 << sys::_UFFDIO_API;
 
-        // Bits of kernels newer than this crate are kept.
+        // Every bit is known, as in userfaultfd 0.9: ioctls of newer kernels are kept by
+        // `from_bits` and `all()`.
         const _ = !0;
     }
 }
@@ -110,9 +112,6 @@ bitflags! {
         /// Faults on pages present in the page cache but not mapped: shmem and hugetlbfs only
         /// (`MINOR_SHMEM`, `MINOR_HUGETLBFS`); resolved with `UFFDIO_CONTINUE`.
         const MINOR = sys::UFFDIO_REGISTER_MODE_MINOR;
-
-        // Bits of kernels newer than this crate are passed through.
-        const _ = !0;
     }
 }
 
@@ -126,6 +125,16 @@ bitflags! {
         /// Map the copied pages write-protected (range registered with
         /// `RegisterMode::WRITE_PROTECT`; Linux 5.7).
         const WRITE_PROTECT = sys::UFFDIO_COPY_MODE_WP;
+    }
+}
+
+bitflags! {
+    /// Mode of [`Uffd::zeropage_with_mode`](crate::Uffd::zeropage_with_mode)
+    /// (`UFFDIO_ZEROPAGE_MODE_*`).
+    #[derive(Copy, Clone, Debug, Default, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    pub struct ZeropageMode: u64 {
+        /// Do not wake the threads waiting on the range.
+        const DONTWAKE = sys::UFFDIO_ZEROPAGE_MODE_DONTWAKE;
     }
 }
 

@@ -1,11 +1,16 @@
 //! Obtaining a userfaultfd descriptor: `/dev/userfaultfd` first, then the `userfaultfd(2)`
 //! system call.
 //!
-//! The two ways differ only in their permission check (KERNEL.md 1.1 of the project): the
-//! device checks the file mode of `/dev/userfaultfd` (root-only by default), the system call
-//! checks `vm.unprivileged_userfaultfd`, `CAP_SYS_PTRACE`, and `UFFD_USER_MODE_ONLY`. A process
-//! that one refuses may be allowed by the other, so a refusal of the device (missing, or
-//! `EACCES`/`EPERM`) falls through to the system call.
+//! Both give the same kind of descriptor (an anonymous inode `[userfaultfd]` tied to the
+//! creating process's address space) and take the same flags; the device (Linux 6.1+: `open`
+//! it `O_RDWR`, then `ioctl(USERFAULTFD_IOC_NEW, flags)` returns the new descriptor) differs
+//! from the system call (Linux 4.3+) only in its permission check. The device checks nothing
+//! but the file mode of `/dev/userfaultfd` (root-only by default), and its descriptors may
+//! handle kernel-mode faults whatever `vm.unprivileged_userfaultfd` says. The system call is
+//! allowed when the flags include `UFFD_USER_MODE_ONLY` (Linux 5.11+), when the caller has
+//! `CAP_SYS_PTRACE` in the initial user namespace, or when `vm.unprivileged_userfaultfd` is 1;
+//! otherwise it fails with `EPERM`. A process that one refuses may be allowed by the other, so
+//! a refusal of the device (missing, or `EACCES`/`EPERM`) falls through to the system call.
 
 use std::ffi::CStr;
 use std::fs;

@@ -51,7 +51,7 @@ impl Capabilities {
 /// `user_mode_only(true)`; none on Linux 5.11+.
 pub fn probe() -> Result<Capabilities> {
     let fd = open::new_userfaultfd(libc::O_CLOEXEC | sys::UFFD_USER_MODE_ONLY as libc::c_int)?;
-    let reply = api::handshake(&fd, FeatureFlags::empty()).map_err(Error::ApiFailed)?;
+    let reply = api::handshake(&fd, FeatureFlags::empty()).map_err(Error::SystemError)?;
     Ok(Capabilities {
         features: reply.features,
         ioctls: reply.ioctls,

@@ -27,9 +27,20 @@ impl EventBuffer {
     }
 
     /// The first `count` messages, just read, as events decoded for `features`.
-    pub(crate) fn events(&self, count: usize, features: FeatureFlags) -> Events<'_> {
+    ///
+    /// # Safety
+    ///
+    /// `count` is at most the capacity, and the first `count` messages were just read from
+    /// the kernel and are decoded once (a fork event's descriptor is adopted by whoever
+    /// iterates it, or closed when `Events` is dropped).
+    #[inline]
+    pub(crate) unsafe fn events(&self, count: usize, features: FeatureFlags) -> Events<'_> {
+        debug_assert!(count <= self.0.len());
+        // SAFETY: `count` messages were read into the buffer, and read(2) never returns more
+        // bytes than asked for, so `count <= len`.
+        let msgs = unsafe { self.0.get_unchecked(..count) };
         Events {
-            msgs: self.0[..count].iter(),
+            msgs: msgs.iter(),
             features,
         }
     }
@@ -70,7 +81,21 @@ impl Iterator for Events<'_> {
 impl ExactSizeIterator for Events<'_> {}
 
 impl Drop for Events<'_> {
+    #[inline]
     fn drop(&mut self) {
+        // Handlers iterate every event, so there is usually nothing left: the check stays
+        // inline, the closing loop does not.
+        if self.msgs.len() != 0 {
+            self.close_unread();
+        }
+    }
+}
+
+impl Events<'_> {
+    /// Closes the descriptors of the fork events not iterated.
+    #[cold]
+    #[inline(never)]
+    fn close_unread(&mut self) {
         for msg in self.msgs.by_ref() {
             if let Ok(Decoded::Fork(fd)) = decode(msg, self.features) {
                 // SAFETY: the kernel installed this descriptor for us and it was never
@@ -125,16 +150,16 @@ impl Uffd {
     #[inline]
     pub fn read_events<'a>(&self, buf: &'a mut EventBuffer) -> Result<Events<'a>> {
         let count = self.fill(buf)?;
-        Ok(buf.events(count, self.features()))
+        // SAFETY: `fill` read `count` (at most the capacity) messages just now.
+        Ok(unsafe { buf.events(count, self.features()) })
     }
 
     /// Reads whole messages into `buf`; returns how many (0: none pending, non-blocking).
+    #[inline]
     pub(crate) fn fill(&self, buf: &mut EventBuffer) -> Result<usize> {
-        self.read_msgs(&mut buf.0)
-    }
-
-    /// Reads whole messages into `msgs`; returns how many (0: none pending, non-blocking).
-    fn read_msgs(&self, msgs: &mut [sys::uffd_msg]) -> Result<usize> {
+        // As in `read_event`: the common outcome (whole messages) is decided inline, and
+        // everything else (EINTR, EAGAIN, errors) is left to a function out of line.
+        let msgs = buf.0.as_mut_slice();
         loop {
             // SAFETY: `msgs` is writable for its whole size, and `uffd_msg` is valid for any
             // bytes the kernel writes.
@@ -145,6 +170,9 @@ impl Uffd {
                     std::mem::size_of_val(msgs),
                 )
             };
+            if n > 0 && n as usize % MSG_SIZE == 0 {
+                return Ok(n as usize / MSG_SIZE);
+            }
             match read_outcome(n)? {
                 ReadOutcome::Interrupted => continue,
                 ReadOutcome::Messages(count) => return Ok(count),
@@ -162,6 +190,8 @@ enum ReadOutcome {
 }
 
 /// Interprets the return value of a `read(2)` of messages.
+#[cold]
+#[inline(never)]
 fn read_outcome(n: isize) -> Result<ReadOutcome> {
     match n {
         n if n < 0 => match Errno::last() {

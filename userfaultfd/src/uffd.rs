@@ -5,13 +5,14 @@ use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
-use crate::FeatureFlags;
+use crate::{Error, FeatureFlags, Rejected};
 
 /// A userfaultfd: the descriptor from which page-fault events are read and on which the
 /// ioctls that resolve them are performed.
 ///
-/// Created by [`UffdBuilder::create`](crate::UffdBuilder::create), adopted from a raw or owned
-/// descriptor, or received in [`Event::Fork`](crate::Event::Fork).
+/// Created by [`UffdBuilder::create`](crate::UffdBuilder::create), adopted from an owned
+/// descriptor (`Uffd::try_from(OwnedFd)`, which checks that it is a userfaultfd) or a raw one
+/// (the unsafe [`FromRawFd`]), or received in [`Event::Fork`](crate::Event::Fork).
 ///
 /// # Ownership
 ///
@@ -40,9 +41,10 @@ impl Uffd {
     /// `WP_UNPOPULATED` which the kernel enables along with `WP_ASYNC`; not what the kernel
     /// could offer, for which see [`probe`](crate::probe)).
     ///
-    /// For a descriptor adopted with [`FromRawFd`] or `From<OwnedFd>`, this is read from
-    /// `/proc/self/fdinfo` (empty if that is not readable or the descriptor is not a
-    /// userfaultfd); a descriptor from [`Event::Fork`](crate::Event::Fork) has its parent's.
+    /// For a descriptor adopted with `TryFrom<OwnedFd>` or [`FromRawFd`], this is read from
+    /// `/proc/thread-self/fdinfo` (empty if that is not readable, or the userfaultfd has not
+    /// done its `UFFDIO_API` handshake); a descriptor from
+    /// [`Event::Fork`](crate::Event::Fork) has its parent's.
     pub fn features(&self) -> FeatureFlags {
         self.features
     }
@@ -56,11 +58,19 @@ impl Uffd {
         })
     }
 
+    /// Adopts a descriptor known to be a userfaultfd.
+    fn adopt(fd: OwnedFd) -> Uffd {
+        let features = Uffd::features_from_fdinfo(fd.as_raw_fd());
+        Uffd { fd, features }
+    }
+
     /// Reads the features of an adopted descriptor from its fdinfo ("API:\t<api>:<features>:
     /// <ioctls>"), dropping the kernel-internal `UFFD_FEATURE_INITIALIZED` bit (1 << 31).
     fn features_from_fdinfo(fd: RawFd) -> FeatureFlags {
         const INTERNAL_INITIALIZED: u64 = 1 << 31;
-        let Ok(info) = fs::read_to_string(format!("/proc/self/fdinfo/{fd}")) else {
+        // thread-self, not self: a thread that unshared its descriptor table (CLONE_FILES)
+        // has its own descriptor `fd`.
+        let Ok(info) = fs::read_to_string(format!("/proc/thread-self/fdinfo/{fd}")) else {
             return FeatureFlags::empty();
         };
         info.lines()
@@ -81,13 +91,17 @@ impl fmt::Debug for Uffd {
     }
 }
 
+// `#[inline]`: every operation goes through these, and a call to a two-instruction
+// function would be a measurable part of serving a fault.
 impl AsFd for Uffd {
+    #[inline]
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
 }
 
 impl AsRawFd for Uffd {
+    #[inline]
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
@@ -100,26 +114,62 @@ impl IntoRawFd for Uffd {
 }
 
 impl FromRawFd for Uffd {
-    /// Adopts `fd`; its features are read from `/proc/self/fdinfo`.
+    /// Adopts `fd` without checking it; its features are read from
+    /// `/proc/thread-self/fdinfo`. `Uffd::try_from(OwnedFd)` checks that the descriptor is a
+    /// userfaultfd.
     ///
     /// # Safety
     ///
     /// `fd` must be an open userfaultfd descriptor that nothing else owns: the `Uffd` closes
-    /// it when dropped.
+    /// it when dropped, and sends it userfaultfd ioctls, whose request numbers could mean
+    /// something else to another kind of file.
     unsafe fn from_raw_fd(fd: RawFd) -> Uffd {
         // SAFETY: the caller transfers ownership of the open descriptor `fd`.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Uffd::from(fd)
+        Uffd::adopt(fd)
     }
 }
 
-impl From<OwnedFd> for Uffd {
-    /// Adopts an owned userfaultfd descriptor; its features are read from `/proc/self/fdinfo`.
-    /// A descriptor that is not a userfaultfd is accepted, and its ioctls fail with `ENOTTY`
-    /// or `EINVAL`.
-    fn from(fd: OwnedFd) -> Uffd {
-        let features = Uffd::features_from_fdinfo(fd.as_raw_fd());
-        Uffd { fd, features }
+/// Adopting an owned descriptor checks that it is a userfaultfd, so that safe code cannot
+/// send userfaultfd ioctls to another kind of file (where their request numbers could mean
+/// something else).
+///
+/// This is `TryFrom`, not `From`: a conversion that cannot fail would have to accept any
+/// descriptor. userfaultfd 0.9 had neither (only the unsafe [`FromRawFd`], kept as it was).
+impl TryFrom<OwnedFd> for Uffd {
+    type Error = Rejected<OwnedFd>;
+
+    /// Adopts `fd` if it is a userfaultfd (its `/proc/thread-self/fd` link is
+    /// `anon_inode:[userfaultfd]`); its features are read from `/proc/thread-self/fdinfo`.
+    ///
+    /// # Errors
+    ///
+    /// The descriptor is given back with the error: [`Error::InvalidArgument`] if it is not
+    /// a userfaultfd; [`Error::Io`] if that link cannot be read (no procfs), since
+    /// then nothing can be checked (adopt it with the unsafe [`FromRawFd`] if you know
+    /// what it is).
+    fn try_from(fd: OwnedFd) -> std::result::Result<Uffd, Rejected<OwnedFd>> {
+        // thread-self, as for fdinfo: this thread's descriptor table.
+        match fs::read_link(format!("/proc/thread-self/fd/{}", fd.as_raw_fd())) {
+            Ok(target) if target.as_os_str() == "anon_inode:[userfaultfd]" => Ok(Uffd::adopt(fd)),
+            Ok(_) => Err(Rejected::new(
+                fd,
+                Error::InvalidArgument {
+                    operation: "Uffd::try_from(OwnedFd)",
+                    reason:
+                        "the descriptor is not a userfaultfd (its /proc/thread-self/fd link is \
+                             not anon_inode:[userfaultfd])",
+                },
+            )),
+            Err(source) => Err(Rejected::new(
+                fd,
+                Error::Io {
+                    operation: "Uffd::try_from(OwnedFd): reading the descriptor's \
+                                /proc/thread-self/fd link, to check that it is a userfaultfd",
+                    source,
+                },
+            )),
+        }
     }
 }
 

@@ -1,14 +1,16 @@
 //! `AsyncUffd` (cargo feature `tokio`): faults from several OS threads, served by one async
 //! task inside a tokio runtime, on every memory type; every byte verified; a blocking
-//! descriptor is refused; reads cancelled while faults arrive lose no event.
+//! descriptor is refused and given back; a reactor error says so; reads cancelled while
+//! faults arrive lose no event.
 
 mod support;
 
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
 use support::{join_timeout, pattern, spawn_named, MemoryType, Region, TIMEOUT};
-use userfaultfd::{AsyncUffd, Error, Event, EventBuffer, UffdBuilder};
+use userfaultfd::{AsyncUffd, Error, Event, EventBuffer, FeatureFlags, UffdBuilder};
 
 fn async_uffd() -> AsyncUffd {
     let uffd = UffdBuilder::new()
@@ -125,18 +127,66 @@ fn batched_async_reads_serve_faults_from_several_threads() {
     check_faults_served(true);
 }
 
+/// A blocking descriptor is refused with the reason, and given back open: the refusal does
+/// not close a descriptor the caller still needs.
 #[test]
-fn a_blocking_descriptor_is_refused() {
+fn a_blocking_descriptor_is_refused_and_given_back() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let blocking = UffdBuilder::new().close_on_exec(true).create().unwrap();
-        let err = AsyncUffd::new(blocking).unwrap_err();
+        let blocking = UffdBuilder::new()
+            .close_on_exec(true)
+            .require_features(FeatureFlags::THREAD_ID)
+            .create()
+            .unwrap();
+        let fd = blocking.as_raw_fd();
+        let rejected = AsyncUffd::new(blocking).unwrap_err();
+        let err = rejected.error();
         assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
         assert!(err.to_string().contains("non_blocking(true)"), "{err}");
+        assert_eq!(rejected.to_string(), err.to_string());
+        let (uffd, _) = rejected.into_parts();
+        assert_eq!(uffd.as_raw_fd(), fd, "the same descriptor");
+        assert_eq!(uffd.features(), FeatureFlags::THREAD_ID);
+        // SAFETY: F_GETFD only reads the descriptor flags.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        assert!(flags >= 0, "closed: {}", std::io::Error::last_os_error());
+        // And `?` into a userfaultfd::Error keeps the reason.
+        let converted: Error = AsyncUffd::new(uffd).unwrap_err().into();
+        assert!(matches!(converted, Error::InvalidArgument { .. }));
     });
+}
+
+/// An error of the reactor (here: its runtime was shut down while the descriptor was
+/// registered with it) names the reactor, not a read of the userfaultfd, and keeps tokio's
+/// message.
+#[test]
+fn a_reactor_error_says_it_is_the_reactor() {
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let uffd = first.block_on(async { async_uffd() });
+    drop(first);
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let err = second
+        .block_on(async { tokio::time::timeout(TIMEOUT, uffd.read_event()).await })
+        .expect("the read must end with an error, not wait")
+        .unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("tokio reactor"), "{text}");
+    assert!(!text.contains("read from the userfaultfd"), "{text}");
+    let kind = std::error::Error::source(&err)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .expect("tokio's io::Error is the source")
+        .kind();
+    assert_eq!(std::io::Error::from(err).kind(), kind, "kept as io::Error");
 }
 
 #[test]

@@ -10,6 +10,7 @@ use std::os::fd::AsRawFd;
 
 use support::dirty::{collect, merged, peek, touch, tracker, Rng};
 use support::{machine_lacks, MemoryType, Region};
+use userfaultfd::Errno;
 
 /// Pages per test region: fewer on hugetlbfs (2 MiB each, from the reserved pool).
 fn pages_for(memory: MemoryType) -> usize {
@@ -98,6 +99,77 @@ fn a_batch_smaller_than_the_ranges_still_reports_every_range() {
             "{memory:?}"
         );
         assert_eq!(collect(&mut tracker, &region), [], "{memory:?}: re-armed");
+    }
+}
+
+/// A collect over a range whose second half is not tracked fails (`EPERM` at the first
+/// untracked page), but the kernel has re-armed the written pages of the tracked half before
+/// it stopped: they must be in `out`, or those writes are lost (a later collect would not
+/// see them). With batches of one range too, where the failure comes in a later call.
+#[test]
+fn a_collect_that_fails_part_way_reports_what_it_rearmed() {
+    for memory in MemoryType::ALL {
+        for batch in [64, 1] {
+            let Some(mut tracker) = tracker(batch) else {
+                return;
+            };
+            let Some(region) = Region::new(memory, 8) else {
+                continue;
+            };
+            let half = 4 * region.page_size();
+            tracker.track(region.addr(), half).unwrap();
+            touch(&region, 0, 5);
+            touch(&region, 2, 5);
+            touch(&region, 6, 5); // untracked
+            let mut out = Vec::new();
+            let err = tracker
+                .collect_written(region.addr(), region.len(), &mut out)
+                .unwrap_err();
+            assert_eq!(err.errno(), Some(Errno::EPERM), "{memory:?}: {err}");
+            assert_eq!(
+                out,
+                merged(&region, &[0, 2]),
+                "{memory:?}, batch {batch}: the writes re-armed before the failure"
+            );
+            // They were re-armed: the tracked half is clean, and a new write shows.
+            let mut again = Vec::new();
+            tracker
+                .collect_written(region.addr(), half, &mut again)
+                .unwrap();
+            assert_eq!(again, [], "{memory:?}, batch {batch}: re-armed");
+            touch(&region, 3, 6);
+            tracker
+                .collect_written(region.addr(), half, &mut again)
+                .unwrap();
+            assert_eq!(again, merged(&region, &[3]), "{memory:?}, batch {batch}");
+        }
+    }
+}
+
+/// When the untracked part comes first, the collect fails before reaching the tracked pages:
+/// nothing is reported and nothing re-armed, so their writes are still there to collect.
+#[test]
+fn a_collect_that_fails_first_leaves_the_writes_pending() {
+    for memory in MemoryType::ALL {
+        let Some(mut tracker) = tracker(64) else {
+            return;
+        };
+        let Some(region) = Region::new(memory, 8) else {
+            continue;
+        };
+        let half = 4 * region.page_size();
+        tracker.track(region.page(4).cast(), half).unwrap();
+        touch(&region, 5, 5);
+        let mut out = Vec::new();
+        let err = tracker
+            .collect_written(region.addr(), region.len(), &mut out)
+            .unwrap_err();
+        assert_eq!(err.errno(), Some(Errno::EPERM), "{memory:?}: {err}");
+        assert_eq!(out, [], "{memory:?}");
+        tracker
+            .collect_written(region.page(4).cast(), half, &mut out)
+            .unwrap();
+        assert_eq!(out, merged(&region, &[5]), "{memory:?}: still pending");
     }
 }
 

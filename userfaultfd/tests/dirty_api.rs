@@ -88,7 +88,7 @@ fn untracked_ranges_are_refused_with_the_reason() {
         // ... and the tracker cannot take the range over.
         let err = tracker.track(region.addr(), region.len()).unwrap_err();
         assert!(
-            matches!(err, Error::RegisterFailed(Errno::EBUSY)),
+            matches!(err, Error::SystemError(Errno::EBUSY)),
             "{memory:?}: {err:?}"
         );
         assert!(err.to_string().contains("another userfaultfd"), "{err}");

@@ -43,7 +43,7 @@ fn fork_uffd(memory: MemoryType) -> Option<Uffd> {
     if !support::privileged() {
         // Without CAP_SYS_PTRACE, EVENT_FORK is refused, and the error says so.
         assert!(
-            matches!(created, Err(Error::ApiFailed(Errno::EPERM))),
+            matches!(created, Err(Error::SystemError(Errno::EPERM))),
             "{created:?}"
         );
         support::assert_refused_for_privilege("EVENT_FORK", created, &["CAP_SYS_PTRACE"]);

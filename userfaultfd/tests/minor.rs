@@ -72,7 +72,7 @@ fn minor_faults_are_resolved_by_continue() {
 
         let err = uffd.r#continue(region.addr(), ps, true).unwrap_err();
         assert!(
-            matches!(err, Error::ContinueFailed(Errno::EEXIST)),
+            matches!(err, Error::SystemError(Errno::EEXIST)),
             "{memory:?}: {err:?}"
         );
         assert!(err.to_string().contains("UFFDIO_CONTINUE"), "{err}");
@@ -168,7 +168,7 @@ fn continue_errors() {
         // Not registered yet.
         let err = uffd.r#continue(region.addr(), ps, true).unwrap_err();
         assert!(
-            matches!(err, Error::ContinueFailed(Errno::ENOENT)),
+            matches!(err, Error::SystemError(Errno::ENOENT)),
             "{memory:?}: {err:?}"
         );
         uffd.register_with_mode(region.addr(), region.len(), RegisterMode::MINOR)
@@ -176,7 +176,7 @@ fn continue_errors() {
         // Nothing in the page cache.
         let err = uffd.r#continue(region.addr(), ps, true).unwrap_err();
         assert!(
-            matches!(err, Error::ContinueFailed(Errno::EFAULT)),
+            matches!(err, Error::SystemError(Errno::EFAULT)),
             "{memory:?}: {err:?}"
         );
         assert!(err.to_string().contains("not in the page cache"), "{err}");
@@ -190,7 +190,7 @@ fn continue_errors() {
         if memory == MemoryType::Hugetlb {
             let result = uffd.r#continue(region.addr(), 4096, true);
             assert!(
-                matches!(result, Err(Error::ContinueFailed(Errno::EINVAL))),
+                matches!(result, Err(Error::SystemError(Errno::EINVAL))),
                 "{result:?}"
             );
         }
@@ -205,17 +205,11 @@ fn continue_errors() {
     let err = uffd
         .register_with_mode(region.addr(), region.len(), RegisterMode::MINOR)
         .unwrap_err();
-    assert!(
-        matches!(err, Error::RegisterFailed(Errno::EINVAL)),
-        "{err:?}"
-    );
+    assert!(matches!(err, Error::SystemError(Errno::EINVAL)), "{err:?}");
     let ioctls = uffd.register(region.addr(), region.len()).unwrap();
     assert!(!ioctls.contains(IoctlFlags::CONTINUE), "{ioctls:?}");
     let err = uffd
         .r#continue(region.addr(), region.len(), true)
         .unwrap_err();
-    assert!(
-        matches!(err, Error::ContinueFailed(Errno::EINVAL)),
-        "{err:?}"
-    );
+    assert!(matches!(err, Error::SystemError(Errno::EINVAL)), "{err:?}");
 }

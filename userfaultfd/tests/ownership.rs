@@ -1,5 +1,6 @@
 //! Ownership of the descriptor: `into_raw_fd` gives it up without closing it (0.9 closed it a
-//! second time), `OwnedFd` conversions both ways, `try_clone` shares the userfaultfd, and
+//! second time), `OwnedFd` conversions both ways (adopting one checks that it is a
+//! userfaultfd, and gives back what is not), `try_clone` shares the userfaultfd, and
 //! `features()` is the same for a created and an adopted descriptor. `Uffd` and `Event` are `Send + Sync`.
 
 mod support;
@@ -77,7 +78,7 @@ fn owned_fd_round_trip_keeps_the_userfaultfd() {
     let owned: OwnedFd = uffd.into();
     assert_eq!(owned.as_raw_fd(), fd);
     assert_eq!(fd_target(fd), "anon_inode:[userfaultfd]");
-    let uffd = Uffd::from(owned);
+    let uffd = Uffd::try_from(owned).unwrap();
     assert_eq!(uffd.features(), features);
     serve_one_fault(&uffd, &uffd);
 }
@@ -104,7 +105,7 @@ fn created_and_adopted_descriptors_report_the_same_features() {
             expected |= FeatureFlags::WP_UNPOPULATED;
         }
         assert_eq!(uffd.features(), expected, "created with {features:?}");
-        let adopted = Uffd::from(OwnedFd::from(uffd));
+        let adopted = Uffd::try_from(OwnedFd::from(uffd)).unwrap();
         assert_eq!(
             adopted.features(),
             expected,
@@ -113,20 +114,34 @@ fn created_and_adopted_descriptors_report_the_same_features() {
     }
 }
 
-/// An adopted descriptor that is not a userfaultfd has no features, and its operations fail
-/// with an error (never a panic).
+/// Adopting an owned descriptor checks that it is a userfaultfd: another kind of file (a
+/// device; an eventfd, which is an anonymous inode too) is refused with the reason and given
+/// back open, so safe code never sends userfaultfd ioctls to it.
 #[test]
-fn adopting_another_kind_of_descriptor() {
-    let file = std::fs::File::open("/dev/null").unwrap();
-    let uffd = Uffd::from(OwnedFd::from(file));
-    assert_eq!(uffd.features(), FeatureFlags::empty());
-    let region = Region::new(MemoryType::Anonymous, 1).unwrap();
-    let err = uffd.register(region.addr(), region.len()).unwrap_err();
-    assert!(
-        matches!(err, Error::RegisterFailed(Errno::ENOTTY)),
-        "{err:?}"
-    );
-    assert!(err.to_string().contains("UFFDIO_REGISTER"), "{err}");
+fn adopting_another_kind_of_descriptor_is_refused() {
+    // SAFETY: eventfd creates a descriptor, owned below.
+    let eventfd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    assert!(eventfd >= 0, "eventfd: {}", std::io::Error::last_os_error());
+    // SAFETY: a new descriptor that only we own.
+    let eventfd = unsafe { OwnedFd::from_raw_fd(eventfd) };
+    let null = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+    for (what, fd) in [("/dev/null", null), ("an eventfd", eventfd)] {
+        let raw = fd.as_raw_fd();
+        let target = fd_target(raw);
+        let rejected = Uffd::try_from(fd).unwrap_err();
+        let err = rejected.error();
+        assert!(
+            matches!(err, Error::InvalidArgument { .. }),
+            "{what}: {err:?}"
+        );
+        assert_eq!(err.errno(), Some(Errno::EINVAL), "{what}");
+        let text = err.to_string();
+        assert!(text.contains("Uffd::try_from(OwnedFd)"), "{what}: {text}");
+        assert!(text.contains("not a userfaultfd"), "{what}: {text}");
+        let fd = rejected.into_inner();
+        assert_eq!(fd.as_raw_fd(), raw, "{what}: given back");
+        assert_eq!(fd_target(raw), target, "{what}: still open");
+    }
 }
 
 /// A clone is another descriptor of the same userfaultfd: a range registered through the

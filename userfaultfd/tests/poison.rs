@@ -34,8 +34,8 @@ fn touching_a_poisoned_page_raises_sigbus() {
             if !ioctls.contains(IoctlFlags::POISON) {
                 return Err(format!("no POISON in {ioctls:?}"));
             }
-            // SAFETY: page 0 of the child's copy of the test mapping; nothing lives there.
-            let poisoned = unsafe { uffd.poison(region.addr(), ps, true) };
+            // Page 0 of the child's copy of the test mapping; nothing lives there.
+            let poisoned = uffd.poison(region.addr(), ps, true);
             if poisoned.as_ref().ok() != Some(&ps) {
                 return Err(format!("poison: {poisoned:?}"));
             }
@@ -83,8 +83,8 @@ fn poisoning_a_page_a_thread_waits_on_raises_sigbus_in_it() {
                 return Err("expected a page fault".into());
             };
             report.note("poisoning the page the reader waits on");
-            // SAFETY: the page of the child's test mapping; only the reader touches it.
-            unsafe { uffd.poison(addr, ps, true) }.map_err(|e| e.to_string())?;
+            // The page of the child's test mapping; only the reader touches it.
+            uffd.poison(addr, ps, true).map_err(|e| e.to_string())?;
             let _ = support::join_timeout(reader);
             Err("the reader read a poisoned page without SIGBUS".into())
         });
@@ -107,8 +107,8 @@ fn poisoning_a_populated_page_is_eexist() {
             continue;
         };
         let ps = region.page_size();
-        // SAFETY: not registered yet: the kernel refuses, nothing is poisoned.
-        let result = unsafe { uffd.poison(region.addr(), ps, true) };
+        // Not registered yet: the kernel refuses, nothing is poisoned.
+        let result = uffd.poison(region.addr(), ps, true);
         assert!(
             matches!(result, Err(Error::PoisonFailed(Errno::ENOENT))),
             "{memory:?}: {result:?}"
@@ -117,16 +117,16 @@ fn poisoning_a_populated_page_is_eexist() {
         let data = pattern(2, ps);
         // SAFETY: populates page 1 of our test mapping.
         unsafe { uffd.copy(data.as_ptr().cast(), region.page(1).cast(), ps, true) }.unwrap();
-        // SAFETY: page 1 is populated, which the kernel refuses: nothing is poisoned.
-        let err = unsafe { uffd.poison(region.page(1).cast(), ps, true) }.unwrap_err();
+        // Page 1 is populated, which the kernel refuses: nothing is poisoned.
+        let err = uffd.poison(region.page(1).cast(), ps, true).unwrap_err();
         assert!(
             matches!(err, Error::PoisonFailed(Errno::EEXIST)),
             "{memory:?}: {err:?}"
         );
         assert!(err.to_string().contains("UFFDIO_POISON"), "{err}");
         assert!(region.read_page(1) == data, "{memory:?}");
-        // SAFETY: rejected: unaligned.
-        let result = unsafe { uffd.poison(region.ptr().wrapping_add(1).cast(), ps, true) };
+        // Rejected: unaligned.
+        let result = uffd.poison(region.ptr().wrapping_add(1).cast(), ps, true);
         assert!(
             matches!(result, Err(Error::PoisonFailed(Errno::EINVAL))),
             "{memory:?}: {result:?}"

@@ -1,7 +1,7 @@
 //! Creation without privileges, in a child process that became uid/gid 65534 (nobody): with
 //! `/dev/userfaultfd` root-only, the default builder (`user_mode_only`) still succeeds through
 //! the `userfaultfd(2)` system call; without `user_mode_only` creation fails with a
-//! `CreateFailed` that says why each way failed; `EVENT_FORK` fails with `ApiFailed(EPERM)`
+//! `CreateFailed` that says why each way failed; `EVENT_FORK` fails with `SystemError(EPERM)`
 //! naming CAP_SYS_PTRACE.
 
 mod support;
@@ -180,8 +180,8 @@ fn event_fork_without_cap_sys_ptrace_is_eperm() {
             Ok(_) => return Err("EVENT_FORK enabled without CAP_SYS_PTRACE".into()),
             Err(e) => e,
         };
-        if !matches!(err, Error::ApiFailed(Errno::EPERM)) {
-            return Err(format!("expected ApiFailed(EPERM), got {err:?}"));
+        if !matches!(err, Error::SystemError(Errno::EPERM)) {
+            return Err(format!("expected SystemError(EPERM), got {err:?}"));
         }
         let text = err.to_string();
         report.note(&text);

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use support::{gettid, join_timeout, pattern, spawn_named, uffd_for, wait_blocked_in_userfault};
 use support::{MemoryType, Region, TIMEOUT};
-use userfaultfd::{Error, Event, EventBuffer, FeatureFlags, RegisterMode, UffdBuilder};
+use userfaultfd::{Event, EventBuffer, FeatureFlags, RegisterMode, UffdBuilder};
 
 #[test]
 fn a_batch_holds_every_pending_fault() {
@@ -233,18 +233,4 @@ fn wait_until(mut condition: impl FnMut() -> bool, what: &str) {
         assert!(Instant::now() < deadline, "waited {TIMEOUT:?} for {what}");
         std::thread::sleep(Duration::from_millis(1));
     }
-}
-
-#[test]
-fn an_unknown_event_code_is_unrecognized() {
-    let mut msg = [0u8; 32];
-    msg[0] = 0x42;
-    let result = userfaultfd::decode_untrusted(&msg, FeatureFlags::empty());
-    assert!(
-        matches!(result, Err(Error::UnrecognizedEvent(0x42))),
-        "{result:?}"
-    );
-    // A page fault message decodes.
-    msg[0] = userfaultfd::sys::UFFD_EVENT_PAGEFAULT;
-    assert!(userfaultfd::decode_untrusted(&msg, FeatureFlags::empty()).is_ok());
 }

@@ -63,19 +63,29 @@ use scan::Scanner;
 /// ```
 /// use userfaultfd::dirty::DirtyTracker;
 /// # fn main() -> userfaultfd::Result<()> {
-/// let len = 1 << 20;
+/// let mut tracker = match DirtyTracker::new() {
+///     Ok(tracker) => tracker,
+///     // Linux before 6.7 (`Error::UnsupportedFeatures`), or no userfaultfd at all.
+///     Err(e) => {
+///         eprintln!("no dirty-page tracking here: {e}");
+///         return Ok(());
+///     }
+/// };
+/// // SAFETY: sysconf has no preconditions.
+/// let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+/// let len = 16 * page;
 /// // SAFETY: a fresh private anonymous mapping.
 /// let mem = unsafe {
 ///     libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE,
 ///                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
 /// };
-/// let mut tracker = DirtyTracker::new()?;
+/// assert_ne!(mem, libc::MAP_FAILED);
 /// tracker.track(mem, len)?;
-/// // SAFETY: inside the mapping.
-/// unsafe { *mem.cast::<u8>().add(8192) = 1 };
+/// // SAFETY: the third page of the mapping, which holds no Rust object.
+/// unsafe { *mem.cast::<u8>().add(2 * page) = 1 };
 /// let mut written = Vec::new();
 /// tracker.collect_written(mem, len, &mut written)?;
-/// assert_eq!(written, [mem as usize + 8192..mem as usize + 12288]);
+/// assert_eq!(written, [mem as usize + 2 * page..mem as usize + 3 * page]);
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]
@@ -176,22 +186,31 @@ impl DirtyTracker {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidArgument`] for an unaligned or empty range; [`Error::RegisterFailed`]
-    /// (for example `EBUSY` when another userfaultfd has the range); [`Error::PagemapScanFailed`].
+    /// [`Error::InvalidArgument`] for an unaligned or empty range; [`Error::SystemError`]
+    /// from registering (for example `EBUSY` when another userfaultfd has the range);
+    /// [`Error::PagemapScanFailed`] or [`Error::Io`] when marking the pages clean fails, in
+    /// which case the range is unregistered again (all of it, including any part that was
+    /// tracked before this call), so that no range is left registered but never armed.
     pub fn track(&mut self, start: *mut c_void, len: usize) -> Result<()> {
         let range = page_range("DirtyTracker::track", start, len)?;
         self.uffd
             .register_with_mode(start, len, RegisterMode::WRITE_PROTECT)?;
         // Arming is a scan whose report is thrown away: it protects every page, populated or
         // not (never-touched pages report as written the first time).
-        self.scanner.scan(range, true, &mut |_| {})
+        if let Err(e) = self.scanner.scan(range, true, &mut |_| {}) {
+            // Best effort: the arming error is the one to report. Unregistering a range
+            // this descriptor just registered fails only if the address space is gone.
+            let _ = self.uffd.unregister(start, len);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Stops tracking `[start, start + len)` (unregisters it).
     ///
     /// # Errors
     ///
-    /// [`Error::UnregisterFailed`].
+    /// [`Error::SystemError`].
     pub fn untrack(&mut self, start: *mut c_void, len: usize) -> Result<()> {
         self.uffd.unregister(start, len)
     }
@@ -209,11 +228,16 @@ impl DirtyTracker {
     ///
     /// # Errors
     ///
-    /// - [`Error::InvalidArgument`] for an unaligned or empty range.
+    /// - [`Error::InvalidArgument`] for an unaligned or empty range (nothing is scanned).
     /// - [`Error::PagemapScanFailed`]: `EPERM` when part of the range is not registered with a
-    ///   `WP_ASYNC` userfaultfd in write-protect mode (nothing is re-armed then). The ranges
-    ///   appended before an error (when a long range needed several calls) are correct and
-    ///   already re-armed.
+    ///   `WP_ASYNC` userfaultfd in write-protect mode. The kernel walks the range in address
+    ///   order and stops at the first such page; the written pages it found before that are
+    ///   re-armed by then, so they are appended to `out` even on an error: **keep what `out`
+    ///   holds after an error**, it is the only report of those writes. The pages from the
+    ///   failure on are neither reported nor re-armed: their writes stay pending for a later
+    ///   collect.
+    /// - [`Error::Io`] if the kernel's resume point (`walk_end`) does not advance (a kernel
+    ///   bug); what was appended before is correct and re-armed, the rest was not scanned.
     pub fn collect_written(
         &mut self,
         start: *mut c_void,
@@ -244,5 +268,67 @@ fn page_range(operation: &'static str, start: *mut c_void, len: usize) -> Result
     match start.checked_add(len) {
         Some(end) => Ok(start..end),
         None => invalid("start + len overflows"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::OwnedFd;
+
+    use super::*;
+
+    /// Arming fails after the range was registered (here PAGEMAP_SCAN goes to `/dev/null`,
+    /// which answers ENOTTY): `track` must unregister the range, or it would stay registered
+    /// but unarmed, and no other userfaultfd could take it (EBUSY).
+    #[test]
+    fn a_failed_arming_unregisters_the_range() {
+        let caps = crate::probe().expect("probe");
+        if !caps.missing(FeatureFlags::WP_ASYNC).is_empty() {
+            eprintln!("SKIPPED: the running kernel lacks WP_ASYNC");
+            return;
+        }
+        let uffd = UffdBuilder::new()
+            .close_on_exec(true)
+            .non_blocking(true)
+            .require_features(FeatureFlags::WP_ASYNC)
+            .create()
+            .unwrap();
+        let null = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        let mut tracker = DirtyTracker {
+            uffd,
+            scanner: Scanner::over(null, 8),
+        };
+        // SAFETY: sysconf has no memory effects.
+        let len = 4 * (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }) as usize;
+        // SAFETY: a fresh private anonymous mapping, unmapped below.
+        let mem = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(mem, libc::MAP_FAILED);
+
+        let err = tracker.track(mem, len).unwrap_err();
+        assert!(
+            matches!(err, Error::PagemapScanFailed(crate::Errno::ENOTTY)),
+            "{err:?}"
+        );
+        let other = UffdBuilder::new()
+            .close_on_exec(true)
+            .require_features(FeatureFlags::PAGEFAULT_FLAG_WP)
+            .create()
+            .unwrap();
+        other
+            .register_with_mode(mem, len, RegisterMode::WRITE_PROTECT)
+            .expect("the range is no longer registered with the tracker's userfaultfd");
+
+        drop(other);
+        // SAFETY: our mapping, no longer used.
+        assert_eq!(unsafe { libc::munmap(mem, len) }, 0);
     }
 }

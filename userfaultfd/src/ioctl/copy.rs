@@ -21,13 +21,16 @@ impl Uffd {
     ///
     /// # Errors
     ///
-    /// - [`Error::PartiallyCopied`]`(n)`: `n > 0` bytes were copied, then a page was found
-    ///   populated or a non-cooperative event became pending. Retry from `dst + n`.
-    /// - [`Error::CopyFailed`]: nothing was copied. `EEXIST`: the first page is already
-    ///   populated (wake the faulting thread with [`wake`](Self::wake)); `EAGAIN`: a
-    ///   non-cooperative event is pending (read the events, then retry); `ENOENT`: the
-    ///   destination is not (entirely) registered; `ESRCH`: the faulting process exited;
-    ///   `EINVAL`: unaligned or empty range.
+    /// - [`Error::PartiallyCopied`]`(n)`: the kernel answered `EAGAIN` after copying `n` bytes,
+    ///   `n` possibly 0: a page further on was already populated, or a non-cooperative event
+    ///   (fork, mremap, madvise, munmap) is pending. Read the pending events, then retry from
+    ///   `dst + n` (or skip the populated page). `n` is never more than `len`: userfaultfd 0.9
+    ///   could report `(-EAGAIN) as usize` here, so 0.9 handlers that defer the fault on
+    ///   `PartiallyCopied(n) if n == 0 || n == (-libc::EAGAIN) as usize` keep working.
+    /// - [`Error::CopyFailed`]: nothing was copied (never with `EAGAIN`). `EEXIST`: the first
+    ///   page is already populated (wake the faulting thread with [`wake`](Self::wake));
+    ///   `ENOENT`: the destination is not (entirely) registered; `ESRCH`: the faulting process
+    ///   exited; `EINVAL`: unaligned or empty range; `EFAULT`: unreadable source.
     #[inline]
     pub unsafe fn copy(
         &self,

@@ -5,7 +5,7 @@
 //! | `UFFDIO_API` | [`api`] | used by [`UffdBuilder::create`](crate::UffdBuilder::create), [`probe`](crate::probe) |
 //! | `UFFDIO_REGISTER`, `UFFDIO_UNREGISTER` | `register` | `register`, `register_with_mode`, `unregister` |
 //! | `UFFDIO_COPY` | `copy` | `copy`, `copy_with_mode` |
-//! | `UFFDIO_ZEROPAGE` | `zeropage` | `zeropage` |
+//! | `UFFDIO_ZEROPAGE` | `zeropage` | `zeropage`, `zeropage_with_mode` |
 //! | `UFFDIO_WAKE` | `wake` | `wake` |
 //! | `UFFDIO_WRITEPROTECT` | `write_protect` | `write_protect`, `remove_write_protection` |
 //! | `UFFDIO_CONTINUE` | `continue` | `r#continue`, `continue_with_mode` |
@@ -56,13 +56,15 @@ pub(crate) unsafe fn ioctl<T>(
 /// `updated`, `move`), which the caller preset to 0:
 ///
 /// - success: the whole range was done; the field says so (it is `len`);
-/// - `EAGAIN` with a positive field: that many bytes were done, then the kernel stopped
-///   ([`Error::PartiallyCopied`]);
-/// - `EAGAIN` with a field ≤ 0 (−EAGAIN, or 0 because kernels before 6.15 leave it unwritten
-///   when a non-cooperative event is pending): nothing was done, `failed(EAGAIN)`;
+/// - `EAGAIN`: the kernel stopped after the field's bytes, which may be none: a page further on
+///   was populated, or a non-cooperative event is pending ([`Error::PartiallyCopied`]`(n)`,
+///   `n >= 0`). A field ≤ 0 (−EAGAIN, or 0 because kernels before 6.15 leave it unwritten when
+///   an event is pending) means nothing was done: `PartiallyCopied(0)`. This is the shape
+///   correct userfaultfd 0.9 handlers already expect (0.9 cast −EAGAIN to `usize`); a
+///   different variant would compile and send them down their fatal-error path;
 /// - any other errno: nothing was done, `failed(errno)`.
 ///
-/// The field is never trusted to be non-negative: a negative value is never cast to `usize`.
+/// The field is never trusted to be non-negative, nor at most `len`.
 #[inline]
 pub(crate) fn bytes_done(
     outcome: std::result::Result<libc::c_int, Errno>,
@@ -75,8 +77,8 @@ pub(crate) fn bytes_done(
             .ok()
             .filter(|&n| n > 0)
             .unwrap_or(len)),
-        Err(Errno::EAGAIN) if field > 0 => Err(Error::PartiallyCopied(
-            usize::try_from(field).unwrap_or(len),
+        Err(Errno::EAGAIN) => Err(Error::PartiallyCopied(
+            usize::try_from(field).unwrap_or(0).min(len),
         )),
         Err(errno) => Err(failed(errno)),
     }
@@ -117,14 +119,20 @@ mod tests {
             bytes_done(Err(Errno::EAGAIN), 4096, 8192, failed),
             Err(Error::PartiallyCopied(4096))
         ));
-        // -EAGAIN in the field, or the field left at 0 by an older kernel: no progress.
+        // -EAGAIN in the field, or the field left at 0 by an older kernel: no progress, still
+        // PartiallyCopied (what 0.9 handlers match on), never a huge count.
         assert!(matches!(
             bytes_done(Err(Errno::EAGAIN), -(libc::EAGAIN as i64), 8192, failed),
-            Err(Error::CopyFailed(Errno::EAGAIN))
+            Err(Error::PartiallyCopied(0))
         ));
         assert!(matches!(
             bytes_done(Err(Errno::EAGAIN), 0, 8192, failed),
-            Err(Error::CopyFailed(Errno::EAGAIN))
+            Err(Error::PartiallyCopied(0))
+        ));
+        // A field beyond the length is not believed.
+        assert!(matches!(
+            bytes_done(Err(Errno::EAGAIN), 1 << 40, 8192, failed),
+            Err(Error::PartiallyCopied(8192))
         ));
         assert!(matches!(
             bytes_done(Err(Errno::EEXIST), -(libc::EEXIST as i64), 4096, failed),

@@ -14,16 +14,17 @@ impl Uffd {
     /// a source host's memory errors during migration. Wakes the blocked threads if `wake`
     /// (they then take the `SIGBUS`). Returns the bytes poisoned (`len`).
     ///
-    /// # Safety
-    ///
-    /// Accessing the range afterwards raises `SIGBUS`: no Rust object may live there.
+    /// Safe by the crate's [safety model](crate#safety-model): it places no contents (only
+    /// missing pages are poisoned, `EEXIST` otherwise); accesses that would have blocked on the
+    /// missing pages raise `SIGBUS` instead, which a `SIGBUS`-mode registration can do too. No
+    /// access ever reads different bytes.
     ///
     /// # Errors
     ///
     /// [`Error::PartiallyCopied`], or [`Error::PoisonFailed`] with the cases of
     /// [`copy`](Self::copy); `ENOTTY`/`EINVAL` on kernels before 6.6.
     #[inline]
-    pub unsafe fn poison(&self, start: *mut c_void, len: usize, wake: bool) -> Result<usize> {
+    pub fn poison(&self, start: *mut c_void, len: usize, wake: bool) -> Result<usize> {
         let mut poison = sys::uffdio_poison {
             range: range(start, len),
             mode: if wake {
@@ -33,8 +34,8 @@ impl Uffd {
             },
             updated: 0,
         };
-        // SAFETY: UFFDIO_POISON reads and writes a `uffdio_poison`; the caller guarantees
-        // nothing will rely on the range being accessible.
+        // SAFETY: UFFDIO_POISON reads and writes a `uffdio_poison`; it marks missing pages
+        // only, so no memory changes contents (accesses to them raise SIGBUS).
         let outcome = unsafe { ioctl(self.as_fd(), sys::UFFDIO_POISON, &mut poison) };
         bytes_done(outcome, poison.updated, len, Error::PoisonFailed)
     }

@@ -14,7 +14,7 @@ impl Uffd {
     ///
     /// # Errors
     ///
-    /// [`Error::RegisterFailed`]: `EINVAL` for an unaligned, empty or unmapped range, `EBUSY`
+    /// [`Error::SystemError`]: `EINVAL` for an unaligned, empty or unmapped range, `EBUSY`
     /// when part of it is registered with another userfaultfd, `EPERM` for a shared mapping
     /// that is not writable.
     pub fn register(&self, start: *mut c_void, len: usize) -> Result<IoctlFlags> {
@@ -32,7 +32,7 @@ impl Uffd {
     ///
     /// # Errors
     ///
-    /// [`Error::RegisterFailed`] (see [`register`](Self::register)); `EINVAL` also when the
+    /// [`Error::SystemError`] (see [`register`](Self::register)); `EINVAL` also when the
     /// memory type does not support `mode`.
     pub fn register_with_mode(
         &self,
@@ -49,7 +49,7 @@ impl Uffd {
         // only how faults in the range are handled: a fault on it blocks until this descriptor
         // resolves it (or raises SIGBUS), which cannot violate memory safety.
         unsafe { ioctl(self.as_fd(), sys::UFFDIO_REGISTER, &mut register) }
-            .map_err(Error::RegisterFailed)?;
+            .map_err(Error::SystemError)?;
         Ok(IoctlFlags::from_bits_retain(register.ioctls))
     }
 
@@ -58,14 +58,14 @@ impl Uffd {
     ///
     /// # Errors
     ///
-    /// [`Error::UnregisterFailed`]: `EINVAL` for an unaligned or empty range; since Linux
+    /// [`Error::SystemError`]: `EINVAL` for an unaligned or empty range; since Linux
     /// 6.17 also when part of it is registered with another userfaultfd.
     pub fn unregister(&self, start: *mut c_void, len: usize) -> Result<()> {
         let mut range = range(start, len);
         // SAFETY: UFFDIO_UNREGISTER reads a `uffdio_range`; unregistering restores the
         // kernel's normal fault handling.
         unsafe { ioctl(self.as_fd(), sys::UFFDIO_UNREGISTER, &mut range) }
-            .map_err(Error::UnregisterFailed)?;
+            .map_err(Error::SystemError)?;
         Ok(())
     }
 }

@@ -16,12 +16,12 @@ impl Uffd {
     ///
     /// # Errors
     ///
-    /// [`Error::WakeFailed`]: `EINVAL` for an unaligned or empty range.
+    /// [`Error::SystemError`]: `EINVAL` for an unaligned or empty range.
     #[inline]
     pub fn wake(&self, start: *mut c_void, len: usize) -> Result<()> {
         let mut range = range(start, len);
         // SAFETY: UFFDIO_WAKE reads a `uffdio_range`; waking makes faulting threads retry.
-        unsafe { ioctl(self.as_fd(), sys::UFFDIO_WAKE, &mut range) }.map_err(Error::WakeFailed)?;
+        unsafe { ioctl(self.as_fd(), sys::UFFDIO_WAKE, &mut range) }.map_err(Error::SystemError)?;
         Ok(())
     }
 }

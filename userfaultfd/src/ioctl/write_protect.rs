@@ -19,7 +19,7 @@ impl Uffd {
     ///
     /// # Errors
     ///
-    /// [`Error::WriteProtectFailed`]: `ENOENT` when part of the range is unmapped or not
+    /// [`Error::SystemError`]: `ENOENT` when part of the range is unmapped or not
     /// registered for write protection, `EAGAIN` while a non-cooperative event is pending.
     #[inline]
     pub fn write_protect(&self, start: *mut c_void, len: usize) -> Result<()> {
@@ -56,7 +56,7 @@ impl Uffd {
         // SAFETY: UFFDIO_WRITEPROTECT reads a `uffdio_writeprotect`; it changes page
         // protection only, never page contents.
         unsafe { ioctl(self.as_fd(), sys::UFFDIO_WRITEPROTECT, &mut wp) }
-            .map_err(Error::WriteProtectFailed)?;
+            .map_err(Error::SystemError)?;
         Ok(())
     }
 }

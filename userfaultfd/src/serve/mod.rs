@@ -133,9 +133,14 @@
 //! the kernel's own lazy file mapping. Busy-polling ([`ServerBuilder::busy_poll`]) did not
 //! measurably help there; more workers pay off when the source is slow.
 
+mod background;
+mod inbox;
 mod pages;
+mod place;
 mod region;
+mod replay;
 mod server;
+mod shared;
 mod source;
 mod stats;
 mod worker;

@@ -110,8 +110,9 @@ impl Region {
             return bad("address + length overflows".into());
         }
         if self.backend == Backend::Copy || source_len > 0 {
-            let end = self.offset.checked_add(self.len as u64);
-            if !end.is_some_and(|end| end <= source_len) {
+            let inside =
+                matches!(self.offset.checked_add(self.len as u64), Some(end) if end <= source_len);
+            if !inside {
                 return bad(format!(
                     "source bytes {:#x}..{:#x} are outside the source ({source_len:#x} bytes)",
                     self.offset,

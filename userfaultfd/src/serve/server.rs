@@ -6,10 +6,14 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::background::background;
+use super::inbox::poison_unplaced;
 use super::pages::PageState;
 use super::region::{check_disjoint, AddressMap, Backend, Region};
+use super::replay;
+use super::shared::{Config, Shared, Stop, ZeroMap};
 use super::stats::{Counters, Stats};
-use super::worker::{poison_unplaced, Config, Flow, Placer, Shared, Stop, Worker, ZeroMap};
+use super::worker::Worker;
 use super::working_set::{Recorder, SnapshotId, WorkingSet};
 use super::{ErrorPolicy, PageSource, ServeError};
 use crate::{FeatureFlags, IoctlFlags, RegisterMode, Uffd};
@@ -295,7 +299,7 @@ impl ServerBuilder {
                 // the lowest priority any other load on the machine starves it (measured: the
                 // workload then overtook it and faulted). Faults keep priority through the
                 // lock: a replay ioctl holds it for at most 2 MiB.
-                match replay_pages(shared, id) {
+                match replay::replay(shared, id) {
                     // A failed replay ends the replay only: the workers keep serving faults
                     // (a fault on the page that failed meets the error again, and that one
                     // is fatal).
@@ -308,12 +312,7 @@ impl ServerBuilder {
                     other => other?,
                 }
                 if fill {
-                    // SAFETY: setpriority on this thread only (Linux: a thread id names one
-                    // thread).
-                    unsafe {
-                        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19)
-                    };
-                    background(shared, id)?;
+                    background(shared, id)?; // (which lowers its priority)
                 }
                 Ok(())
             })?;
@@ -381,17 +380,11 @@ fn register(uffd: &Uffd, index: usize, r: &Region) -> Result<(), ServeError> {
 }
 
 fn set_non_blocking(uffd: &Uffd) -> Result<(), ServeError> {
-    let fd = uffd.as_raw_fd();
-    // SAFETY: fcntl on our own descriptor has no memory effects.
-    let ok = unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(io_error("making the userfaultfd non-blocking"))
-    }
+    uffd.set_non_blocking(true)
+        .map_err(|source| ServeError::Io {
+            operation: "making the userfaultfd non-blocking",
+            source,
+        })
 }
 
 fn io_error(operation: &'static str) -> ServeError {
@@ -440,50 +433,6 @@ fn map_zeros(len: usize) -> Result<*const u8, ServeError> {
     Ok(p as *const u8)
 }
 
-/// The background fill: places every block not yet placed, region by region, at the lowest
-/// priority, taking the shared lock one block at a time.
-fn background(shared: &Shared, id: usize) -> Result<(), Stop> {
-    let counters = &shared.counters[id];
-    let mut scratch = vec![0u8; shared.zeros.len];
-    for (index, region) in shared.regions.iter().enumerate() {
-        let per_block = region.pages_per_block();
-        let mut page = 0;
-        while page < region.pages() {
-            if shared.stopping.load(Ordering::Acquire) {
-                return Ok(());
-            }
-            let state = &shared.pages[index];
-            if state.run_end(page, (page + per_block).min(region.pages()), true)
-                == (page + per_block).min(region.pages())
-            {
-                page += per_block;
-                continue;
-            }
-            let placer = Placer {
-                shared,
-                inbox: None,
-                counters,
-                epoch: shared.epoch.load(Ordering::Acquire),
-            };
-            let found = shared
-                .map
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .locate(index, page);
-            let flow = match found {
-                Some(m) => placer.background_block(&m, page, &mut scratch)?,
-                None => Flow::Done, // unmapped: nothing to fill
-            };
-            match flow {
-                Flow::Done => page += per_block,
-                // An event is pending (a worker reads it), or was just applied: try again.
-                Flow::ReadEvents | Flow::Restart => std::thread::yield_now(),
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Each region page's position in the replay list plus one (0: not listed); no entry without
 /// replay. Positions past `u32::MAX - 1` are left out (they fault as unrecorded pages).
 fn replay_ranks(regions: &[Region], list: &ReplayList) -> Vec<Box<[u32]>> {
@@ -498,66 +447,6 @@ fn replay_ranks(regions: &[Region], list: &ReplayList) -> Vec<Box<[u32]>> {
         ranks[region][page] = k as u32 + 1;
     }
     ranks
-}
-
-/// The most bytes one replay ioctl places: a fault waits at most that long for the lock.
-const REPLAY_RUN: usize = 2 << 20;
-
-/// The replay: places the recorded pages in order, a run of consecutive pages (at most
-/// [`REPLAY_RUN`] bytes) at a time, under the shared lock one ioctl at a time.
-fn replay_pages(shared: &Shared, id: usize) -> Result<(), Stop> {
-    let list = &shared.replay;
-    if list.is_empty() {
-        return Ok(());
-    }
-    let counters = &shared.counters[id];
-    let ps = shared.regions[list[0].0].page_size;
-    let per_run = (REPLAY_RUN / ps).max(1);
-    let mut scratch = vec![0u8; per_run * ps];
-    let mut k = 0;
-    while k < list.len() {
-        if shared.stopping.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        // The run: entries that follow each other in the region.
-        let (region, from) = list[k];
-        let mut n = 1;
-        while k + n < list.len() && n < per_run && list[k + n] == (region, from + n) {
-            n += 1;
-        }
-        let placer = Placer {
-            shared,
-            inbox: None,
-            counters,
-            epoch: shared.epoch.load(Ordering::Acquire),
-        };
-        let found = shared
-            .map
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .locate(region, from);
-        let flow = match found {
-            Some(m) => {
-                // Clipped to the mapping (an unmap may have cut the region); the rest of the
-                // run is the next one.
-                n = n.min(m.first_page + m.len / ps - from);
-                placer.replay_run(&m, from, from + n, &mut scratch)?
-            }
-            None => Flow::Done, // unmapped: nothing to replay
-        };
-        match flow {
-            Flow::Done => k += n,
-            // An event is pending (a worker reads it), or was just applied: try again.
-            Flow::ReadEvents | Flow::Restart => std::thread::yield_now(),
-        }
-    }
-    let ns = shared
-        .started
-        .elapsed()
-        .as_nanos()
-        .min(u64::MAX as u128 - 1) as u64;
-    shared.replay_done_ns.store(ns, Ordering::Release);
-    Ok(())
 }
 
 fn stats_of(shared: &Shared) -> Stats {

@@ -1,0 +1,226 @@
+//! The rest of the 0.9 surface, used as 0.9 code uses it, with the behaviour 0.9 had.
+
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::sync::Arc;
+use std::thread;
+
+use userfaultfd::{
+    Errno, Error, Event, EventBuffer, FaultKind, FeatureFlags, IoctlFlags, ReadWrite, RegisterMode,
+    Uffd, UffdBuilder,
+};
+use userfaultfd_compat::memory::{snapshot_byte, Mapping, Memory};
+use userfaultfd_compat::tracer::{describe, errno_code, register_or_skip, Registered};
+
+/// nix's `Errno` was a fieldless enum: `as i32`, `desc()` as `&'static str`, `from_i32`.
+#[test]
+fn errno_is_used_as_nix_errno_was() {
+    assert_eq!(Errno::EEXIST as i32, libc::EEXIST);
+    let described = describe(libc::EAGAIN);
+    let text: &'static str = described.text;
+    assert_eq!(
+        (described.code, text),
+        (libc::EAGAIN, "Resource temporarily unavailable")
+    );
+    assert_eq!(Errno::from_i32(libc::EBUSY), Errno::EBUSY);
+    assert_eq!(Errno::from_i32(100_000), Errno::UnknownErrno);
+    assert_eq!(errno_code(&Error::SystemError(Errno::EBUSY)), libc::EBUSY);
+    assert_eq!(errno_code(&Error::CopyFailed(Errno::EEXIST)), libc::EEXIST);
+    #[allow(unused_imports)]
+    use Errno::*;
+    assert!(matches!(Errno::from_i32(libc::ENOENT), ENOENT));
+}
+
+/// `register` fails with `SystemError(EBUSY)` on a range another userfaultfd owns, as in 0.9:
+/// the tracer's `SystemError(e) if e == EBUSY` arm is taken.
+#[test]
+fn register_of_a_range_owned_elsewhere_is_system_error_ebusy() {
+    for memory in Memory::ALL {
+        let Some(map) = Mapping::new(memory, 1) else {
+            continue;
+        };
+        let first = UffdBuilder::new().create().unwrap();
+        let second = UffdBuilder::new().create().unwrap();
+        assert_eq!(
+            register_or_skip(&first, map.addr(), map.len()),
+            Ok(Registered::Yes)
+        );
+        assert_eq!(
+            register_or_skip(&second, map.addr(), map.len()),
+            Ok(Registered::OwnedElsewhere),
+            "{memory:?}"
+        );
+        let err = second.unregister(map.addr(), 1).unwrap_err();
+        assert!(matches!(err, Error::SystemError(Errno::EINVAL)), "{err:?}");
+        let err = second.wake(map.addr(), 1).unwrap_err();
+        assert!(matches!(err, Error::SystemError(Errno::EINVAL)), "{err:?}");
+    }
+}
+
+/// The bit sets mean what they meant in 0.9.
+#[test]
+fn flag_sets_know_what_0_9_knew() {
+    assert_eq!(FeatureFlags::from_bits(1 << 40), None);
+    assert_eq!(RegisterMode::from_bits(1 << 40), None);
+    assert_eq!(
+        RegisterMode::all(),
+        RegisterMode::MISSING | RegisterMode::WRITE_PROTECT | RegisterMode::MINOR
+    );
+    // 0.9 declared every ioctl bit known.
+    assert!(IoctlFlags::from_bits(1 << 40).is_some());
+    assert_eq!(FeatureFlags::all().bits(), (1 << 17) - 1);
+    let caps = userfaultfd::probe().unwrap();
+    let created = UffdBuilder::new()
+        .require_features(FeatureFlags::all() - FeatureFlags::EVENT_FORK)
+        .create();
+    let missing = FeatureFlags::all() - FeatureFlags::EVENT_FORK - caps.features();
+    match created {
+        Ok(_) => assert!(missing.is_empty()),
+        Err(Error::UnsupportedFeatures(m)) => assert_eq!(m, missing),
+        Err(e) => panic!("{e:?}"),
+    }
+}
+
+/// `into_raw_fd` gives the descriptor away: it stays open after the `Uffd` is gone, and
+/// `from_raw_fd` takes it back.
+#[test]
+fn into_raw_fd_gives_the_descriptor_away() {
+    let uffd = UffdBuilder::new().create().unwrap();
+    let fd = uffd.into_raw_fd();
+    // SAFETY: fcntl on a number; no memory effects.
+    let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
+    assert!(open, "closed too early");
+    // SAFETY: `fd` is ours alone since into_raw_fd.
+    let uffd = unsafe { Uffd::from_raw_fd(fd) };
+    drop(uffd);
+    // SAFETY: fcntl on a number; no memory effects.
+    let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
+    assert!(!open, "not closed by drop");
+}
+
+/// The read loop of 0.9's own example: a blocking descriptor, a faulting thread, one event,
+/// a copy; then the non-blocking descriptor with nothing pending gives `None`.
+#[test]
+fn read_event_serves_a_fault_and_nonblocking_gives_none() {
+    for memory in Memory::ALL {
+        let Some(map) = Mapping::new(memory, 1) else {
+            continue;
+        };
+        let map = Arc::new(map);
+        let ps = memory.page_size();
+        let uffd = UffdBuilder::new().close_on_exec(true).create().unwrap();
+        uffd.register(map.addr(), map.len()).unwrap();
+        let toucher = {
+            let map = map.clone();
+            thread::spawn(move || map.read(ps - 1))
+        };
+        let event = uffd.read_event().unwrap().unwrap();
+        let Event::Pagefault { kind, rw, addr, .. } = event else {
+            panic!("{event:?}")
+        };
+        assert_eq!(
+            (kind, rw, addr),
+            (FaultKind::Missing, ReadWrite::Read, map.addr())
+        );
+        let page: Vec<u8> = (0..ps).map(snapshot_byte).collect();
+        // SAFETY: the registered test mapping, which holds no Rust object.
+        let copied = unsafe { uffd.copy(page.as_ptr().cast(), addr, ps, true) }.unwrap();
+        assert_eq!(copied, ps);
+        assert_eq!(toucher.join().unwrap(), snapshot_byte(ps - 1));
+
+        let nonblocking = UffdBuilder::new().non_blocking(true).create().unwrap();
+        assert!(nonblocking.read_event().unwrap().is_none());
+        let mut buf = EventBuffer::new(4);
+        assert_eq!(nonblocking.read_events(&mut buf).unwrap().count(), 0);
+    }
+}
+
+/// `read_events` returns every fault of several threads, as in 0.9's own test.
+#[test]
+fn read_events_batches_faults_of_several_threads() {
+    let memory = Memory::Anonymous;
+    let pages = 8;
+    let map = Arc::new(Mapping::new(memory, pages).unwrap());
+    let ps = memory.page_size();
+    let uffd = UffdBuilder::new().create().unwrap();
+    uffd.register(map.addr(), map.len()).unwrap();
+    let threads: Vec<_> = (0..pages)
+        .map(|p| {
+            let map = map.clone();
+            thread::spawn(move || map.read(p * ps))
+        })
+        .collect();
+    let mut buf = EventBuffer::new(pages);
+    let mut served = 0;
+    let zeros = vec![0u8; ps];
+    while served < pages {
+        for event in uffd.read_events(&mut buf).unwrap() {
+            match event.unwrap() {
+                Event::Pagefault { addr, .. } => {
+                    // SAFETY: the registered test mapping, which holds no Rust object.
+                    match unsafe { uffd.copy(zeros.as_ptr().cast(), addr, ps, true) } {
+                        Ok(_) => {}
+                        Err(Error::CopyFailed(Errno::EEXIST)) => uffd.wake(addr, ps).unwrap(),
+                        Err(e) => panic!("{e:?}"),
+                    }
+                    served += 1;
+                }
+                Event::Fork { .. }
+                | Event::Remap { .. }
+                | Event::Remove { .. }
+                | Event::Unmap { .. } => panic!("unexpected event"),
+            }
+        }
+    }
+    for t in threads {
+        assert_eq!(t.join().unwrap(), 0);
+    }
+}
+
+/// 0.9's write-protect test: register MISSING | WRITE_PROTECT, protect, a write faults with
+/// `FaultKind::WriteProtected` (matched exhaustively, as 0.9 code with `linux5_13` does), and
+/// removing the protection lets it through.
+#[test]
+fn write_protect_faults_are_reported_and_resolved() {
+    let memory = Memory::Anonymous;
+    let caps = userfaultfd::probe().unwrap();
+    if !caps.features().contains(FeatureFlags::PAGEFAULT_FLAG_WP) {
+        eprintln!("SKIPPED: the running kernel lacks PAGEFAULT_FLAG_WP");
+        return;
+    }
+    let map = Arc::new(Mapping::new(memory, 1).unwrap());
+    let ps = memory.page_size();
+    let uffd = UffdBuilder::new()
+        .require_features(FeatureFlags::PAGEFAULT_FLAG_WP)
+        .create()
+        .unwrap();
+    uffd.register_with_mode(
+        map.addr(),
+        map.len(),
+        RegisterMode::MISSING | RegisterMode::WRITE_PROTECT,
+    )
+    .unwrap();
+    let zeros = vec![0u8; ps];
+    // SAFETY: the registered test mapping, which holds no Rust object.
+    unsafe { uffd.copy(zeros.as_ptr().cast(), map.addr(), ps, true) }.unwrap();
+    uffd.write_protect(map.addr(), ps).unwrap();
+    let writer = {
+        let map = map.clone();
+        thread::spawn(move || {
+            // SAFETY: our mapping; a volatile write of plain memory.
+            unsafe { map.addr().cast::<u8>().write_volatile(7) };
+        })
+    };
+    match uffd.read_event().unwrap().unwrap() {
+        Event::Pagefault { kind, rw, addr, .. } => {
+            match kind {
+                FaultKind::WriteProtected => {}
+                FaultKind::Missing | FaultKind::Minor => panic!("{kind:?}"),
+            }
+            assert_eq!((rw, addr), (ReadWrite::Write, map.addr()));
+            uffd.remove_write_protection(addr, ps, true).unwrap();
+        }
+        other => panic!("{other:?}"),
+    }
+    writer.join().unwrap();
+    assert_eq!(map.read(0), 7);
+}

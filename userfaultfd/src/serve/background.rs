@@ -1,0 +1,52 @@
+//! The background fill: the rest of the regions, block by block, at the lowest priority.
+
+use std::sync::atomic::Ordering;
+
+use super::place::{Flow, Placer};
+use super::shared::{Shared, Stop};
+
+/// The background fill: places every block not yet placed, region by region, at the lowest
+/// priority, taking the shared lock one block at a time.
+pub(crate) fn background(shared: &Shared, id: usize) -> Result<(), Stop> {
+    // SAFETY: setpriority on this thread only (Linux: a thread id names one thread).
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
+    let counters = &shared.counters[id];
+    let mut scratch = vec![0u8; shared.zeros.len];
+    for (index, region) in shared.regions.iter().enumerate() {
+        let per_block = region.pages_per_block();
+        let mut page = 0;
+        while page < region.pages() {
+            if shared.stopping.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            let state = &shared.pages[index];
+            if state.run_end(page, (page + per_block).min(region.pages()), true)
+                == (page + per_block).min(region.pages())
+            {
+                page += per_block;
+                continue;
+            }
+            let placer = Placer {
+                shared,
+                inbox: None,
+                counters,
+                epoch: shared.epoch.load(Ordering::Acquire),
+            };
+            let found = shared
+                .map
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .locate(index, page);
+            let flow = match found {
+                Some(m) => placer.background_block(&m, page, &mut scratch)?,
+                None => Flow::Done, // unmapped: nothing to fill
+            };
+            match flow {
+                Flow::Done => page += per_block,
+                // An event is pending (a worker reads it), or was just applied: try again.
+                Flow::ReadEvents | Flow::Restart => std::thread::yield_now(),
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,431 @@
+//! Placing pages: the fault-around block, runs split by page state, the source's chunks, and
+//! the ioctl loop with its `EEXIST`, `EAGAIN` and `EFAULT` handling.
+
+use std::cell::RefCell;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use libc::c_void;
+
+use super::inbox::Inbox;
+use super::region::{Backend, Mapping, Region};
+use super::shared::{lock_read, uffd_error, Shared, Stop};
+use super::source::Chunk;
+use super::stats::{add, Counters};
+use super::ServeError;
+use crate::{Errno, Error};
+
+/// How a placement ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flow {
+    Done,
+    /// `EAGAIN` with no progress: read the pending messages, then start over.
+    ReadEvents,
+    /// An event was applied since the placement looked at the page state: start over.
+    Restart,
+}
+
+/// Where pages come from in one placement.
+#[derive(Clone, Copy)]
+pub(crate) enum Fill {
+    Copy(*const u8),
+    Zero,
+    Continue,
+}
+
+/// Who asked for a placement (for the statistics).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    Fault,
+    Background,
+    Replay,
+}
+
+/// After `EAGAIN` with nothing left to read, the event was read but the kernel refuses
+/// placements until the thread that caused it resumes (microseconds): retry at once a few
+/// times, since under a stream of events only a quick retry lands between two of them; then
+/// let that thread have the CPU; then sleep.
+pub(crate) fn backoff(idle: &mut u32) {
+    *idle += 1;
+    if *idle < 32 {
+        std::hint::spin_loop();
+    } else if *idle < 64 {
+        std::thread::yield_now();
+    } else {
+        std::thread::sleep(Duration::from_micros(20));
+    }
+}
+
+/// Places pages: the part of a worker that only needs shared access.
+///
+/// The page state and the address map are looked at, and the source is read, without the
+/// lock; each placement then takes the shared lock and is made only if the address map did
+/// not change since `epoch` was read and none of its pages was discarded meanwhile
+/// (otherwise [`Flow::Restart`]). So a slow source never delays the reading of events, and a
+/// placement never contradicts an event applied before it.
+pub(crate) struct Placer<'a> {
+    pub shared: &'a Shared,
+    /// Where a worker reads pending events when a placement meets one (`None` for the
+    /// background fill, which leaves them to the workers).
+    pub inbox: Option<&'a RefCell<Inbox>>,
+    pub counters: &'a Counters,
+    /// `Shared::epoch` when this attempt started.
+    pub epoch: u64,
+}
+
+impl Placer<'_> {
+    /// Places the unplaced pages of the fault-around block holding region page `page` of
+    /// `m` (for a fault: `page` itself first, whatever its recorded state, and woken).
+    pub fn block(
+        &self,
+        m: &Mapping,
+        page: usize,
+        origin: Origin,
+        scratch: &mut [u8],
+    ) -> Result<Flow, Stop> {
+        let ps = m.page_size;
+        let per_block = self.shared.regions[m.region].pages_per_block();
+        let map_end = m.first_page + m.len / ps;
+        let aligned = page - page % per_block;
+        let start = aligned.max(m.first_page);
+        let end = (aligned + per_block).min(map_end);
+        let state = &self.shared.pages[m.region];
+        for (from, to) in [(page, end), (start, page)] {
+            let mut i = from;
+            while i < to {
+                // The faulting page is placed (or found present and woken) even if recorded
+                // as placed: the record could predate a zap the server was not told about.
+                let forced = origin == Origin::Fault && i == page;
+                if !forced && state.is_placed(i) {
+                    i = state.run_end(i, to, true);
+                    continue;
+                }
+                let j = state.run_end(i + 1, to, false);
+                let flow = self.run(m, i, j, page, origin, scratch)?;
+                if flow != Flow::Done {
+                    return Ok(flow);
+                }
+                i = j;
+            }
+        }
+        Ok(Flow::Done)
+    }
+
+    /// Places the unplaced pages of the block holding region page `page` of `m`.
+    pub fn background_block(
+        &self,
+        m: &Mapping,
+        page: usize,
+        scratch: &mut [u8],
+    ) -> Result<Flow, Stop> {
+        self.block(m, page, Origin::Background, scratch)
+    }
+
+    /// Places pages `[from, to)` of `m`'s region, splitting by discarded state.
+    pub(super) fn run(
+        &self,
+        m: &Mapping,
+        from: usize,
+        to: usize,
+        fault: usize,
+        origin: Origin,
+        scratch: &mut [u8],
+    ) -> Result<Flow, Stop> {
+        let region = &self.shared.regions[m.region];
+        let state = &self.shared.pages[m.region];
+        let honours_discard = region.backend != Backend::Continue { private: false };
+        let mut i = from;
+        while i < to {
+            let discarded = honours_discard && state.is_discarded(i);
+            let j = if honours_discard {
+                state.discarded_run_end(i + 1, to, discarded)
+            } else {
+                to
+            };
+            let flow = if discarded {
+                self.zeros(m, i, j, fault, origin)?
+            } else {
+                match region.backend {
+                    Backend::Copy => self.source_run(m, region, i, j, fault, origin, scratch)?,
+                    Backend::Continue { .. } => {
+                        self.place(m, i, j, Fill::Continue, fault, origin)?
+                    }
+                }
+            };
+            if flow != Flow::Done {
+                return Ok(flow);
+            }
+            i = j;
+        }
+        Ok(Flow::Done)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn source_run(
+        &self,
+        m: &Mapping,
+        region: &Region,
+        from: usize,
+        to: usize,
+        fault: usize,
+        origin: Origin,
+        scratch: &mut [u8],
+    ) -> Result<Flow, Stop> {
+        let ps = m.page_size;
+        let mut i = from;
+        while i < to {
+            let offset = region.offset + (i * ps) as u64;
+            let asked = (to - i) * ps;
+            let chunk = self
+                .shared
+                .source
+                .fetch(offset, asked, &mut scratch[..asked])
+                .map_err(|source| Stop::Failed(ServeError::Source { offset, source }))?;
+            let (fill, got) = match chunk {
+                Chunk::Data(bytes) => (Fill::Copy(bytes.as_ptr()), bytes.len()),
+                Chunk::Zeros(n) => (Fill::Zero, n),
+            };
+            if got == 0 || got > asked || got % ps != 0 {
+                return Err(Stop::Failed(ServeError::InvalidChunk {
+                    offset,
+                    asked,
+                    got,
+                }));
+            }
+            let j = i + got / ps;
+            let flow = match fill {
+                Fill::Zero => self.zeros(m, i, j, fault, origin)?,
+                _ => self.place(m, i, j, fill, fault, origin)?,
+            };
+            if flow != Flow::Done {
+                return Ok(flow);
+            }
+            i = j;
+        }
+        Ok(Flow::Done)
+    }
+
+    /// Zero pages: `ZEROPAGE`, or on huge pages a copy from the zero mapping.
+    fn zeros(
+        &self,
+        m: &Mapping,
+        from: usize,
+        to: usize,
+        fault: usize,
+        origin: Origin,
+    ) -> Result<Flow, Stop> {
+        if m.page_size > super::source::page_size() {
+            self.place(
+                m,
+                from,
+                to,
+                Fill::Copy(self.shared.zeros.ptr),
+                fault,
+                origin,
+            )
+        } else {
+            self.place(m, from, to, Fill::Zero, fault, origin)
+        }
+    }
+
+    /// The ioctl loop: places `[from, to)` with `fill`, continuing after partial progress
+    /// and present pages, waking the faulting page when someone else placed it.
+    fn place(
+        &self,
+        m: &Mapping,
+        from: usize,
+        to: usize,
+        fill: Fill,
+        fault: usize,
+        origin: Origin,
+    ) -> Result<Flow, Stop> {
+        let ps = m.page_size;
+        let state = &self.shared.pages[m.region];
+        let addr_of = |page: usize| (m.addr + (page - m.first_page) * ps) as *mut c_void;
+        let zero_fill = matches!(fill, Fill::Copy(p) if p == self.shared.zeros.ptr);
+        let mut guard = lock_read(&self.shared.map);
+        if self.shared.epoch.load(Ordering::Acquire) != self.epoch {
+            return Ok(Flow::Restart); // unmapped or moved since the lookup
+        }
+        // Contents that a discard since the decision would make stale: checked here, under
+        // the lock, so that an unrelated REMOVE does not restart the placement.
+        let stale_if_discarded = match fill {
+            Fill::Copy(_) => !zero_fill,
+            Fill::Zero => false,
+            Fill::Continue => {
+                self.shared.regions[m.region].backend != (Backend::Continue { private: false })
+            }
+        };
+        if stale_if_discarded && state.discarded_run_end(from, to, false) != to {
+            return Ok(Flow::Restart);
+        }
+        let mut i = from;
+        let mut idle = 0u32;
+        while i < to {
+            let (dst, len) = (addr_of(i), (to - i) * ps);
+            let result = match fill {
+                // SAFETY: the destination is a served region, whose contents belong to the
+                // source by the caller of `ServerBuilder::start`; the source bytes are
+                // readable for `len` (a chunk of that length, or the zero mapping).
+                Fill::Copy(src) => unsafe {
+                    let src = if zero_fill {
+                        src
+                    } else {
+                        src.add((i - from) * ps)
+                    };
+                    self.shared.uffd.copy(src.cast(), dst, len, true)
+                },
+                // SAFETY: as above; zeros are what the page holds.
+                Fill::Zero => unsafe { self.shared.uffd.zeropage(dst, len, true) },
+                Fill::Continue => self
+                    .shared
+                    .uffd
+                    .r#continue(dst, len, true)
+                    .map(|n| n as usize),
+            };
+            let done = match result {
+                Ok(n) => n / ps,
+                Err(e) => match e.errno() {
+                    Some(Errno::EAGAIN) => {
+                        add(&self.counters.eagain_retries, 1);
+                        match e {
+                            Error::PartiallyCopied(n) if n >= ps => n / ps,
+                            _ => {
+                                // An event is pending: read it, then retry this very ioctl
+                                // (not the whole fault: under a stream of events, only a
+                                // quick retry lands between two of them).
+                                let Some(inbox) = self.inbox else {
+                                    return Ok(Flow::ReadEvents);
+                                };
+                                drop(guard);
+                                let read = inbox.borrow_mut().read(self.shared, self.counters)?;
+                                if read == 0 {
+                                    backoff(&mut idle);
+                                } else {
+                                    idle = 0; // a new event: its thread resumes soon
+                                }
+                                guard = lock_read(&self.shared.map);
+                                if self.shared.epoch.load(Ordering::Acquire) != self.epoch
+                                    || (stale_if_discarded
+                                        && state.discarded_run_end(i, to, false) != to)
+                                {
+                                    return Ok(Flow::Restart);
+                                }
+                                continue;
+                            }
+                        }
+                    }
+                    Some(Errno::EEXIST) => {
+                        // Present: record it, wake a faulting thread, go on after it.
+                        add(&self.counters.eexist, 1);
+                        state.mark_placed(i, i + 1);
+                        if i == fault && origin == Origin::Fault {
+                            self.shared
+                                .uffd
+                                .wake(dst, ps)
+                                .map_err(|e| uffd_error("waking a faulting thread", e))?;
+                        }
+                        i += 1;
+                        continue;
+                    }
+                    // Unmapped meanwhile (its UNMAP is being read): nothing to serve.
+                    Some(Errno::ENOENT) => return Ok(Flow::Done),
+                    // CONTINUE of a page the page cache lacks (a hole): a zero page.
+                    Some(Errno::EFAULT) if matches!(fill, Fill::Continue) => {
+                        match self.zero_one(m, i, fault, origin)? {
+                            Flow::Done => {
+                                i += 1;
+                                continue;
+                            }
+                            flow => return Ok(flow),
+                        }
+                    }
+                    _ => {
+                        let op = match fill {
+                            Fill::Copy(_) => "placing pages (UFFDIO_COPY)",
+                            Fill::Zero => "placing zero pages (UFFDIO_ZEROPAGE)",
+                            Fill::Continue => "mapping page-cache pages (UFFDIO_CONTINUE)",
+                        };
+                        return Err(uffd_error(op, e));
+                    }
+                },
+            };
+            self.count(i, i + done, fault, fill, zero_fill, origin, ps);
+            state.mark_placed(i, i + done);
+            i += done;
+        }
+        drop(guard);
+        Ok(Flow::Done)
+    }
+
+    /// One zero page in place of a page the page cache lacks (`CONTINUE` gave `EFAULT`),
+    /// under the shared lock the caller holds.
+    fn zero_one(
+        &self,
+        m: &Mapping,
+        page: usize,
+        fault: usize,
+        origin: Origin,
+    ) -> Result<Flow, Stop> {
+        let ps = m.page_size;
+        let dst = (m.addr + (page - m.first_page) * ps) as *mut c_void;
+        let result = if ps > super::source::page_size() {
+            // SAFETY: as in `place`: a served page, and the zero mapping is readable.
+            unsafe {
+                self.shared
+                    .uffd
+                    .copy(self.shared.zeros.ptr.cast(), dst, ps, true)
+            }
+        } else {
+            // SAFETY: as in `place`.
+            unsafe { self.shared.uffd.zeropage(dst, ps, true) }
+        };
+        match result {
+            Ok(_) => self.count(page, page + 1, fault, Fill::Zero, true, origin, ps),
+            Err(e) => match e.errno() {
+                Some(Errno::EAGAIN) => return Ok(Flow::ReadEvents),
+                Some(Errno::EEXIST | Errno::ENOENT) => {
+                    add(&self.counters.eexist, 1);
+                    if page == fault && origin == Origin::Fault {
+                        let _ = self.shared.uffd.wake(dst, ps);
+                    }
+                }
+                _ => return Err(uffd_error("placing a zero page for a page-cache hole", e)),
+            },
+        }
+        self.shared.pages[m.region].mark_placed(page, page + 1);
+        Ok(Flow::Done)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn count(
+        &self,
+        from: usize,
+        to: usize,
+        fault: usize,
+        fill: Fill,
+        zero_fill: bool,
+        origin: Origin,
+        ps: usize,
+    ) {
+        let n = (to - from) as u64;
+        let c = self.counters;
+        match fill {
+            Fill::Copy(_) if !zero_fill => {
+                add(&c.pages_copied, n);
+                add(&c.bytes_copied, n * ps as u64);
+            }
+            Fill::Copy(_) | Fill::Zero => add(&c.pages_zeroed, n),
+            Fill::Continue => add(&c.pages_continued, n),
+        }
+        match origin {
+            Origin::Background => add(&c.background_pages, n),
+            Origin::Replay => add(&c.replay_pages, n),
+            Origin::Fault => {
+                let own = u64::from((from..to).contains(&fault));
+                add(&c.fault_around_pages, n - own);
+            }
+        }
+    }
+}
