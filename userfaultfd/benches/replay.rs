@@ -208,7 +208,8 @@ fn ms(d: Duration) -> String {
 fn main() {
     let mib = env_or("REPLAY_BENCH_MIB", 1024);
     let reps = env_or("REPLAY_BENCH_REPS", 3).max(1);
-    let rounds = env_or("REPLAY_BENCH_WORK", 4);
+    // At least one round: the workload must touch its pages.
+    let rounds = env_or("REPLAY_BENCH_WORK", 4).max(1);
     let len = mib << 20;
     let path =
         std::path::PathBuf::from(format!("/dev/shm/uffd-replay-bench-{}", std::process::id()));
