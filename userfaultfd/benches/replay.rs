@@ -15,7 +15,9 @@
 //!   record the next column replays (one page per fault, so that every page the workload
 //!   touches is a demand fault and is recorded);
 //! - `replay`: the server with its defaults replaying that record (saved to a file and loaded
-//!   back, as a next restore does).
+//!   back, as a next restore does);
+//! - `replay, clone`: the same, with a workload whose working set differs from the recorded
+//!   one in every 33rd page (about 3%: clones of one snapshot overlap above 0.9).
 //!
 //! Waste (prefetched pages never touched) is counted from the workload's own knowledge: the
 //! pages the replay placed are the record's pages not already placed by a fault, and the
@@ -231,11 +233,29 @@ fn main() {
     let set = working_set(len / PAGE);
     let record_path = path.with_extension("ws");
 
-    let mut times: [Vec<Duration>; 4] = Default::default();
-    let mut last: [Option<Stats>; 4] = Default::default();
+    // A clone's working set: the recorded one with every 33rd page swapped for one outside it
+    // (about 3% different: clones of one snapshot overlap above 0.9).
+    let in_set: std::collections::HashSet<usize> = set.iter().copied().collect();
+    let clone: Vec<usize> = set
+        .iter()
+        .enumerate()
+        .map(|(k, &p)| {
+            if k % 33 != 32 {
+                return p;
+            }
+            let mut q = p;
+            while in_set.contains(&q) {
+                q = (q + 7) % (len / PAGE);
+            }
+            q
+        })
+        .collect();
+
+    let mut times: [Vec<Duration>; 5] = Default::default();
+    let mut last: [Option<Stats>; 5] = Default::default();
     let mut replay_times = Vec::new();
+    let mut wastes = [0usize; 5];
     let mut record_len = 0;
-    let mut waste = 0;
     for _ in 0..reps {
         times[0].push(one_page(&mapped, len, &set, rounds).time);
         let r = server(&mapped, len, &set, rounds, false, None);
@@ -246,19 +266,20 @@ fn main() {
         times[2].push(r.time);
         last[2] = r.stats;
         r.record.unwrap().save(&record_path).unwrap();
-        // The next restore: loads the record and replays it.
-        let record = WorkingSet::load(&record_path).unwrap();
-        record_len = record.len();
-        let touched: std::collections::HashSet<u64> = set.iter().map(|&p| p as u64).collect();
-        waste = record
-            .order()
-            .iter()
-            .filter(|p| !touched.contains(p))
-            .count();
-        let r = server(&mapped, len, &set, rounds, false, Some(record));
-        times[3].push(r.time);
-        replay_times.extend(r.stats.as_ref().and_then(|s| s.replay_time));
-        last[3] = r.stats;
+        // The next restores (the same program, and a clone): load the record and replay it.
+        for (column, touched) in [(3, &set), (4, &clone)] {
+            let record = WorkingSet::load(&record_path).unwrap();
+            record_len = record.len();
+            // Placed by replay and never touched: recorded pages the run does not touch.
+            let want: std::collections::HashSet<u64> = touched.iter().map(|&p| p as u64).collect();
+            wastes[column] = record.order().iter().filter(|p| !want.contains(p)).count();
+            let r = server(&mapped, len, touched, rounds, false, Some(record));
+            times[column].push(r.time);
+            if column == 3 {
+                replay_times.extend(r.stats.as_ref().and_then(|s| s.replay_time));
+            }
+            last[column] = r.stats;
+        }
     }
     let _ = std::fs::remove_file(&record_path);
     let file_len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
@@ -266,43 +287,58 @@ fn main() {
     drop(file);
     let _ = std::fs::remove_file(&path);
 
-    let [one, around, rec, replay] = times.map(median);
+    let [one, around, rec, replay, cloned] = times.map(median);
     let faults = |s: &Option<Stats>| s.as_ref().map_or(0, |s| s.faults);
+    let prefetched = |s: &Option<Stats>| s.as_ref().map_or(0, |s| s.replay_pages);
     println!(
-        "snapshot {} MiB on tmpfs, working set {} pages (10%), {rounds} rounds of work per page; median of {reps}",
+        "snapshot {} MiB on tmpfs, working set {} pages (10%), {rounds} rounds of work per page; \
+         times: median of {reps}; counts: the last repetition",
         file_len >> 20,
         set.len()
     );
     println!();
-    println!("| | 1-page | around | record | replay |");
-    println!("|---|---|---|---|---|");
+    println!("| | 1-page | around | record | replay | replay, clone |");
+    println!("|---|---|---|---|---|---|");
     println!(
-        "| time | {} | {} | {} | {} |",
+        "| time | {} | {} | {} | {} | {} |",
         ms(one),
         ms(around),
         ms(rec),
-        ms(replay)
+        ms(replay),
+        ms(cloned)
     );
     println!(
-        "| demand faults | {} | {} | {} | {} |",
+        "| demand faults | {} | {} | {} | {} | {} |",
         set.len(),
         faults(&last[1]),
         faults(&last[2]),
-        faults(&last[3])
+        faults(&last[3]),
+        faults(&last[4])
     );
-    let replayed = last[3].as_ref().map_or(0, |s| s.replay_pages);
-    println!("| pages prefetched by replay | | | | {replayed} |");
+    println!(
+        "| pages prefetched by replay | | | | {} | {} |",
+        prefetched(&last[3]),
+        prefetched(&last[4])
+    );
+    println!(
+        "| recorded pages never touched (waste) | | | | {} | {} |",
+        wastes[3], wastes[4]
+    );
     println!();
     let around_faults = faults(&last[1]).max(1) as f64;
+    for (name, column, time) in [("replay", 3, replay), ("replay, clone", 4, cloned)] {
+        println!(
+            "{name} against around: {:.1}% fewer demand faults, {:.2}x faster, waste {:.2}% of {} recorded pages",
+            100.0 * (1.0 - faults(&last[column]) as f64 / around_faults),
+            around.as_secs_f64() / time.as_secs_f64(),
+            100.0 * wastes[column] as f64 / record_len.max(1) as f64,
+            record_len,
+        );
+    }
     println!(
-        "replay against around: {:.1}% fewer demand faults, {:.2}x faster; waste {} of {} recorded pages ({:.2}%); replay done after {} (median)",
-        100.0 * (1.0 - faults(&last[3]) as f64 / around_faults),
-        around.as_secs_f64() / replay.as_secs_f64(),
-        waste,
-        record_len,
-        100.0 * waste as f64 / record_len.max(1) as f64,
+        "replay done after {} (median)",
         if replay_times.is_empty() {
-            "never".into()
+            "- (stopped first)".into()
         } else {
             ms(median(replay_times))
         }
