@@ -3,7 +3,8 @@
 //!
 //! Run: `cargo bench --bench serve`. `SERVE_BENCH_MIB` sets the snapshot size (default 1024),
 //! `SERVE_BENCH_REPS` the repetitions per cell (default 3; medians are shown),
-//! `SERVE_BENCH_BUSY_POLL_US` the server's busy-poll time (default 0, the server's default).
+//! `SERVE_BENCH_BUSY_POLL_US` the server's busy-poll time (default 0, the server's default),
+//! `SERVE_BENCH_WORKERS` its worker threads (default 1, the server's default).
 //!
 //! The snapshot is a dense file on tmpfs (`/dev/shm`). Each cell maps a fresh region and
 //! times touching (reading one byte of) every 4 KiB page, sequentially or in a random order,

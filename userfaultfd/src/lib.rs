@@ -12,6 +12,7 @@
 //!
 //! | job | use |
 //! |---|---|
+//! | serve a mapping from a snapshot or a stream (lazy restore, post-copy): worker threads, fault-around, `REMOVE`/`UNMAP`/`REMAP` handled, clean stop, statistics | [`serve::Server`] with a [`serve::PageSource`] |
 //! | track which pages of a range were written since the last look (Linux 6.7+) | [`DirtyTracker`] |
 //! | serve faults yourself: read events, place pages | [`UffdBuilder`] → [`Uffd`]: [`register`](Uffd::register), [`read_event`](Uffd::read_event) / [`read_events`](Uffd::read_events), [`copy`](Uffd::copy), [`zeropage`](Uffd::zeropage), [`r#continue`](Uffd::continue), [`wake`](Uffd::wake), [`write_protect`](Uffd::write_protect), [`poison`](Uffd::poison), [`r#move`](Uffd::move) |
 //! | serve faults from a tokio runtime | `AsyncUffd` (cargo feature `tokio`) |
@@ -42,8 +43,8 @@
 //!
 //! Runnable examples are in the repository's
 //! [`userfaultfd/examples`](https://github.com/userfaultfd-rs/userfaultfd-rs/tree/main/userfaultfd/examples):
-//! `probe` (what this kernel supports), `manpage` (the userfaultfd(2) demo), `dirty_tracking`,
-//! `async_server` (feature `tokio`).
+//! `lazy_restore` (the page server), `probe` (what this kernel supports), `manpage` (the
+//! userfaultfd(2) demo), `dirty_tracking`, `async_server` (feature `tokio`).
 //!
 //! # Safety model
 //!

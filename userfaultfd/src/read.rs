@@ -144,6 +144,13 @@ impl Uffd {
     /// Decoding happens as the iterator advances; each item is an [`Event`] or the
     /// [`Error::UnrecognizedEvent`] of one message.
     ///
+    /// Which to use: a batch pays for counting the bytes read and running a loop, so when
+    /// each read finds one event (one faulting thread at a time) [`read_event`](Self::read_event)
+    /// is cheaper (in the project's callgrind benchmark: 99 user-space instructions per event
+    /// against 126, as a raw C loop's 104 against 121); when faults arrive together (several
+    /// faulting threads), a batch is cheaper (66 per event at 3.4 events per read). Nothing
+    /// is allocated either way.
+    ///
     /// # Errors
     ///
     /// As [`read_event`](Self::read_event).

@@ -336,3 +336,117 @@ fn background_fill_places_everything_without_faults() {
         );
     }
 }
+
+/// The classic hang: the faulting page is placed by someone else (here, a `COPY` with
+/// `DONTWAKE` through another descriptor of the same userfaultfd) while the server is busy
+/// with its fault; the server's own placement then finds it present (`EEXIST`) and must wake
+/// the faulting thread, which would otherwise wait forever.
+#[test]
+fn eexist_on_the_faulting_page_ends_in_a_wake() {
+    for memory in MemoryType::ALL {
+        let Some(uffd) = serve_uffd(memory, RegisterMode::MISSING) else {
+            continue;
+        };
+        let other = uffd.try_clone().unwrap();
+        let Some(region) = Region::new(memory, pages_for(memory)) else {
+            continue;
+        };
+        let region = Arc::new(region);
+        let ps = region.page_size();
+        let expected = snapshot(region.pages(), ps);
+        let gate = Arc::new(support::serve::Gate::default());
+        let mut source = TestSource::new(expected.clone(), ps);
+        source.gate = Some(Arc::clone(&gate));
+        // SAFETY: the test region holds no Rust object.
+        let server = unsafe {
+            Server::builder()
+                .region(Served::new(region.addr(), region.len()).page_size(ps))
+                .start(uffd, Arc::new(source))
+        }
+        .unwrap();
+        let reader = {
+            let region = Arc::clone(&region);
+            spawn_named("faulting", move || region.read_page(0))
+        };
+        gate.wait_entered();
+        let mine = pattern(4242, ps);
+        // SAFETY: page 0 of the test region, which holds no Rust object.
+        unsafe { other.copy(mine.as_ptr().cast(), region.addr(), ps, false) }.unwrap();
+        drop(other); // an open copy would make the region's munmap wait for a reader
+        gate.open();
+        assert_eq!(join_timeout(reader), mine, "{memory:?}");
+        let s = server.stop().stats;
+        assert!(s.eexist >= 1, "{memory:?}: {s:?}");
+    }
+}
+
+/// A slow (remote) source does not serialise the workers: three faults on three blocks are
+/// fetched at once — each fetch waits until all three are in progress.
+#[test]
+fn slow_source_fetches_run_in_parallel() {
+    use std::sync::{Condvar, Mutex};
+    use userfaultfd::serve::Chunk;
+
+    struct Rendezvous {
+        inner: TestSource,
+        waiting: Mutex<usize>,
+        cv: Condvar,
+    }
+    impl PageSource for Rendezvous {
+        fn len(&self) -> u64 {
+            self.inner.len()
+        }
+        fn fetch<'a>(
+            &'a self,
+            offset: u64,
+            len: usize,
+            scratch: &'a mut [u8],
+        ) -> std::io::Result<Chunk<'a>> {
+            let mut n = self.waiting.lock().unwrap();
+            *n += 1;
+            self.cv.notify_all();
+            let (n, timeout) = self
+                .cv
+                .wait_timeout_while(n, support::TIMEOUT, |n| *n < 3)
+                .unwrap();
+            drop(n);
+            if timeout.timed_out() {
+                return Err(std::io::Error::other("fetches were serialised"));
+            }
+            self.inner.fetch(offset, len, scratch)
+        }
+    }
+
+    let memory = MemoryType::Anonymous;
+    let uffd = serve_uffd(memory, RegisterMode::MISSING).unwrap();
+    let region = Arc::new(Region::new(memory, 192).unwrap());
+    let ps = region.page_size();
+    let expected = Arc::new(snapshot(192, ps));
+    let source = Rendezvous {
+        inner: TestSource::new(expected.to_vec(), ps),
+        waiting: Mutex::new(0),
+        cv: Condvar::new(),
+    };
+    // SAFETY: the test region holds no Rust object.
+    let server = unsafe {
+        Server::builder()
+            .workers(3)
+            .fault_around(64 * ps)
+            .region(Served::new(region.addr(), region.len()))
+            .start(uffd, Arc::new(source))
+    }
+    .unwrap();
+    let readers: Vec<_> = (0..3)
+        .map(|b| {
+            let (region, expected) = (Arc::clone(&region), Arc::clone(&expected));
+            spawn_named(&format!("faulting-{b}"), move || {
+                mismatches(&region, &expected, b * 64..b * 64 + 1)
+            })
+        })
+        .collect();
+    for r in readers {
+        assert!(join_timeout(r).is_empty());
+    }
+    let finished = server.stop();
+    assert!(finished.outcome.is_ok(), "{:?}", finished.outcome);
+}

@@ -23,7 +23,7 @@ impl Inbox {
     pub fn new(batch: usize) -> Inbox {
         Inbox {
             buf: EventBuffer::new(batch),
-            pending: VecDeque::with_capacity(batch * 8),
+            pending: VecDeque::with_capacity((batch * 8).max(256)),
         }
     }
 

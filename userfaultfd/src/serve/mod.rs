@@ -40,6 +40,10 @@
 //! a discarded page is never refilled with the source's stale contents, and a slow source
 //! never delays the reading of events (nor the `madvise`/`munmap` waiting for them).
 //!
+//! A worker serves the faults it reads itself; with several workers each reads one message
+//! at a time, so that the next fault goes to another worker and a slow (remote) source is
+//! waited on by several workers at once.
+//!
 //! A fault places the block of [`ServerBuilder::fault_around`] bytes around the faulting
 //! page (aligned, clipped to the region and to pages not yet placed), the faulting page
 //! first. The background fill (optional) places the rest of the regions block by block at the
@@ -127,11 +131,12 @@
 //! # Performance
 //!
 //! On a 2-CPU machine, restoring 1 GiB from a snapshot on tmpfs (`cargo bench --bench
-//! serve`, BENCHMARKS.md of the repository): the defaults on anonymous memory are 5-7x faster
-//! than placing one page per fault and faster than reading the file first; the
-//! [`Backend::Continue`] backend on a `MAP_PRIVATE` mapping of the file comes within 3x of
-//! the kernel's own lazy file mapping. Busy-polling ([`ServerBuilder::busy_poll`]) did not
-//! measurably help there; more workers pay off when the source is slow.
+//! serve`, BENCHMARKS.md of the repository): the defaults on anonymous memory are 5.7-18x
+//! faster than placing one page per fault and 1.2-1.9x faster than reading the file first;
+//! the [`Backend::Continue`] backend on a `MAP_PRIVATE` mapping of the file takes 0.7-1.8x
+//! the time of the kernel's own lazy file mapping. Neither busy-polling
+//! ([`ServerBuilder::busy_poll`]) nor a second worker helped there (a second worker pays off
+//! when the source is slow).
 
 mod background;
 mod inbox;

@@ -69,8 +69,9 @@ impl ServerBuilder {
         self
     }
 
-    /// The number of worker threads (default 1: on this project's 2-CPU machine a second
-    /// worker only pays off with a slow source; see BENCHMARKS.md).
+    /// The number of worker threads (default 1). On a 2-CPU machine a second worker did not
+    /// make restoring from a fast source any faster; several workers pay off with a slow
+    /// (remote) source, whose fetches for different faults then overlap.
     pub fn workers(&mut self, workers: usize) -> &mut Self {
         self.workers = workers;
         self
@@ -274,7 +275,10 @@ impl ServerBuilder {
             config: Config {
                 busy_poll: self.busy_poll,
                 policy: self.policy,
-                batch: 64,
+                // A worker serves the faults it reads: with several workers, reading one
+                // message at a time lets the others take the next faults, so that a slow
+                // source is waited on in parallel. Alone, a worker reads whole batches.
+                batch: if self.workers == 1 { 64 } else { 1 },
             },
             zeros,
             recorder,
