@@ -11,6 +11,8 @@
 //! snapshot on tmpfs, and times the workload from the server's start to its last page):
 //! - `1-page`: a handler on the crate's primitives placing one page per fault (`COPY`);
 //! - `around`: the server with its defaults (256 KiB of fault-around), no replay;
+//! - `1-page server`: the server with `fault_around(0)`, not recording (what the next column
+//!   costs without recording);
 //! - `record`: the server with `fault_around(0)` and `record(true)`: the previous run, whose
 //!   record the next column replays (one page per fault, so that every page the workload
 //!   touches is a demand fault and is recorded);
@@ -172,15 +174,16 @@ fn server(
     len: usize,
     set: &[usize],
     rounds: usize,
-    record: bool,
+    one_page: Option<bool>,
     replay: Option<WorkingSet>,
 ) -> Run {
     let map = Map::anon(len);
     let start = Instant::now();
     let mut b = Server::builder();
     b.region(Region::new(map.ptr.cast(), len));
-    if record {
-        b.fault_around(0).record(true);
+    // `Some(record)`: one page per fault, recording or not.
+    if let Some(record) = one_page {
+        b.fault_around(0).record(record);
     }
     if let Some(ws) = replay {
         b.replay(ws);
@@ -251,18 +254,22 @@ fn main() {
         })
         .collect();
 
-    let mut times: [Vec<Duration>; 5] = Default::default();
-    let mut last: [Option<Stats>; 5] = Default::default();
+    let mut times: [Vec<Duration>; 6] = Default::default();
+    let mut last: [Option<Stats>; 6] = Default::default();
     let mut replay_times = Vec::new();
     let mut wastes = [0usize; 5];
     let mut record_len = 0;
     for _ in 0..reps {
         times[0].push(one_page(&mapped, len, &set, rounds).time);
-        let r = server(&mapped, len, &set, rounds, false, None);
+        let r = server(&mapped, len, &set, rounds, None, None);
         times[1].push(r.time);
         last[1] = r.stats;
         // The previous run: records, then saves its record.
-        let r = server(&mapped, len, &set, rounds, true, None);
+        // What recording costs: the same run without it.
+        let r = server(&mapped, len, &set, rounds, Some(false), None);
+        times[5].push(r.time);
+        last[5] = r.stats;
+        let r = server(&mapped, len, &set, rounds, Some(true), None);
         times[2].push(r.time);
         last[2] = r.stats;
         r.record.unwrap().save(&record_path).unwrap();
@@ -273,7 +280,7 @@ fn main() {
             // Placed by replay and never touched: recorded pages the run does not touch.
             let want: std::collections::HashSet<u64> = touched.iter().map(|&p| p as u64).collect();
             wastes[column] = record.order().iter().filter(|p| !want.contains(p)).count();
-            let r = server(&mapped, len, touched, rounds, false, Some(record));
+            let r = server(&mapped, len, touched, rounds, None, Some(record));
             times[column].push(r.time);
             if column == 3 {
                 replay_times.extend(r.stats.as_ref().and_then(|s| s.replay_time));
@@ -287,7 +294,7 @@ fn main() {
     drop(file);
     let _ = std::fs::remove_file(&path);
 
-    let [one, around, rec, replay, cloned] = times.map(median);
+    let [one, around, rec, replay, cloned, unrecorded] = times.map(median);
     let faults = |s: &Option<Stats>| s.as_ref().map_or(0, |s| s.faults);
     let prefetched = |s: &Option<Stats>| s.as_ref().map_or(0, |s| s.replay_pages);
     println!(
@@ -297,31 +304,33 @@ fn main() {
         set.len()
     );
     println!();
-    println!("| | 1-page | around | record | replay | replay, clone |");
-    println!("|---|---|---|---|---|---|");
+    println!("| | 1-page | around | 1-page server | record | replay | replay, clone |");
+    println!("|---|---|---|---|---|---|---|");
     println!(
-        "| time | {} | {} | {} | {} | {} |",
+        "| time | {} | {} | {} | {} | {} | {} |",
         ms(one),
         ms(around),
+        ms(unrecorded),
         ms(rec),
         ms(replay),
         ms(cloned)
     );
     println!(
-        "| demand faults | {} | {} | {} | {} | {} |",
+        "| demand faults | {} | {} | {} | {} | {} | {} |",
         set.len(),
         faults(&last[1]),
+        faults(&last[5]),
         faults(&last[2]),
         faults(&last[3]),
         faults(&last[4])
     );
     println!(
-        "| pages prefetched by replay | | | | {} | {} |",
+        "| pages prefetched by replay | | | | | {} | {} |",
         prefetched(&last[3]),
         prefetched(&last[4])
     );
     println!(
-        "| recorded pages never touched (waste) | | | | {} | {} |",
+        "| recorded pages never touched (waste) | | | | | {} | {} |",
         wastes[3], wastes[4]
     );
     println!();
@@ -335,6 +344,10 @@ fn main() {
             record_len,
         );
     }
+    println!(
+        "recording costs {:+.1}% (record against 1-page server, medians)",
+        100.0 * (rec.as_secs_f64() / unrecorded.as_secs_f64() - 1.0)
+    );
     println!(
         "replay done after {} (median)",
         if replay_times.is_empty() {
