@@ -3,7 +3,7 @@
 //! COPY, shmem and hugetlbfs with CONTINUE), and check that the second run finds its pages
 //! in place, with the right contents, without faulting; a record of another snapshot is
 //! refused; a REMOVE during replay wins; stopping during replay, and a replay that fails,
-//! leave the server in order.
+//! leave the server in order; only demand faults are recorded.
 
 mod support;
 
@@ -361,4 +361,30 @@ fn fault_ahead_of_the_replay_places_the_next_recorded_pages() {
     assert_eq!(after_evens.fault_around_pages, 15, "{after_evens:?}");
     assert_eq!(s.faults, 2, "{s:?}");
     assert_eq!(s.fault_around_pages, 15 + 7, "{s:?}");
+}
+
+#[test]
+fn only_demand_faults_are_recorded() {
+    let (region, expected) = anonymous(64);
+    let ps = region.page_size();
+    let uffd = serve_uffd(MemoryType::Anonymous, RegisterMode::MISSING).unwrap();
+    // SAFETY: the test region holds no Rust object.
+    let server = unsafe {
+        Server::builder()
+            .fault_around(8 * ps)
+            .record(true)
+            .region(Served::new(region.addr(), region.len()))
+            .start(uffd, Arc::new(TestSource::new(expected.clone(), ps)))
+    }
+    .unwrap();
+    // Page 9 faults and brings its block (8..16); 12 and 8 are then there. Page 3 faults.
+    let bad = mismatches(&region, &expected, [9, 12, 8, 3].into_iter());
+    let recorded = server.working_set().unwrap();
+    let finished = server.stop();
+    assert!(bad.is_empty(), "{bad:?}");
+    assert_eq!(recorded.order(), &[9, 3]);
+    assert_eq!(finished.working_set.unwrap(), recorded);
+    // Identity sampled from the source (no snapshot_id given).
+    let id = SnapshotId::sample(&TestSource::new(expected.clone(), ps)).unwrap();
+    assert_eq!(recorded.snapshot(), id);
 }
