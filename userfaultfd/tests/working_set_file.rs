@@ -126,8 +126,14 @@ fn record_of_another_snapshot_is_refused() {
 
 #[test]
 fn save_and_load() {
-    let dir = std::env::temp_dir().join(format!("uffd-ws-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    // The temporary directory, or /dev/shm where it is not writable (ci/unprivileged runs the
+    // tests as a user that may not write there).
+    let name = format!("uffd-ws-{}", std::process::id());
+    let dir = [std::env::temp_dir(), "/dev/shm".into()]
+        .into_iter()
+        .map(|d| d.join(&name))
+        .find(|d| std::fs::create_dir_all(d).is_ok())
+        .expect("no writable temporary directory (TMPDIR, /dev/shm)");
     let path = dir.join("run.ws");
     let ws = WorkingSet::new(SnapshotId::new(1 << 20, 1), 4096, vec![3, 1, 200]).unwrap();
     ws.save(&path).unwrap();
