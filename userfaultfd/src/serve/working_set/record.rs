@@ -85,3 +85,23 @@ impl Recorder {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_touches_in_order_once_each() {
+        let r = Recorder::new(SnapshotId::new(300 * 4096 + 1, 1), 4096);
+        for p in [5, 70, 5, 0, 300, 70, 301, 1 << 40] {
+            r.touch(p);
+        }
+        // 301 pages (the last one partial); pages past them are ignored.
+        let ws = r.working_set();
+        assert_eq!(ws.order(), &[5, 70, 0, 300]);
+        assert_eq!(WorkingSet::decode(&ws.encode()).unwrap(), ws);
+        let empty = Recorder::new(SnapshotId::new(0, 0), 4096);
+        empty.touch(0);
+        assert!(empty.working_set().is_empty());
+    }
+}
