@@ -60,6 +60,15 @@ fn a_copy_meeting_a_pending_remove_is_deferred_not_fatal() {
             let map = map.clone();
             thread::spawn(move || map.read(0))
         };
+        // Wait until the fault is pending (the descriptor is readable).
+        let mut pollfd = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&uffd),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let ready = unsafe { libc::poll(&mut pollfd, 1, 10_000) };
+        assert_eq!(ready, 1, "{memory:?}: the fault never became pending");
         // A balloon discards page 2: its madvise waits until the REMOVE is read.
         let discarder = {
             let map = map.clone();
