@@ -1,7 +1,8 @@
 //! The page server allocates nothing per served fault after start-up: a counting global
 //! allocator, switched on for the whole process (this file has one test, so no other test
 //! thread runs), counts the allocations made while N and then 2N faults are served, one page
-//! per fault, with the events path (REMOVE) exercised too; the count is zero.
+//! per fault, with the events path (REMOVE) exercised too, and the working-set recording
+//! on; the count is zero.
 
 mod support;
 
@@ -94,6 +95,7 @@ fn serving_faults_allocates_nothing() {
         Server::builder()
             .workers(2)
             .fault_around(0) // one page per fault: as many faults as pages
+            .record(true)
             .region(Served::new(region.addr(), region.len()))
             .start(uffd, Arc::new(TestSource::new(expected.clone(), ps)))
     }
@@ -123,8 +125,13 @@ fn serving_faults_allocates_nothing() {
         read(144..400);
         discard(3);
     });
-    let s = server.stop().stats;
+    let finished = server.stop();
+    let s = finished.stats;
     assert!(s.faults >= 16 + 128 + 256, "{s:?}");
+    // Every faulting page was recorded, in order (one reading thread).
+    let recorded = finished.working_set.unwrap();
+    let want: Vec<u64> = (0..400).collect();
+    assert_eq!(recorded.order(), &want[..]);
     assert_eq!(s.removed_pages, 3, "{s:?}");
     assert_eq!(
         (n, two_n),

@@ -71,6 +71,44 @@
 //! discard's zap then removes it: later accesses read zeros) or after the marks (the fault
 //! gets zeros). Either order is one the process could have seen without userfaultfd.
 //!
+//! # Working sets: record and replay
+//!
+//! Clones of one snapshot touch largely the same pages. With [`ServerBuilder::record`], the
+//! server notes each page a demand fault asks for, once, in the order of first touch (an
+//! atomic bitmap and an order array allocated at start: no lock and no allocation per fault).
+//! The result is a [`WorkingSet`] of source pages, tied to the snapshot's [`SnapshotId`];
+//! [`WorkingSet::save`] writes it as a compact, versioned, checksummed file. The next restore
+//! loads it ([`WorkingSet::load`]) and passes it to [`ServerBuilder::replay`]: a thread then
+//! places those pages in that order while the workers serve faults, so most of them are in
+//! place before they are touched. A record of another snapshot is refused when the server
+//! starts; [`working_set::merge`] unites the records of several runs.
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # use userfaultfd::serve::{MappedFile, Region, Server, WorkingSet};
+//! # fn f(uffd: userfaultfd::Uffd, snapshot: Arc<MappedFile>, region: Region)
+//! #     -> Result<(), Box<dyn std::error::Error>> {
+//! let mut builder = Server::builder();
+//! builder.region(region).record(true);
+//! match WorkingSet::load("memory.ws") {
+//!     Ok(ws) => {
+//!         builder.replay(ws);
+//!     }
+//!     // The first restore: one page per fault, so that every page touched is recorded.
+//!     Err(_) => {
+//!         builder.fault_around(0);
+//!     }
+//! }
+//! // SAFETY: the region holds no Rust object.
+//! let server = unsafe { builder.start(uffd, snapshot)? };
+//! // ... the workload runs ...
+//! let finished = server.stop();
+//! if let Some(ws) = finished.working_set {
+//!     ws.save("memory.ws.new")?;
+//! }
+//! # Ok(()) }
+//! ```
+//!
 //! # Policies on a fatal error
 //!
 //! A fatal error is a source read error, an invalid answer of the source, a worker panic, or
@@ -105,11 +143,13 @@ mod inbox;
 mod pages;
 mod place;
 mod region;
+mod replay;
 mod server;
 mod shared;
 mod source;
 mod stats;
 mod worker;
+pub mod working_set;
 
 use std::fmt;
 use std::io;
@@ -118,6 +158,7 @@ pub use region::{Backend, Region};
 pub use server::{Exit, Finished, Server, ServerBuilder};
 pub use source::{Chunk, MappedFile, Memory, PageSource, ReadFile, Zeros};
 pub use stats::{Stats, LATENCY_BUCKETS};
+pub use working_set::{SnapshotId, WorkingSet, WorkingSetError};
 
 use crate::FeatureFlags;
 
@@ -177,6 +218,9 @@ pub enum ServeError {
     },
     /// A worker panicked (the payload's message).
     WorkerPanicked(String),
+    /// The working set to replay was refused (recorded on another snapshot, or with another
+    /// page size).
+    WorkingSet(WorkingSetError),
     /// A system call the server needs (eventfd, poll, pidfd_open, fcntl, thread spawn) failed.
     Io {
         /// What the server was doing.
@@ -206,6 +250,7 @@ impl fmt::Display for ServeError {
                  {offset:#x} (must be a non-empty whole number of pages, at most what was asked)"
             ),
             ServeError::WorkerPanicked(msg) => write!(f, "page server: a worker panicked: {msg}"),
+            ServeError::WorkingSet(e) => write!(f, "page server: replay: {e}"),
             ServeError::Io { operation, source } => {
                 write!(f, "page server: {operation} failed: {source}")
             }
@@ -217,6 +262,7 @@ impl std::error::Error for ServeError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             ServeError::Uffd { source, .. } => Some(source),
+            ServeError::WorkingSet(source) => Some(source),
             ServeError::Source { source, .. } | ServeError::Io { source, .. } => Some(source),
             _ => None,
         }

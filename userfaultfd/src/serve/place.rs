@@ -38,6 +38,7 @@ pub(crate) enum Fill {
 pub(crate) enum Origin {
     Fault,
     Background,
+    Replay,
 }
 
 /// After `EAGAIN` with nothing left to read, the event was read but the kernel refuses
@@ -121,7 +122,7 @@ impl Placer<'_> {
     }
 
     /// Places pages `[from, to)` of `m`'s region, splitting by discarded state.
-    fn run(
+    pub(super) fn run(
         &self,
         m: &Mapping,
         from: usize,
@@ -420,6 +421,7 @@ impl Placer<'_> {
         }
         match origin {
             Origin::Background => add(&c.background_pages, n),
+            Origin::Replay => add(&c.replay_pages, n),
             Origin::Fault => {
                 let own = u64::from((from..to).contains(&fault));
                 add(&c.fault_around_pages, n - own);

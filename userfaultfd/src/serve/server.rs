@@ -4,17 +4,22 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::background::background;
 use super::inbox::poison_unplaced;
 use super::pages::PageState;
 use super::region::{check_disjoint, AddressMap, Backend, Region};
+use super::replay;
 use super::shared::{Config, Shared, Stop, ZeroMap};
 use super::stats::{Counters, Stats};
 use super::worker::Worker;
+use super::working_set::{Recorder, SnapshotId, WorkingSet};
 use super::{ErrorPolicy, PageSource, ServeError};
 use crate::{FeatureFlags, IoctlFlags, RegisterMode, Uffd};
+
+/// The pages to replay, in order: (region, page of the region).
+type ReplayList = Vec<(usize, usize)>;
 
 /// Why the server stopped, when it was not an error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +40,9 @@ pub struct ServerBuilder {
     busy_poll: Duration,
     policy: ErrorPolicy,
     peer: Option<libc::pid_t>,
+    record: bool,
+    replay: Option<Arc<WorkingSet>>,
+    snapshot: Option<SnapshotId>,
 }
 
 impl Default for ServerBuilder {
@@ -47,6 +55,9 @@ impl Default for ServerBuilder {
             busy_poll: Duration::ZERO,
             policy: ErrorPolicy::Stop,
             peer: None,
+            record: false,
+            replay: None,
+            snapshot: None,
         }
     }
 }
@@ -112,6 +123,99 @@ impl ServerBuilder {
         self
     }
 
+    /// Records the pages faulted on demand (not those placed around a fault, by the
+    /// background fill or by replay), in first-touch order, as a [`WorkingSet`] of the
+    /// snapshot: take it with [`Server::working_set`] or [`Finished::working_set`], save it
+    /// with [`WorkingSet::save`], and replay it on the next start (default off). The regions
+    /// must have one page size. Costs one relaxed load per fault, and three atomic operations
+    /// on a page's first touch; memory: a bit and (as far as pages are touched) 8 bytes per
+    /// page of the source.
+    ///
+    /// Pages placed around a fault and touched later fault no more, so they are not
+    /// recorded: a recording run that should capture the whole working set sets
+    /// [`fault_around(0)`](Self::fault_around) (one page per fault). A run that replays
+    /// records only its own demand faults, the pages the replayed record missed:
+    /// [`merge`](super::working_set::merge) the two records to keep them all.
+    pub fn record(&mut self, on: bool) -> &mut Self {
+        self.record = on;
+        self
+    }
+
+    /// Replays `working_set` at start: a background thread places its pages in its order, in
+    /// runs of consecutive source pages of at most 2 MiB per ioctl (so a fault waits at most
+    /// one such ioctl for the lock), at the workers' CPU priority, while the workers keep
+    /// serving faults. A fault on a recorded page not yet replayed (the workload overtook the
+    /// replay) places, instead of the block around it, the pages the record lists next (up to
+    /// [`fault_around`](Self::fault_around) bytes, one ioctl each): the record knows what the
+    /// workload touches next, the block around it mostly holds pages nobody wants. A page
+    /// already placed (by a fault) is skipped, as is a page the
+    /// process discarded (`REMOVE`: it stays empty). A failed replay (a source error, an
+    /// unexpected `errno`) ends the replay only ([`Finished::replay_error`]): the workers go on
+    /// serving faults. Stopping the server ends the replay after the current run. With
+    /// [`background_fill`](Self::background_fill), the fill follows the replay.
+    ///
+    /// Memory while serving: 16 bytes per recorded page (the list in region terms) and 4 per
+    /// page of the regions (each page's position in the record).
+    ///
+    /// [`start`](Self::start) refuses a record of another snapshot
+    /// ([`ServeError::WorkingSet`]): see [`snapshot_id`](Self::snapshot_id).
+    pub fn replay(&mut self, working_set: WorkingSet) -> &mut Self {
+        self.replay = Some(Arc::new(working_set));
+        self
+    }
+
+    /// The identity of the source, stamped on the record and checked against the replayed
+    /// working set. Default: [`SnapshotId::sample`] of the source, computed at start when
+    /// recording or replaying.
+    pub fn snapshot_id(&mut self, id: SnapshotId) -> &mut Self {
+        self.snapshot = Some(id);
+        self
+    }
+
+    /// The page size of every region, and the snapshot's identity, when recording or
+    /// replaying; the replayed record checked against them and turned into (region, page)
+    /// pairs.
+    fn working_set_setup(
+        &self,
+        source: &dyn PageSource,
+    ) -> Result<(Option<Recorder>, ReplayList), ServeError> {
+        if !self.record && self.replay.is_none() {
+            return Ok((None, Vec::new()));
+        }
+        let ps = self.regions[0].page_size;
+        if self.regions.iter().any(|r| r.page_size != ps) {
+            return Err(ServeError::InvalidConfig(
+                "recording or replaying a working set needs regions of one page size".into(),
+            ));
+        }
+        let id = match self.snapshot {
+            Some(id) => id,
+            None => SnapshotId::sample(source).map_err(|source| ServeError::Io {
+                operation: "sampling the snapshot's identity for the working set",
+                source,
+            })?,
+        };
+        let recorder = self.record.then(|| Recorder::new(id, ps as u64));
+        let mut replay = Vec::new();
+        if let Some(ws) = &self.replay {
+            ws.check_applies_to(id, ps as u64)
+                .map_err(ServeError::WorkingSet)?;
+            replay.reserve(ws.len());
+            for &sp in ws.order() {
+                // The region serving this source page, if any (pages outside every region
+                // are not replayed).
+                let found = self.regions.iter().enumerate().find_map(|(i, r)| {
+                    let first = r.offset / ps as u64;
+                    (first..first + r.pages() as u64)
+                        .contains(&sp)
+                        .then(|| (i, (sp - first) as usize))
+                });
+                replay.extend(found);
+            }
+        }
+        Ok((recorder, replay))
+    }
+
     /// Checks the settings and regions, registers the regions with `uffd` (missing faults
     /// for [`Backend::Copy`], minor and missing faults for [`Backend::Continue`]), makes the
     /// descriptor non-blocking, and starts the workers.
@@ -133,6 +237,7 @@ impl ServerBuilder {
         source: Arc<dyn PageSource>,
     ) -> Result<Server, ServeError> {
         self.check(&uffd, &*source)?;
+        let (recorder, replay) = self.working_set_setup(&*source)?;
         for (index, r) in self.regions.iter().enumerate() {
             register(&uffd, index, r)?;
         }
@@ -176,6 +281,12 @@ impl ServerBuilder {
                 batch: if self.workers == 1 { 64 } else { 1 },
             },
             zeros,
+            recorder,
+            replay_rank: replay_ranks(&self.regions, &replay),
+            replay,
+            started: Instant::now(),
+            replay_done_ns: AtomicU64::new(u64::MAX),
+            replay_error: Mutex::new(None),
         });
         let mut server = Server {
             shared: Arc::clone(&shared),
@@ -188,9 +299,30 @@ impl ServerBuilder {
                 worker.run()
             })?;
         }
-        if self.background {
-            let id = self.workers;
-            server.spawn("uffd-serve-bg".into(), move |shared| background(shared, id))?;
+        if self.background || !shared.replay.is_empty() {
+            let (id, fill) = (self.workers, self.background);
+            server.spawn("uffd-serve-bg".into(), move |shared| {
+                // The replay runs at the workers' priority: its pages are wanted soon, and at
+                // the lowest priority any other load on the machine starves it (measured: the
+                // workload then overtook it and faulted). Faults keep priority through the
+                // lock: a replay ioctl holds it for at most 2 MiB.
+                match replay::replay(shared, id) {
+                    // A failed replay ends the replay only: the workers keep serving faults
+                    // (a fault on the page that failed meets the error again, and that one
+                    // is fatal).
+                    Err(Stop::Failed(e)) => {
+                        *shared
+                            .replay_error
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner()) = Some(e);
+                    }
+                    other => other?,
+                }
+                if fill {
+                    background(shared, id)?; // (which lowers its priority)
+                }
+                Ok(())
+            })?;
         }
         Ok(server)
     }
@@ -308,6 +440,29 @@ fn map_zeros(len: usize) -> Result<*const u8, ServeError> {
     Ok(p as *const u8)
 }
 
+/// Each region page's position in the replay list plus one (0: not listed); no entry without
+/// replay. Positions past `u32::MAX - 1` are left out (they fault as unrecorded pages).
+fn replay_ranks(regions: &[Region], list: &ReplayList) -> Vec<Box<[u32]>> {
+    if list.is_empty() {
+        return Vec::new();
+    }
+    let mut ranks: Vec<Box<[u32]>> = regions
+        .iter()
+        .map(|r| vec![0u32; r.pages()].into_boxed_slice())
+        .collect();
+    for (k, &(region, page)) in list.iter().enumerate().take(u32::MAX as usize - 1) {
+        ranks[region][page] = k as u32 + 1;
+    }
+    ranks
+}
+
+fn stats_of(shared: &Shared) -> Stats {
+    let mut s = Stats::sum(&shared.counters);
+    let ns = shared.replay_done_ns.load(Ordering::Acquire);
+    s.replay_time = (ns != u64::MAX).then(|| Duration::from_nanos(ns));
+    s
+}
+
 /// A running page server. Stop it with [`stop`](Server::stop).
 pub struct Server {
     shared: Arc<Shared>,
@@ -327,6 +482,11 @@ pub struct Finished {
     /// `mremap` or `madvise(MADV_DONTNEED)` of a region waits for its event to be read, so
     /// drop it (or unregister) before those.
     pub uffd: Uffd,
+    /// The recorded working set (see [`ServerBuilder::record`]); `None` when not recording.
+    pub working_set: Option<WorkingSet>,
+    /// Why the replay ended early, if it failed (a source error, an unexpected `errno`): the
+    /// server went on serving faults.
+    pub replay_error: Option<ServeError>,
 }
 
 impl Server {
@@ -371,7 +531,23 @@ impl Server {
 
     /// The statistics so far.
     pub fn stats(&self) -> Stats {
-        Stats::sum(&self.shared.counters)
+        stats_of(&self.shared)
+    }
+
+    /// Why the replay ended early, if it failed (the server goes on serving faults).
+    pub fn replay_error(&self) -> Option<String> {
+        let e = self
+            .shared
+            .replay_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        e.as_ref().map(ToString::to_string)
+    }
+
+    /// The working set recorded so far (see [`ServerBuilder::record`]); `None` when not
+    /// recording.
+    pub fn working_set(&self) -> Option<WorkingSet> {
+        self.shared.recorder.as_ref().map(Recorder::working_set)
     }
 
     /// Whether the server has stopped by itself (fatal error, or the process exited).
@@ -412,7 +588,13 @@ impl Server {
         drop(self);
         let shared = Arc::try_unwrap(shared)
             .unwrap_or_else(|_| unreachable!("every worker has been joined"));
-        let stats = Stats::sum(&shared.counters);
+        let stats = stats_of(&shared);
+        let working_set = shared.recorder.as_ref().map(Recorder::working_set);
+        let replay_error = shared
+            .replay_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         let outcome = shared
             .outcome
             .lock()
@@ -422,6 +604,8 @@ impl Server {
         Finished {
             stats,
             outcome,
+            working_set,
+            replay_error,
             uffd: shared.uffd,
         }
     }

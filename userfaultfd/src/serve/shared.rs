@@ -3,7 +3,7 @@
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use libc::c_void;
 
@@ -12,6 +12,7 @@ use super::region::{AddressMap, Region};
 use super::server::Exit;
 use super::source::PageSource;
 use super::stats::Counters;
+use super::working_set::Recorder;
 use super::{ErrorPolicy, ServeError};
 use crate::{Errno, Error, Uffd};
 
@@ -46,6 +47,19 @@ pub(crate) struct Shared {
     /// A read-only anonymous mapping of zeros, at least a fault-around block long: the
     /// source of zero pages on hugetlbfs, which has no `ZEROPAGE`.
     pub zeros: ZeroMap,
+    /// Records the demand faults, when asked to.
+    pub recorder: Option<Recorder>,
+    /// The pages to replay, in order: (region, page of the region).
+    pub replay: Vec<(usize, usize)>,
+    /// Per region, each page's position in `replay` plus one (0: not in the record); empty
+    /// without replay.
+    pub replay_rank: Vec<Box<[u32]>>,
+    /// When the server started.
+    pub started: Instant,
+    /// Nanoseconds from the start to the end of the replay (`u64::MAX` until then).
+    pub replay_done_ns: AtomicU64,
+    /// Why the replay ended early.
+    pub replay_error: Mutex<Option<ServeError>>,
 }
 
 /// A read-only private anonymous mapping: all zeros, costing no memory.

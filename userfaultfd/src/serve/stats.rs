@@ -19,6 +19,7 @@ pub(crate) struct Counters {
     pub bytes_copied: AtomicU64,
     pub fault_around_pages: AtomicU64,
     pub background_pages: AtomicU64,
+    pub replay_pages: AtomicU64,
     pub eexist: AtomicU64,
     pub eagain_retries: AtomicU64,
     pub removed_pages: AtomicU64,
@@ -36,6 +37,7 @@ impl Default for Counters {
             bytes_copied: AtomicU64::new(0),
             fault_around_pages: AtomicU64::new(0),
             background_pages: AtomicU64::new(0),
+            replay_pages: AtomicU64::new(0),
             eexist: AtomicU64::new(0),
             eagain_retries: AtomicU64::new(0),
             removed_pages: AtomicU64::new(0),
@@ -68,6 +70,7 @@ impl Counters {
         s.bytes_copied += self.bytes_copied.load(Relaxed);
         s.fault_around_pages += self.fault_around_pages.load(Relaxed);
         s.background_pages += self.background_pages.load(Relaxed);
+        s.replay_pages += self.replay_pages.load(Relaxed);
         s.eexist += self.eexist.load(Relaxed);
         s.eagain_retries += self.eagain_retries.load(Relaxed);
         s.removed_pages += self.removed_pages.load(Relaxed);
@@ -95,6 +98,18 @@ pub struct Stats {
     pub fault_around_pages: u64,
     /// Pages placed by the background fill (included in the three counts above).
     pub background_pages: u64,
+    /// Pages prefetched by replaying a working set (included in the three counts above;
+    /// pages already placed, or discarded, when their turn came are not counted).
+    pub replay_pages: u64,
+    /// The time from the start to the end of the replay (the last recorded page placed or
+    /// skipped); `None` without replay or while it runs.
+    ///
+    /// Pages prefetched and never touched (the waste) are not counted by the server: a
+    /// placed page is not told when it is accessed. Measure them from the workload's own
+    /// knowledge of what it touched against [`WorkingSet::order`](super::WorkingSet::order)
+    /// (as `benches/replay.rs` does), or record the next run (without replay) and compare the
+    /// two records.
+    pub replay_time: Option<Duration>,
     /// Placements that found the page already present (`EEXIST`), answered with a wake.
     pub eexist: u64,
     /// Placements retried after `EAGAIN` (a page further on present, or a pending event read

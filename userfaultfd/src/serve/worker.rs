@@ -87,7 +87,21 @@ impl Worker {
                 match found {
                     Some(m) => {
                         let page = m.first_page + (addr - m.addr) / m.page_size;
-                        placer.block(&m, page, Origin::Fault, scratch)?
+                        if let Some(recorder) = &shared.recorder {
+                            let region = &shared.regions[m.region];
+                            let first = region.offset / region.page_size as u64;
+                            recorder.touch(first + page as u64);
+                        }
+                        let rank = shared
+                            .replay_rank
+                            .get(m.region)
+                            .and_then(|r| r.get(page))
+                            .map_or(0, |&r| r as usize);
+                        if rank > 0 {
+                            placer.along_record(&m, page, rank - 1, scratch)?
+                        } else {
+                            placer.block(&m, page, Origin::Fault, scratch)?
+                        }
                     }
                     None => {
                         // Not (or no longer) served: the range was unmapped. Wake the thread,
