@@ -187,6 +187,8 @@ fn firecracker_restore_with_balloon_discards_serves_every_byte() {
             background_fill: false,
             handshake_timeout: Duration::from_secs(10),
             log_every: None,
+            record: None,
+            replay: None,
         };
         handler::serve(&stream, &snapshot, &options)
     });
@@ -432,4 +434,104 @@ fn json_prefixes_are_truncated_not_invalid() {
         json::parse(deep.as_bytes()),
         Err(json::JsonError::Invalid { .. })
     ));
+}
+
+/// `--record` then `--replay` through the handler: the second restore of the same snapshot
+/// finds the pages the first one touched already placed (few demand faults), every byte right;
+/// a record is refused for another memory file.
+#[test]
+fn record_then_replay_through_the_handler() {
+    let memory = MemoryType::Anonymous;
+    let pages = 1024;
+    let ps = memory.page_size();
+    let dir = std::env::temp_dir().join(format!("uffd-fc-replay-{}", std::process::id()));
+    let dir = if std::fs::create_dir_all(&dir).is_ok() {
+        dir
+    } else {
+        // As uid 65534 the temporary directory may not be writable.
+        let dir =
+            std::path::PathBuf::from(format!("/dev/shm/uffd-fc-replay-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    };
+    let snapshot_path = dir.join("memory.snap");
+    let bytes: Vec<u8> = (0..pages * ps).map(snapshot_byte).collect();
+    std::fs::write(&snapshot_path, &bytes).unwrap();
+    let record = dir.join("working.set");
+    // Every seventh page, backwards: an order fault-around would not guess.
+    let touched: Vec<usize> = (0..pages).rev().filter(|p| p % 7 == 0).collect();
+
+    let run = |record_to: Option<&std::path::Path>,
+               replay_from: Option<&std::path::Path>,
+               touch: bool| {
+        let region = Region::new(memory, pages).unwrap();
+        let uffd = firecracker_uffd();
+        uffd.register(region.addr(), region.len()).unwrap();
+        let (firecracker, handler_end) = UnixStream::pair().unwrap();
+        let snapshot = File::open(&snapshot_path).unwrap();
+        let options = handler::Options {
+            workers: 1,
+            background_fill: false,
+            handshake_timeout: Duration::from_secs(10),
+            log_every: None,
+            record: record_to.map(Into::into),
+            replay: replay_from.map(Into::into),
+        };
+        let handler = thread::spawn(move || handler::serve(&handler_end, &snapshot, &options));
+        let guest = Guest {
+            regions: vec![(region, 0)],
+        };
+        send_with_fd(
+            &firecracker,
+            region_json(&guest).as_bytes(),
+            Some(uffd.as_raw_fd()),
+        );
+        if replay_from.is_some() {
+            // Let the replay run ahead, as a guest's boot would.
+            thread::sleep(Duration::from_millis(200));
+        }
+        if touch {
+            for &page in &touched {
+                check_page(&guest.regions[0].0, 0, page, false);
+            }
+        }
+        drop(firecracker);
+        let finished = handler.join().unwrap();
+        drop(uffd);
+        finished
+    };
+
+    let first = run(Some(&record), None, true).expect("the recording run");
+    assert!(handler::ended_cleanly(&first), "{:?}", first.outcome);
+    assert_eq!(
+        first.stats.faults,
+        touched.len() as u64,
+        "{:?}",
+        first.stats
+    );
+    let second = run(None, Some(&record), true).expect("the replaying run");
+    assert!(handler::ended_cleanly(&second), "{:?}", second.outcome);
+    assert_eq!(
+        second.stats.replay_pages,
+        touched.len() as u64,
+        "{:?}",
+        second.stats
+    );
+    assert!(
+        second.stats.faults * 10 < touched.len() as u64,
+        "replay left {} demand faults of {}",
+        second.stats.faults,
+        touched.len()
+    );
+
+    // The record does not apply to another memory file of the same size.
+    let other: Vec<u8> = bytes.iter().map(|b| b ^ 0x55).collect();
+    std::fs::write(&snapshot_path, &other).unwrap();
+    // (Nothing is touched: the handler refuses before serving.)
+    let err = run(None, Some(&record), false).expect_err("a record of another snapshot");
+    assert!(
+        err.contains("snapshot") || err.contains("working set"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -7,7 +7,11 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use userfaultfd::serve::{ErrorPolicy, Exit, Finished, MappedFile, Region, Server, Stats};
+use std::path::PathBuf;
+
+use userfaultfd::serve::{
+    ErrorPolicy, Exit, Finished, MappedFile, Region, Server, Stats, WorkingSet,
+};
 
 use crate::protocol::{self, GuestRegion};
 
@@ -23,6 +27,13 @@ pub struct Options {
     pub handshake_timeout: Duration,
     /// Print a line of statistics this often (`None`: never).
     pub log_every: Option<Duration>,
+    /// Record the pages the guest touches, and save them to this working-set file at exit.
+    /// The recording run places one page per fault, so that every page touched is a demand
+    /// fault and is recorded.
+    pub record: Option<PathBuf>,
+    /// Replay this working-set file (recorded on the same snapshot memory file): its pages
+    /// are placed in the recorded order from the start, ahead of the guest's faults.
+    pub replay: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -32,6 +43,8 @@ impl Default for Options {
             background_fill: false,
             handshake_timeout: Duration::from_secs(10),
             log_every: Some(Duration::from_secs(1)),
+            record: None,
+            replay: None,
         }
     }
 }
@@ -58,6 +71,14 @@ pub fn serve(stream: &UnixStream, snapshot: &File, options: &Options) -> Result<
     if let Some(pid) = peer_pid(stream) {
         builder.peer_process(pid);
     }
+    if options.record.is_some() {
+        builder.record(true).fault_around(0);
+    }
+    if let Some(path) = &options.replay {
+        let working_set = WorkingSet::load(path)
+            .map_err(|e| format!("loading the working set {}: {e}", path.display()))?;
+        builder.replay(working_set);
+    }
     for r in &handshake.regions {
         builder.region(region(r));
     }
@@ -77,6 +98,14 @@ pub fn serve(stream: &UnixStream, snapshot: &File, options: &Options) -> Result<
     let finished = server.stop();
     if options.log_every.is_some() {
         println!("{}", stats_line(started.elapsed(), &finished.stats));
+    }
+    if let (Some(path), Some(working_set)) = (&options.record, &finished.working_set) {
+        working_set
+            .save(path)
+            .map_err(|e| format!("saving the working set {}: {e}", path.display()))?;
+        if options.log_every.is_some() {
+            println!("recorded {} pages to {}", working_set.len(), path.display());
+        }
     }
     Ok(finished)
 }
@@ -149,7 +178,7 @@ pub fn stats_line(elapsed: Duration, s: &Stats) -> String {
     };
     format!(
         "{:>7.1}s faults {} | pages copied {} zeroed {} continued {} | fault-around {} \
-         background {} | removed {} | eexist {} eagain {} | latency p50 {} p99 {}",
+         background {} replayed {} | removed {} | eexist {} eagain {} | latency p50 {} p99 {}",
         elapsed.as_secs_f64(),
         s.faults,
         s.pages_copied,
@@ -157,6 +186,7 @@ pub fn stats_line(elapsed: Duration, s: &Stats) -> String {
         s.pages_continued,
         s.fault_around_pages,
         s.background_pages,
+        s.replay_pages,
         s.removed_pages,
         s.eexist,
         s.eagain_retries,

@@ -1,7 +1,8 @@
 //! A ready external page-fault handler for Firecracker snapshots, on `userfaultfd::serve`.
 //!
 //! ```text
-//! cargo run --release --example firecracker_handler -- <socket path> <snapshot memory file> [--workers N] [--background-fill]
+//! cargo run --release --example firecracker_handler -- <socket path> <snapshot memory file>
+//!     [--record FILE | --replay FILE] [--workers N] [--background-fill]
 //! ```
 //!
 //! Start it before `PUT /snapshot/load` with
@@ -11,6 +12,12 @@
 //! fault-around, balloon removals (`REMOVE`: those pages read as zeros afterwards), several
 //! workers. It prints a line of statistics every second and at exit, and exits when
 //! Firecracker exits or closes the connection.
+//!
+//! `--record FILE` saves the pages the guest touched, in the order it first touched them, to a
+//! working-set file at exit (that run places one page per fault, so that every page touched is
+//! recorded); `--replay FILE` places those pages in that order from the start on a later
+//! restore of the same snapshot, ahead of the guest's faults. A record of another memory file is
+//! refused.
 //!
 //! It fails closed: if a page cannot be served (the snapshot file cannot be read, a worker
 //! fails), every page not yet served is poisoned, so the vCPU that touches one gets `SIGBUS`
@@ -28,8 +35,8 @@ use std::process::ExitCode;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: firecracker_handler <socket path> <snapshot memory file> [--workers N] \
-         [--background-fill]"
+        "usage: firecracker_handler <socket path> <snapshot memory file> \
+         [--record FILE | --replay FILE] [--workers N] [--background-fill]"
     );
     ExitCode::from(2)
 }
@@ -43,6 +50,14 @@ fn main() -> ExitCode {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--background-fill" => options.background_fill = true,
+            "--record" if options.replay.is_none() => match args.next() {
+                Some(path) => options.record = Some(path.into()),
+                None => return usage(),
+            },
+            "--replay" if options.record.is_none() => match args.next() {
+                Some(path) => options.replay = Some(path.into()),
+                None => return usage(),
+            },
             "--workers" => match args.next().map(|v| v.parse::<usize>()) {
                 Some(Ok(n)) if n > 0 => options.workers = n,
                 _ => return usage(),
