@@ -148,6 +148,14 @@ impl Region {
             }
             panic!("mmap {:?}: {err}", self.memory);
         }
+        if self.memory == MemoryType::Anonymous {
+            // Base pages only: with transparent huge pages enabled "always" (Debian's cloud
+            // kernels), one write before serving would populate the whole 2 MiB around it,
+            // and tests count and check pages one by one.
+            // SAFETY: advice on the mapping just made; it changes no contents.
+            let r = unsafe { libc::madvise(ptr, self.len, libc::MADV_NOHUGEPAGE) };
+            assert_eq!(r, 0, "MADV_NOHUGEPAGE: {}", std::io::Error::last_os_error());
+        }
         Some(ptr.cast())
     }
 
