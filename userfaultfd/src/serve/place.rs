@@ -276,7 +276,13 @@ impl Placer<'_> {
                     self.shared.uffd.copy(src.cast(), dst, len, true)
                 },
                 // SAFETY: as above; zeros are what the page holds.
-                Fill::Zero => unsafe { self.shared.uffd.zeropage(dst, len, true) },
+                // (`zeropage_with_mode`, not 0.9's `zeropage`: it keeps the count of a
+                // partial zeroing.)
+                Fill::Zero => unsafe {
+                    self.shared
+                        .uffd
+                        .zeropage_with_mode(dst, len, crate::ZeropageMode::empty())
+                },
                 Fill::Continue => self
                     .shared
                     .uffd
