@@ -109,12 +109,15 @@
 //! # Ok(()) }
 //! ```
 //!
-//! # Kernel versions
+//! # Discards without pause
 //!
-//! The server's test suite passes on Linux 6.12 and 6.18, every memory type. On Linux 6.1 it
-//! passes too, except its stress test (faults racing a thread that discards pages in a tight
-//! loop), where a faulting thread was seen left blocked: a known issue, not yet understood.
-//! Until it is, prefer Linux 6.12+ for workloads that discard pages (balloons) while faulting.
+//! While a discard's `REMOVE` event is pending, and until the discarding thread resumes after
+//! it is read, the kernel refuses every placement (`EAGAIN`). The server reads the event and
+//! retries at once, to land between two discards. A thread that discards without pause (each
+//! `madvise` right after the last) can still starve the faults for as long as it goes on: on
+//! Linux 6.12+ the retries find the gap, on 6.1 they were seen not to. Balloons discard in
+//! bursts, so this matters only to a process that discards in a tight loop while others
+//! fault; the server serves the faults as soon as it pauses.
 //!
 //! # Policies on a fatal error
 //!
