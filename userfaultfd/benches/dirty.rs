@@ -18,11 +18,14 @@
 //! Both regions use 4 KiB pages (`MADV_NOHUGEPAGE`): with transparent huge pages soft-dirty
 //! reports whole 2 MiB blocks, which would not be the same measurement.
 
+mod common;
+
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
+use common::env_or;
 use userfaultfd::dirty::DirtyTracker;
 
 const SOFT_DIRTY: u64 = 1 << 55;
@@ -35,15 +38,6 @@ fn page_size() -> usize {
 }
 
 /// The number in the environment variable `name`, or `default` when it is not set.
-fn env_or(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?}: expected a whole number")),
-        Err(_) => default,
-    }
-}
-
 /// A populated private anonymous region of 4 KiB pages.
 struct Region {
     base: *mut u8,

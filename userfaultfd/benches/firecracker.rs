@@ -20,6 +20,8 @@ mod json;
 #[allow(dead_code)]
 mod protocol;
 
+mod common;
+
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
@@ -29,18 +31,10 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::{env_or, median};
 use userfaultfd::{Event, FeatureFlags, Uffd, UffdBuilder};
 
 const PAGE: usize = 4096;
-
-fn env_or(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?}: expected a whole number")),
-        Err(_) => default,
-    }
-}
 
 fn map(len: usize, prot: libc::c_int, flags: libc::c_int, fd: RawFd) -> *mut u8 {
     // SAFETY: a new mapping at an address the kernel picks.
@@ -191,11 +185,6 @@ fn ours(len: usize, snapshot_file: &File, snapshot: *const u8) -> Duration {
     // SAFETY: our guest mapping, no longer used.
     unsafe { libc::munmap(addr.cast(), len) };
     elapsed
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 fn main() {

@@ -25,58 +25,18 @@
 //! pages the replay placed are the record's pages not already placed by a fault, and the
 //! workload knows which pages it touches.
 
+mod common;
+
 use std::fs::File;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{env_or, median, Map};
 use userfaultfd::serve::{MappedFile, Region, Server, Stats, WorkingSet};
 use userfaultfd::{Event, FeatureFlags, UffdBuilder};
 
 const PAGE: usize = 4096;
-
-fn env_or(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?}: expected a whole number")),
-        Err(_) => default,
-    }
-}
-
-/// A private anonymous mapping, unmapped on drop.
-struct Map {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl Map {
-    fn anon(len: usize) -> Map {
-        // SAFETY: a new mapping at an address the kernel picks.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(ptr, libc::MAP_FAILED);
-        Map {
-            ptr: ptr.cast(),
-            len,
-        }
-    }
-}
-
-impl Drop for Map {
-    fn drop(&mut self) {
-        // SAFETY: our own mapping.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
 
 /// The workload's pages: a fixed pseudo-random 10% of `pages`, in a fixed pseudo-random order.
 fn working_set(pages: usize) -> Vec<usize> {
@@ -199,11 +159,6 @@ fn server(
         stats: Some(finished.stats),
         record: finished.working_set,
     }
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 fn ms(d: Duration) -> String {

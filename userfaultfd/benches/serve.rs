@@ -21,77 +21,19 @@
 //!
 //! A second table gives the time from starting the server to the first page served.
 
+mod common;
+
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{env_or, median, Map};
 use userfaultfd::serve::{Backend, MappedFile, Region, Server};
 use userfaultfd::{Event, FeatureFlags, UffdBuilder};
 
 const PAGE: usize = 4096;
-
-fn env_or(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?}: expected a whole number")),
-        Err(_) => default,
-    }
-}
-
-/// A mapping, unmapped on drop.
-struct Map {
-    ptr: *mut u8,
-    len: usize,
-}
-
-// SAFETY: plain memory, shared by the touching threads on purpose.
-unsafe impl Send for Map {}
-// SAFETY: as above.
-unsafe impl Sync for Map {}
-
-impl Map {
-    fn new(len: usize, flags: libc::c_int, fd: libc::c_int) -> Map {
-        // SAFETY: a new mapping at an address the kernel picks.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                flags,
-                fd,
-                0,
-            )
-        };
-        assert_ne!(
-            ptr,
-            libc::MAP_FAILED,
-            "mmap: {}",
-            std::io::Error::last_os_error()
-        );
-        Map {
-            ptr: ptr.cast(),
-            len,
-        }
-    }
-
-    fn anon(len: usize) -> Map {
-        Map::new(
-            len,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-        )
-    }
-}
-
-impl Drop for Map {
-    fn drop(&mut self) {
-        // SAFETY: our own mapping.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
 
 /// A touch order: `threads` lists of byte offsets (one byte per 4 KiB page).
 fn orders(len: usize, threads: usize, random: bool) -> Vec<Vec<usize>> {
@@ -283,11 +225,6 @@ fn src_base(mapped: &MappedFile) -> usize {
         Chunk::Data(d) => d.as_ptr() as usize,
         Chunk::Zeros(_) => panic!("the benchmark snapshot is dense"),
     }
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 fn free_huge_pages() -> usize {

@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 
 use super::place::{Flow, Placer};
-use super::shared::{Shared, Stop};
+use super::shared::{lock_read, Shared, Stop};
 
 /// The background fill: places every block not yet placed, region by region, at the lowest
 /// priority, taking the shared lock one block at a time.
@@ -26,17 +26,8 @@ pub(crate) fn background(shared: &Shared, id: usize) -> Result<(), Stop> {
                 page += per_block;
                 continue;
             }
-            let placer = Placer {
-                shared,
-                inbox: None,
-                counters,
-                epoch: shared.epoch.load(Ordering::Acquire),
-            };
-            let found = shared
-                .map
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .locate(index, page);
+            let placer = Placer::without_inbox(shared, counters);
+            let found = lock_read(&shared.map).locate(index, page);
             let flow = match found {
                 Some(m) => placer.background_block(&m, page, &mut scratch)?,
                 None => Flow::Done, // unmapped: nothing to fill

@@ -73,6 +73,19 @@ pub(crate) struct Placer<'a> {
     pub epoch: u64,
 }
 
+impl<'a> Placer<'a> {
+    /// A placer for a thread that reads no events (the background fill, the replay): a
+    /// placement that meets one leaves it to the workers.
+    pub(crate) fn without_inbox(shared: &'a Shared, counters: &'a Counters) -> Placer<'a> {
+        Placer {
+            shared,
+            inbox: None,
+            counters,
+            epoch: shared.epoch.load(Ordering::Acquire),
+        }
+    }
+}
+
 impl Placer<'_> {
     /// Places the unplaced pages of the fault-around block holding region page `page` of
     /// `m` (for a fault: `page` itself first, whatever its recorded state, and woken).

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use super::place::{Flow, Origin, Placer};
 use super::region::Mapping;
-use super::shared::{Shared, Stop};
+use super::shared::{lock_read, Shared, Stop};
 
 /// The most bytes one replay ioctl places: a fault waits at most that long for the lock.
 const REPLAY_RUN: usize = 2 << 20;
@@ -32,17 +32,8 @@ pub(crate) fn replay(shared: &Shared, id: usize) -> Result<(), Stop> {
         while k + n < list.len() && n < per_run && list[k + n] == (region, from + n) {
             n += 1;
         }
-        let placer = Placer {
-            shared,
-            inbox: None,
-            counters,
-            epoch: shared.epoch.load(Ordering::Acquire),
-        };
-        let found = shared
-            .map
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .locate(region, from);
+        let placer = Placer::without_inbox(shared, counters);
+        let found = lock_read(&shared.map).locate(region, from);
         let flow = match found {
             Some(m) => {
                 // Clipped to the mapping (an unmap may have cut the region); the rest of the
