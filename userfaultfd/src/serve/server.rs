@@ -43,6 +43,7 @@ pub struct ServerBuilder {
     record: bool,
     replay: Option<Arc<WorkingSet>>,
     snapshot: Option<SnapshotId>,
+    no_discards: bool,
 }
 
 impl Default for ServerBuilder {
@@ -58,6 +59,7 @@ impl Default for ServerBuilder {
             record: false,
             replay: None,
             snapshot: None,
+            no_discards: false,
         }
     }
 }
@@ -172,6 +174,18 @@ impl ServerBuilder {
         self
     }
 
+    /// The served process never discards pages of the regions (no `MADV_DONTNEED`,
+    /// `MADV_REMOVE` or `MADV_FREE` on them): accept a descriptor without
+    /// `FeatureFlags::EVENT_REMOVE` (default off: refused). A descriptor made by someone else
+    /// without `REMOVE` cannot gain it; Firecracker before 1.12 creates one so when the VM has
+    /// no balloon device, the only thing that discards guest memory. If a page is discarded
+    /// all the same, its next fault is served from the source again (its old contents), not
+    /// zeros: only set this when nothing discards.
+    pub fn no_discards(&mut self, on: bool) -> &mut Self {
+        self.no_discards = on;
+        self
+    }
+
     /// The page size of every region, and the snapshot's identity, when recording or
     /// replaying; the replayed record checked against them and turned into (region, page)
     /// pairs.
@@ -228,7 +242,7 @@ impl ServerBuilder {
     /// # Errors
     ///
     /// [`ServeError::InvalidConfig`] (no region, zero workers, a descriptor without
-    /// `EVENT_REMOVE` or with `EVENT_FORK`), [`ServeError::InvalidRegion`] (unaligned, empty,
+    /// `EVENT_REMOVE` unless [`no_discards`](Self::no_discards), or with `EVENT_FORK`), [`ServeError::InvalidRegion`] (unaligned, empty,
     /// outside the source, overlapping another), [`ServeError::Uffd`] (registration failed,
     /// or the memory type does not allow the backend's ioctls), [`ServeError::Io`].
     pub unsafe fn start(
@@ -336,11 +350,12 @@ impl ServerBuilder {
             return bad("no region to serve");
         }
         let features = uffd.features();
-        if !features.contains(FeatureFlags::EVENT_REMOVE) {
+        if !features.contains(FeatureFlags::EVENT_REMOVE) && !self.no_discards {
             return bad(
                 "the userfaultfd lacks FeatureFlags::EVENT_REMOVE: without it, pages the process \
                  discards would be refilled with the source's stale contents (create it with \
-                 require_features(userfaultfd::serve::EVENTS))",
+                 require_features(userfaultfd::serve::EVENTS)), or set no_discards(true) if \
+                 the process never discards pages of the regions",
             );
         }
         if features.contains(FeatureFlags::EVENT_FORK) {

@@ -1,0 +1,117 @@
+//! `uffd-handler`: an external page-fault handler for Firecracker snapshots, on
+//! `userfaultfd::serve`.
+//!
+//! ```text
+//! uffd-handler [OPTIONS] <SOCKET> <MEMORY_FILE>
+//! ```
+//!
+//! Start it, then `PUT /snapshot/load` with
+//! `"mem_backend": {"backend_type": "Uffd", "backend_path": "<SOCKET>"}`. It accepts
+//! Firecracker's connection, receives and checks the region list and the userfaultfd
+//! (`handshake.rs`, `regions.rs`: every release's form of the list), serves the guest memory
+//! from the memory file with the page server (`session.rs`) until Firecracker's process
+//! exits or SIGTERM/SIGINT arrives, prints the statistics and exits. `uffd-handler --help`
+//! lists the options and the exit statuses.
+
+mod cli;
+mod handshake;
+mod pagesize;
+mod regions;
+mod session;
+mod signals;
+mod socket;
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+
+use cli::Cli;
+use handshake::Refused;
+use signals::{Signals, Woken};
+use socket::Listener;
+
+/// Prints a line to standard error, prefixed with the program's name.
+#[macro_export]
+macro_rules! log {
+    ($($arg:tt)*) => {
+        eprintln!("uffd-handler: {}", format_args!($($arg)*))
+    };
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print to standard output and succeed; a bad command line
+        // prints why and the usage.
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                cli::EXIT_USAGE
+            } else {
+                cli::EXIT_OK
+            });
+        }
+    };
+    ExitCode::from(run(&cli))
+}
+
+/// Everything from the socket to the end of the session; the exit status.
+fn run(cli: &Cli) -> u8 {
+    // Before any thread starts: every thread inherits the blocked mask.
+    let signals = match Signals::block() {
+        Ok(s) => s,
+        Err(e) => {
+            log!("blocking SIGTERM/SIGINT for a signalfd: {e}");
+            return cli::EXIT_SETUP;
+        }
+    };
+    let memory = match File::open(&cli.memory_file) {
+        Ok(f) => f,
+        Err(e) => {
+            log!("opening the memory file {}: {e}", cli.memory_file.display());
+            return cli::EXIT_SETUP;
+        }
+    };
+    let listener = match Listener::bind(&cli.socket) {
+        Ok(l) => l,
+        Err(e) => {
+            log!("{e}");
+            return cli::EXIT_SETUP;
+        }
+    };
+    log!("waiting for Firecracker on {}", cli.socket.display());
+    let fd = listener.as_listener().as_raw_fd();
+    if let Woken::Signal(s) = signals::wait(&[fd], &signals, None) {
+        return stopped_before_serving(s, "before Firecracker connected");
+    }
+    let stream = match listener.accept() {
+        Ok(s) => s,
+        Err(e) => {
+            log!("accepting Firecracker's connection: {e}");
+            return cli::EXIT_SETUP;
+        }
+    };
+    let deadline = Instant::now() + cli.handshake_timeout;
+    let handshake = match handshake::receive(&stream, deadline, &signals) {
+        Ok(h) => h,
+        Err(Refused::Signal(s)) => return stopped_before_serving(s, "during the handshake"),
+        Err(Refused::Bad(why)) => {
+            log!("refusing Firecracker's handshake: {why}");
+            return cli::EXIT_HANDSHAKE;
+        }
+    };
+    session::serve(cli, handshake, stream, memory, &signals)
+}
+
+/// A stop signal before any page was served: the (empty) statistics, and success.
+fn stopped_before_serving(signal: i32, when: &str) -> u8 {
+    log!(
+        "{}",
+        session::stats_line(Duration::ZERO, &Default::default())
+    );
+    log!("stopped by signal {signal} {when}");
+    cli::EXIT_OK
+}
