@@ -289,13 +289,17 @@ fn log_session(
     };
     log!(
         "session: firecracker pid {} | {} regions, {} MiB: {} | page size {page} ({page_how}) | \
-         features {:?} (balloon discards {}) | backend {:?}, fault-around {}, workers {}, \
+         features {} (balloon discards {}) | backend {:?}, fault-around {}, workers {}, \
          background fill {}, {}",
         peer.map_or("unknown".to_string(), |p| p.to_string()),
         regions.len(),
         total >> 20,
         list.join(" "),
-        features,
+        if features.is_empty() {
+            "none".to_string()
+        } else {
+            format!("{features:?}")
+        },
         if features.contains(FeatureFlags::EVENT_REMOVE) {
             "served as zeros"
         } else {

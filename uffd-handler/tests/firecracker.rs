@@ -1,0 +1,422 @@
+//! The `uffd-handler` binary against Firecracker's side of the handshake, release family by
+//! release family (`support/releases.rs`): a child process plays Firecracker (guest memory,
+//! the userfaultfd as that release creates it, the region list as that release writes it,
+//! sent with the descriptor by `SCM_RIGHTS`), faults every page from two threads, checks
+//! every byte, discards pages as the balloon does where the release enables `EVENT_REMOVE`,
+//! and exits; the handler must then exit 0 by itself, with its session line and statistics.
+//! Then: SIGTERM, a peer that trickles its handshake, files at the socket path, handshakes
+//! that must be refused, record and replay, `--help`.
+
+mod support;
+
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::{Duration, Instant};
+
+use support::common::{spawn_child, MemoryType, Region};
+use support::handler::{self, DEADLINE};
+use support::releases::{self, Family, PageSizeFields};
+use support::vmm::{self, send_with_fd};
+use support::TestDir;
+
+/// Pages per region: two regions, as a guest with memory above and below the 32-bit gap.
+fn pages_for(memory: MemoryType) -> [usize; 2] {
+    match memory {
+        MemoryType::Hugetlb => [3, 2],
+        _ => [96, 64],
+    }
+}
+
+/// Whether the machine can map this memory type (huge pages reserved); reports a skip.
+fn available(memory: MemoryType) -> bool {
+    memory != MemoryType::Hugetlb || Region::new(memory, 1).is_some()
+}
+
+/// One restore: the handler started on a fresh memory file, a child playing `family`
+/// (with or without a balloon) on `memory`, the handler's exit after the child's.
+fn restore(family: &Family, balloon: bool, memory: MemoryType, options: &[&str]) -> handler::Ended {
+    let dir = TestDir::new(&format!(
+        "restore-{:?}-{}-{balloon}",
+        memory,
+        family.releases.split(' ').next().unwrap()
+    ));
+    let pages = pages_for(memory);
+    let file_len = pages.iter().sum::<usize>() * memory.page_size();
+    vmm::write_memory_file(&dir.join("mem"), file_len);
+    let socket = dir.join("uffd.sock");
+    let running = handler::start(&socket, &dir.join("mem"), options);
+    let (family, socket2) = (*family, socket.clone());
+    let child = spawn_child(move |report| {
+        let guest =
+            vmm::guest(memory, &pages, &family, balloon).ok_or("the machine lacks huge pages")?;
+        let stream = guest.handshake(&family, &socket2);
+        if family.closes_socket {
+            drop(stream);
+        } else {
+            std::mem::forget(stream); // as 1.12+ does: open until the process exits
+        }
+        guest.touch_and_check_all(2)?;
+        report.note("every byte served");
+        if family.has_remove(balloon) {
+            guest.balloon_and_check(3)?;
+            report.note("balloon discards read as zeros");
+        }
+        Ok(())
+    });
+    let outcome = child.wait();
+    let ended = running.wait(DEADLINE);
+    eprintln!("{}", ended.stderr);
+    outcome.assert_success();
+    assert!(
+        outcome.report.contains("every byte served"),
+        "{}",
+        outcome.report
+    );
+    ended
+}
+
+#[test]
+fn every_release_family_on_every_memory_type() {
+    for memory in MemoryType::ALL {
+        if !available(memory) {
+            continue;
+        }
+        for family in releases::ALL {
+            let balloons: &[bool] = if family.remove_always {
+                &[true]
+            } else {
+                &[false, true]
+            };
+            for &balloon in balloons {
+                eprintln!("{} on {memory:?}, balloon {balloon}", family.releases);
+                let ended = restore(&family, balloon, memory, &[]);
+                let page = format!("page size {}", memory.page_size());
+                let mut words = vec![
+                    "session:",
+                    "2 regions",
+                    page.as_str(),
+                    "stats:",
+                    "Firecracker's process exited",
+                ];
+                words.push(match family.fields {
+                    PageSizeFields::None => "from Firecracker's mapping",
+                    PageSizeFields::KibInBytes => "page_size_kib, in bytes",
+                    PageSizeFields::Both => "page_size and page_size_kib",
+                });
+                words.push(if family.has_remove(balloon) {
+                    "balloon discards served as zeros"
+                } else {
+                    "balloon discards impossible"
+                });
+                if family.closes_socket {
+                    words.push("closed the socket; serving until its process exits");
+                }
+                ended.assert(0, &words);
+                if family.has_remove(balloon) {
+                    assert!(!ended.stderr.contains("removed 0 "), "{}", ended.stderr);
+                }
+            }
+        }
+    }
+}
+
+/// Plays 1.12+ from this process: the handshake, then a few pages faulted (served by the
+/// handler); returns the guest (keep it until the handler is gone) and the connection.
+fn serve_a_few_pages(socket: &std::path::Path, file_len_pages: usize) -> (vmm::Guest, UnixStream) {
+    let guest = vmm::guest(
+        MemoryType::Anonymous,
+        &[file_len_pages],
+        &releases::V1_12,
+        false,
+    )
+    .expect("anonymous memory");
+    let stream = guest.handshake(&releases::V1_12, socket);
+    for p in 0..4 {
+        vmm::check_page(&guest.regions[0].0, 0, p, false).unwrap();
+    }
+    (guest, stream)
+}
+
+#[test]
+fn sigterm_stops_prints_the_statistics_and_exits_0() {
+    let dir = TestDir::new("sigterm");
+    vmm::write_memory_file(&dir.join("mem"), 64 * 4096);
+    let socket = dir.join("uffd.sock");
+    let running = handler::start(&socket, &dir.join("mem"), &["--fault-around", "0"]);
+    let (guest, _stream) = serve_a_few_pages(&socket, 64);
+    running.wait_for_output("session:");
+    running.signal(libc::SIGTERM);
+    let ended = running.wait(DEADLINE);
+    ended.assert(0, &["stats:", "faults 4 ", "stopped by signal 15"]);
+    assert!(!socket.exists(), "the handler's socket is removed");
+    drop(guest);
+
+    // Before Firecracker connects: the socket the handler made is removed too.
+    let running = handler::start(&socket, &dir.join("mem"), &[]);
+    assert!(socket.exists());
+    running.signal(libc::SIGINT);
+    let ended = running.wait(DEADLINE);
+    ended.assert(
+        0,
+        &["stats:", "stopped by signal 2 before Firecracker connected"],
+    );
+    assert!(!socket.exists(), "the handler's socket is removed");
+}
+
+#[test]
+fn a_trickling_peer_meets_the_whole_handshake_deadline() {
+    let dir = TestDir::new("trickle");
+    vmm::write_memory_file(&dir.join("mem"), 64 * 4096);
+    let socket = dir.join("uffd.sock");
+    let running = handler::start(&socket, &dir.join("mem"), &["--handshake-timeout", "2"]);
+    let stream = UnixStream::connect(&socket).unwrap();
+    let json = releases::V1_12.json(&[releases::FcRegion {
+        addr: 0x7f00_0000_0000,
+        size: 64 * 4096,
+        offset: 0,
+        page_size: 4096,
+    }]);
+    // One byte every 100 ms: each recv gets a byte well within any per-recv timeout, and
+    // the whole message would take over 10 s.
+    let started = Instant::now();
+    for b in json.as_bytes() {
+        if send(&stream, std::slice::from_ref(b)).is_err() {
+            break; // the handler gave up and closed the connection
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        if started.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+    }
+    let ended = running.wait(DEADLINE);
+    ended.assert(4, &["refusing Firecracker's handshake", "deadline"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the deadline bounds the whole handshake"
+    );
+}
+
+/// A plain send that reports a closed peer instead of raising SIGPIPE.
+fn send(stream: &UnixStream, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `bytes` is readable for its length.
+    let n = unsafe {
+        libc::send(
+            stream.as_raw_fd(),
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+#[test]
+fn files_at_the_socket_path_are_refused_and_kept() {
+    let dir = TestDir::new("socket-path");
+    vmm::write_memory_file(&dir.join("mem"), 4096);
+    // A regular file.
+    let path = dir.join("uffd.sock");
+    std::fs::write(&path, b"not a socket").unwrap();
+    let ended = handler::start_no_wait(&path, &dir.join("mem"), &[]).wait(DEADLINE);
+    ended.assert(3, &["already exists (a regular file)"]);
+    assert_eq!(std::fs::read(&path).unwrap(), b"not a socket");
+    // A socket someone else made (still listening, or left over): not ours either.
+    let other = dir.join("other.sock");
+    let listener = UnixListener::bind(&other).unwrap();
+    let ended = handler::start_no_wait(&other, &dir.join("mem"), &[]).wait(DEADLINE);
+    ended.assert(3, &["already exists (a socket)"]);
+    drop(listener);
+    let ended = handler::start_no_wait(&other, &dir.join("mem"), &[]).wait(DEADLINE);
+    ended.assert(3, &["already exists (a socket)"]);
+    assert!(other.exists());
+    // A missing memory file.
+    let ended =
+        handler::start_no_wait(&dir.join("new.sock"), &dir.join("absent"), &[]).wait(DEADLINE);
+    ended.assert(3, &["opening the memory file"]);
+}
+
+/// Starts a handler on a 16-page memory file, sends `bytes` with `fd`, and returns how it
+/// ended.
+fn refused(name: &str, bytes: &str, fd: Option<std::os::fd::RawFd>) -> handler::Ended {
+    let dir = TestDir::new(name);
+    vmm::write_memory_file(&dir.join("mem"), 16 * 4096);
+    let socket = dir.join("uffd.sock");
+    let running = handler::start(&socket, &dir.join("mem"), &["--handshake-timeout", "5"]);
+    let stream = UnixStream::connect(&socket).unwrap();
+    send_with_fd(&stream, bytes.as_bytes(), fd);
+    let ended = running.wait(DEADLINE);
+    drop(stream);
+    ended
+}
+
+#[test]
+fn bad_handshakes_are_refused_naming_the_cause() {
+    use std::os::fd::AsRawFd;
+    let uffd = vmm::firecracker_uffd(&releases::V1_12, false);
+    let fd = Some(uffd.as_raw_fd());
+    let region = |addr: u64, size: u64, offset: u64| releases::FcRegion {
+        addr,
+        size,
+        offset,
+        page_size: 4096,
+    };
+    let v = releases::V1_12;
+    let cases: Vec<(&str, String, Option<i32>, &[&str])> = vec![
+        (
+            "overlap",
+            v.json(&[region(0x10000, 0x4000, 0), region(0x12000, 0x4000, 0x4000)]),
+            fd,
+            &["regions 0 (", "and 1 (", "overlap in memory"],
+        ),
+        (
+            "unaligned",
+            v.json(&[region(0x10000, 0x4000, 0), region(0x20800, 0x4000, 0x4000)]),
+            fd,
+            &["region 1 (base_host_virt_addr 0x20800", "not a multiple"],
+        ),
+        (
+            "outside",
+            v.json(&[region(0x10000, 0x20000, 0)]),
+            fd,
+            &["region 0 (", "memory file, which is only 0x10000 bytes"],
+        ),
+        (
+            "kib",
+            // What the handler's old test sent: page_size_kib in KiB. No release sends it.
+            v.json(&[region(0x10000, 0x4000, 0)])
+                .replace("\"page_size_kib\":4096", "\"page_size_kib\":4"),
+            fd,
+            &["page_size 4096 and page_size_kib 4 disagree"],
+        ),
+        (
+            "duplicate",
+            v.json(&[region(0x10000, 0x4000, 0)])
+                .replace("\"offset\":0", "\"offset\":0,\"offset\":4096"),
+            fd,
+            &["duplicate field `offset`"],
+        ),
+        (
+            "nofd",
+            v.json(&[region(0x10000, 0x4000, 0)]),
+            None,
+            &["without a descriptor"],
+        ),
+        (
+            "notuffd",
+            v.json(&[region(0x10000, 0x4000, 0)]),
+            Some(std::io::stdin().as_raw_fd()),
+            &["not a userfaultfd"],
+        ),
+        ("json", "[{\"size\":1}]".into(), fd, &["missing field"]),
+    ];
+    for (name, bytes, fd, words) in cases {
+        let mut all = vec!["refusing Firecracker's"];
+        all.extend_from_slice(words);
+        refused(name, &bytes, fd).assert(4, &all);
+    }
+    // Unknown fields are ignored, as Firecracker's deserializer ignores them: this one is
+    // served (then stopped).
+    let dir = TestDir::new("unknown-field");
+    vmm::write_memory_file(&dir.join("mem"), 16 * 4096);
+    let socket = dir.join("uffd.sock");
+    let running = handler::start(&socket, &dir.join("mem"), &[]);
+    let guest = vmm::guest(MemoryType::Anonymous, &[16], &v, false).unwrap();
+    let stream = UnixStream::connect(&socket).unwrap();
+    let json = v
+        .json(&guest.fc_regions())
+        .replace("}]", ",\"from_the_future\":[1]}]");
+    send_with_fd(&stream, json.as_bytes(), Some(guest.uffd.as_raw_fd()));
+    vmm::check_page(&guest.regions[0].0, 0, 15, false).unwrap();
+    running.signal(libc::SIGTERM);
+    running.wait(DEADLINE).assert(0, &["session:", "faults 1 "]);
+}
+
+#[test]
+fn record_then_replay_through_the_binary() {
+    let dir = TestDir::new("record-replay");
+    let ws = dir.join("guest.ws");
+    let ws_arg = ws.to_str().unwrap().to_string();
+    let ended = restore(
+        &releases::V1_12,
+        true,
+        MemoryType::Anonymous,
+        &["--record", &ws_arg],
+    );
+    ended.assert(0, &["one page (recording)", "recorded 160 pages to"]);
+    assert!(ws.exists());
+    // The memory files of the two runs hold the same bytes: the record applies.
+    let ended = restore(
+        &releases::V1_12,
+        true,
+        MemoryType::Anonymous,
+        &["--replay", &ws_arg],
+    );
+    ended.assert(0, &["replaying", "stats:"]);
+    assert!(!ended.stderr.contains("replayed 0 "), "{}", ended.stderr);
+    // A record of another memory file is refused.
+    let other = TestDir::new("replay-other");
+    vmm::write_memory_file(&other.join("mem"), 4096 * 160);
+    std::fs::write(other.join("mem"), vec![7u8; 4096 * 160]).unwrap();
+    let socket = other.join("uffd.sock");
+    let running = handler::start(&socket, &other.join("mem"), &["--replay", &ws_arg]);
+    let guest = vmm::guest(MemoryType::Anonymous, &[96, 64], &releases::V1_12, true).unwrap();
+    let _stream = guest.handshake(&releases::V1_12, &socket);
+    let ended = running.wait(DEADLINE);
+    ended.assert(4, &["page server refused", "another snapshot"]);
+    drop(guest);
+}
+
+#[test]
+fn help_explains_every_option_and_the_exit_statuses() {
+    let out = std::process::Command::new(handler::binary())
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for word in [
+        "<SOCKET> <MEMORY_FILE>",
+        "--backend",
+        "--fault-around",
+        "--workers",
+        "--background-fill",
+        "--record",
+        "--replay",
+        "--error-policy",
+        "--handshake-timeout",
+        "--stats-every",
+        "Exit status:",
+        "backend_type",
+    ] {
+        assert!(help.contains(word), "--help lacks {word}:\n{help}");
+    }
+    let out = std::process::Command::new(handler::binary())
+        .arg("only-one-argument")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    // Every other option on a restore: pread, workers, background fill, stop policy.
+    if available(MemoryType::Anonymous) {
+        let ended = restore(
+            &releases::V1_7,
+            true,
+            MemoryType::Anonymous,
+            &[
+                "--backend",
+                "pread",
+                "--workers",
+                "2",
+                "--background-fill",
+                "--error-policy",
+                "stop",
+                "--stats-every",
+                "0.05",
+            ],
+        );
+        ended.assert(0, &["backend Pread", "workers 2", "background fill on"]);
+    }
+}

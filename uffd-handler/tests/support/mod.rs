@@ -1,0 +1,41 @@
+//! What the handler's tests share: the userfaultfd crate's test support (memory types,
+//! skipping, child processes), the release fixtures, a Firecracker player, and the handler
+//! binary run as a process.
+#![allow(dead_code, unused_imports)]
+
+#[path = "../../../userfaultfd/tests/support/mod.rs"]
+pub mod common;
+pub mod handler;
+pub mod releases;
+pub mod vmm;
+
+use std::path::{Path, PathBuf};
+
+/// A directory of its own for one test, removed on drop.
+pub struct TestDir(PathBuf);
+
+impl TestDir {
+    /// A new, empty directory named after `test`.
+    pub fn new(test: &str) -> TestDir {
+        let dir = std::env::temp_dir().join(format!("uffd-handler-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("creating the test directory");
+        TestDir(dir)
+    }
+
+    /// A path inside it.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
