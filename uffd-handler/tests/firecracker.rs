@@ -336,6 +336,26 @@ fn bad_handshakes_are_refused_naming_the_cause() {
 }
 
 #[test]
+fn an_oversized_region_list_is_refused() {
+    let dir = TestDir::new("oversized");
+    vmm::write_memory_file(&dir.join("mem"), 4096);
+    let socket = dir.join("uffd.sock");
+    let running = handler::start(&socket, &dir.join("mem"), &[]);
+    let stream = UnixStream::connect(&socket).unwrap();
+    // An array that never ends: white space is valid JSON, so only the limit stops it.
+    let _ = send(&stream, b"[");
+    let spaces = vec![b' '; 64 << 10];
+    for _ in 0..40 {
+        if send(&stream, &spaces).is_err() {
+            break; // the handler gave up and closed the connection
+        }
+    }
+    running
+        .wait(DEADLINE)
+        .assert(4, &["the region list exceeds 1048576 bytes"]);
+}
+
+#[test]
 fn record_then_replay_through_the_binary() {
     let dir = TestDir::new("record-replay");
     let ws = dir.join("guest.ws");
@@ -355,8 +375,10 @@ fn record_then_replay_through_the_binary() {
         MemoryType::Anonymous,
         &["--replay", &ws_arg],
     );
+    // (How many pages the replay placed before the guest faulted them depends on scheduling;
+    // the replay itself is tested in userfaultfd's serve_replay. The refusal below shows the
+    // record reaches the page server.)
     ended.assert(0, &["replaying", "stats:"]);
-    assert!(!ended.stderr.contains("replayed 0 "), "{}", ended.stderr);
     // A record of another memory file is refused.
     let other = TestDir::new("replay-other");
     vmm::write_memory_file(&other.join("mem"), 4096 * 160);
