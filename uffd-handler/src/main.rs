@@ -75,6 +75,12 @@ fn run(cli: &Cli) -> u8 {
             return cli::EXIT_SETUP;
         }
     };
+    if let Some(path) = &cli.record {
+        if let Err(e) = writable_directory_of(path) {
+            log!("--record {}: {e}", path.display());
+            return cli::EXIT_SETUP;
+        }
+    }
     let listener = match Listener::bind(&cli.socket) {
         Ok(l) => l,
         Err(e) => {
@@ -114,4 +120,25 @@ fn stopped_before_serving(signal: i32, when: &str) -> u8 {
     );
     log!("stopped by signal {signal} {when}");
     cli::EXIT_OK
+}
+
+/// Checks, before serving, that the record can be saved where asked (its directory exists and
+/// is writable): finding out at the end would lose the whole recording.
+fn writable_directory_of(path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| "the path holds a NUL byte".to_string())?;
+    // SAFETY: `c` is a NUL-terminated path; access reads it only.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        return Err(format!(
+            "its directory {} is not writable: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
 }

@@ -288,12 +288,12 @@ fn log_session(
         other => other.to_string(),
     };
     log!(
-        "session: firecracker pid {} | {} regions, {} MiB: {} | page size {page} ({page_how}) | \
+        "session: firecracker pid {} | {} regions, {}: {} | page size {page} ({page_how}) | \
          features {} (balloon discards {}) | backend {:?}, fault-around {}, workers {}, \
          background fill {}, {}",
         peer.map_or("unknown".to_string(), |p| p.to_string()),
         regions.len(),
-        total >> 20,
+        human(total),
         list.join(" "),
         if features.is_empty() {
             "none".to_string()
@@ -329,7 +329,7 @@ pub fn stats_line(elapsed: Duration, s: &Stats) -> String {
     };
     format!(
         "stats: {:.1}s | faults {} | pages copied {} zeroed {} | fault-around {} background {} \
-         replayed {} | removed {} | eexist {} eagain {} | MiB copied {} | latency p50 {} p99 {}",
+         replayed {} | removed {} | eexist {} eagain {} | copied {} | latency p50 {} p99 {}",
         elapsed.as_secs_f64(),
         s.faults,
         s.pages_copied,
@@ -340,8 +340,37 @@ pub fn stats_line(elapsed: Duration, s: &Stats) -> String {
         s.removed_pages,
         s.eexist,
         s.eagain_retries,
-        s.bytes_copied >> 20,
+        human(s.bytes_copied),
         q(0.5),
         q(0.99),
     )
+}
+
+/// `total` bytes in the largest binary unit that keeps it whole-ish (`640 KiB`, `1.5 GiB`).
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["bytes", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value.fract() == 0.0 {
+        format!("{value} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human;
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(human(0), "0 bytes");
+        assert_eq!(human(640 << 10), "640 KiB");
+        assert_eq!(human(3 << 29), "1.5 GiB");
+        assert_eq!(human(10 << 20), "10 MiB");
+    }
 }

@@ -50,8 +50,32 @@ impl Listener {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(format!("checking {}: {e}", path.display())),
         }
-        let listener = UnixListener::bind(path)
-            .map_err(|e| format!("binding a Unix socket at {}: {e}", path.display()))?;
+        // Bound and listening under a temporary name, then renamed into place: whoever waits
+        // for the path to appear (Firecracker's own test scripts do) can connect at once,
+        // never between bind and listen (ECONNREFUSED). RENAME_NOREPLACE: a file that
+        // appeared at the path meanwhile is not replaced.
+        let name = path
+            .file_name()
+            .ok_or_else(|| format!("{} names no file", path.display()))?;
+        let mut temp_name = std::ffi::OsString::from(".");
+        temp_name.push(name);
+        temp_name.push(format!(".{}.binding", std::process::id()));
+        let temp = path.with_file_name(temp_name);
+        let _ = fs::remove_file(&temp); // our own pid's leftover, if any
+        let listener = UnixListener::bind(&temp)
+            .map_err(|e| format!("binding a Unix socket at {}: {e}", temp.display()))?;
+        if let Err(e) = rename_no_replace(&temp, path) {
+            let _ = fs::remove_file(&temp);
+            return Err(if e.kind() == io::ErrorKind::AlreadyExists {
+                format!(
+                    "{} appeared while the handler was starting; uffd-handler removes only the \
+                     socket it makes",
+                    path.display()
+                )
+            } else {
+                format!("putting the socket at {}: {e}", path.display())
+            });
+        }
         let identity = fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()));
         Ok(Listener {
             listener,
@@ -83,6 +107,31 @@ impl Listener {
                 let _ = fs::remove_file(&self.path);
             }
         }
+    }
+}
+
+/// `renameat2(from, to, RENAME_NOREPLACE)`.
+fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in the path"))
+    };
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: both are NUL-terminated paths, read only.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

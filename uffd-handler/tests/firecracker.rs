@@ -237,6 +237,16 @@ fn files_at_the_socket_path_are_refused_and_kept() {
     let ended =
         handler::start_no_wait(&dir.join("new.sock"), &dir.join("absent"), &[]).wait(DEADLINE);
     ended.assert(3, &["opening the memory file"]);
+    // A record that could not be saved is refused before serving, not after.
+    let absent = dir.join("no-such-dir").join("guest.ws");
+    let ended = handler::start_no_wait(
+        &dir.join("r.sock"),
+        &dir.join("mem"),
+        &["--record", absent.to_str().unwrap()],
+    )
+    .wait(DEADLINE);
+    ended.assert(3, &["--record", "is not writable"]);
+    assert!(!dir.join("r.sock").exists());
 }
 
 /// Starts a handler on a 16-page memory file, sends `bytes` with `fd`, and returns how it

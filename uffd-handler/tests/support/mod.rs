@@ -15,9 +15,16 @@ use std::path::{Path, PathBuf};
 pub struct TestDir(PathBuf);
 
 impl TestDir {
-    /// A new, empty directory named after `test`.
+    /// A new, empty directory named after `test` (and numbered: tests running at once may
+    /// pass the same name).
     pub fn new(test: &str) -> TestDir {
-        let dir = std::env::temp_dir().join(format!("uffd-handler-{}-{test}", std::process::id()));
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "uffd-handler-{}-{}-{test}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("creating the test directory");
         TestDir(dir)
