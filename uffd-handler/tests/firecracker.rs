@@ -160,6 +160,11 @@ fn sigterm_stops_prints_the_statistics_and_exits_0() {
         &["stats:", "stopped by signal 2 before Firecracker connected"],
     );
     assert!(!socket.exists(), "the handler's socket is removed");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["mem"], "nothing else is left behind");
 }
 
 #[test]
