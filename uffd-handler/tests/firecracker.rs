@@ -168,6 +168,26 @@ fn sigterm_stops_prints_the_statistics_and_exits_0() {
 }
 
 #[test]
+fn sigterm_during_the_handshake_exits_0() {
+    let dir = TestDir::new("sigterm-handshake");
+    vmm::write_memory_file(&dir.join("mem"), 4096);
+    let socket = dir.join("uffd.sock");
+    let running = handler::start(&socket, &dir.join("mem"), &["--handshake-timeout", "600"]);
+    let stream = UnixStream::connect(&socket).unwrap();
+    send(&stream, b"[{\"base_host_virt_addr\":").unwrap();
+    // Connected and accepted: the socket file is gone once the handler took the connection.
+    let started = Instant::now();
+    while socket.exists() && started.elapsed() < DEADLINE {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    running.signal(libc::SIGTERM);
+    running
+        .wait(DEADLINE)
+        .assert(0, &["stats:", "stopped by signal 15 during the handshake"]);
+    drop(stream);
+}
+
+#[test]
 fn a_trickling_peer_meets_the_whole_handshake_deadline() {
     let dir = TestDir::new("trickle");
     vmm::write_memory_file(&dir.join("mem"), 64 * 4096);
