@@ -31,9 +31,10 @@ fn a_descriptor_without_remove_is_served_when_nothing_discards() {
         // Refused by default: pages discarded later would be refilled with stale contents.
         let again = uffd.try_clone().unwrap();
         // SAFETY: the region is our test mapping, holding no Rust object.
-        let e = unsafe { builder.start(again, Arc::new(Memory::new(bytes.clone()))) }
-            .err()
-            .expect("a descriptor without EVENT_REMOVE is refused by default");
+        let e = match unsafe { builder.start(again, Arc::new(Memory::new(bytes.clone()))) } {
+            Ok(_) => panic!("a descriptor without EVENT_REMOVE is refused by default"),
+            Err(e) => e,
+        };
         assert!(e.to_string().contains("no_discards(true)"), "{e}");
         builder.no_discards(true);
         // SAFETY: as above.
