@@ -173,7 +173,8 @@ pub use working_set::{SnapshotId, WorkingSet, WorkingSetError};
 use crate::FeatureFlags;
 
 /// The non-cooperative events the server needs: `REMOVE` (so that discarded pages read as
-/// zeros; required), `UNMAP` and `REMAP` (recommended). Add the memory type's
+/// zeros; required, unless [`ServerBuilder::no_discards`] states that nothing discards),
+/// `UNMAP` and `REMAP` (recommended). Add the memory type's
 /// (`MISSING_SHMEM`, `MISSING_HUGETLBFS`, `MINOR_SHMEM`, `MINOR_HUGETLBFS`).
 pub const EVENTS: FeatureFlags = FeatureFlags::EVENT_REMOVE
     .union(FeatureFlags::EVENT_UNMAP)
