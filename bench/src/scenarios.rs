@@ -316,24 +316,26 @@ pub fn table(reps: usize) {
 }
 
 /// Serves `n` faults raised by `MADV_POPULATE_READ` (valgrind cannot run a thread that
-/// faults on a registered page: see ci/bench), resolving each with a COPY. The handler is
-/// the main thread, so its instruction count is callgrind's thread 1.
-pub fn serve_populate(which: Impl, n: usize, batch: usize, threads: usize) {
+/// faults on a registered page: see ci/callgrind), resolving each with a COPY of 4 KiB or a
+/// ZEROPAGE (`zero`). The handler is the main thread, so its instruction count is
+/// callgrind's thread 1. The same handler in C: bench/c/handler.c.
+pub fn serve_populate(which: Impl, zero: bool, n: usize, batch: usize, threads: usize) {
     match which {
-        Impl::Raw => serve_populate_with::<Raw>(n, batch, threads),
-        Impl::Ours => serve_populate_with::<Ours>(n, batch, threads),
-        Impl::V09 => serve_populate_with::<V09>(n, batch, threads),
+        Impl::Raw => serve_populate_with::<Raw>(zero, n, batch, threads),
+        Impl::Ours => serve_populate_with::<Ours>(zero, n, batch, threads),
+        Impl::V09 => serve_populate_with::<V09>(zero, n, batch, threads),
     }
 }
 
-/// Serves `n` faults, each resolved by one COPY; `batch` 1 reads one event per `read`
-/// (`read_event`), more reads through the implementation's batch buffer of that capacity
-/// (`read_events`). The faults come from `threads` threads, each populating its share of the
-/// region with one MADV_POPULATE_READ: that call faults page after page inside the kernel,
-/// never returning to user space (so valgrind's lock does not serialise the threads), and
-/// with several threads several faults wait at each read. With one thread, each batch read
-/// returns the one pending event, so what is counted is the batch path's own cost.
-fn serve_populate_with<S: Server>(n: usize, batch: usize, threads: usize) {
+/// Serves `n` faults, each resolved by one COPY (or ZEROPAGE if `zero`); `batch` 1 reads one
+/// event per `read` (`read_event`), more reads through the implementation's batch buffer of
+/// that capacity (`read_events`). The faults come from `threads` threads, each populating its
+/// share of the region with one MADV_POPULATE_READ: that call faults page after page inside
+/// the kernel, never returning to user space (so valgrind's lock does not serialise the
+/// threads), and with several threads several faults may wait at each read. With one thread,
+/// each batch read returns the one pending event, so what is counted is the batch path's own
+/// cost.
+fn serve_populate_with<S: Server>(zero: bool, n: usize, batch: usize, threads: usize) {
     assert!(n.is_multiple_of(threads), "N is a multiple of T");
     let server = S::create(false);
     let region = Arc::new(Mapping::new(n * PAGE, false));
@@ -362,26 +364,31 @@ fn serve_populate_with<S: Server>(n: usize, batch: usize, threads: usize) {
             })
         })
         .collect();
+    let resolve = |addr| {
+        if zero {
+            server.zeropage(addr, PAGE)
+        } else {
+            server.copy(source.ptr.cast(), addr, PAGE)
+        }
+    };
     let mut reads = 0;
     if batch == 1 {
         for _ in 0..n {
-            let addr = server.next_fault();
-            server.copy(source.ptr.cast(), addr, PAGE);
+            resolve(server.next_fault());
         }
         reads = n;
     } else {
         let mut buf = server.batch(batch);
         let mut served = 0;
         while served < n {
-            served += server.faults(&mut buf, |addr| server.copy(source.ptr.cast(), addr, PAGE));
+            served += server.faults(&mut buf, resolve);
             reads += 1;
         }
     }
     for toucher in touchers {
         toucher.join().unwrap();
     }
-    // How many events each read returned on average (ci/bench prints it next to the
-    // counts of the rows with several faulting threads).
+    // How many events each read returned on average (ci/callgrind prints it).
     println!("reads {reads} events {n}");
 }
 

@@ -130,6 +130,7 @@ mod open;
 mod probe;
 mod read;
 mod rejected;
+mod syscall;
 pub mod serve;
 mod uffd;
 

@@ -3,10 +3,9 @@
 //! stack) and decoded in place.
 
 use std::mem::{size_of, MaybeUninit};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use crate::event::{decode, Decoded};
-use crate::{Errno, Error, Event, FeatureFlags, Result, Uffd};
+use crate::{syscall, Errno, Error, Event, FeatureFlags, Result, Uffd};
 use userfaultfd_sys as sys;
 
 const MSG_SIZE: usize = size_of::<sys::uffd_msg>();
@@ -92,12 +91,16 @@ impl Drop for Events<'_> {
 }
 
 impl Events<'_> {
-    /// Closes the descriptors of the fork events not iterated.
+    /// Closes the descriptors of the fork events not iterated. Needs only the messages (a
+    /// fork event is one whatever the descriptor's features), so that the iterator's
+    /// features need not be kept for an unwinding drop.
     #[cold]
     #[inline(never)]
     fn close_unread(&mut self) {
         for msg in self.msgs.by_ref() {
-            if let Ok(Decoded::Fork(fd)) = decode(msg, self.features) {
+            if msg.event == sys::UFFD_EVENT_FORK {
+                // SAFETY: the event code says the union holds `fork`, a plain integer.
+                let fd = unsafe { msg.arg.fork.ufd } as RawFd;
                 // SAFETY: the kernel installed this descriptor for us and it was never
                 // handed out; closing it is its only use.
                 drop(unsafe { OwnedFd::from_raw_fd(fd) });
@@ -124,7 +127,7 @@ impl Uffd {
         let mut msg = MaybeUninit::<sys::uffd_msg>::uninit();
         loop {
             // SAFETY: `msg` is writable for MSG_SIZE bytes.
-            let n = unsafe { libc::read(self.as_raw_fd(), msg.as_mut_ptr().cast(), MSG_SIZE) };
+            let n = unsafe { syscall::read(self.as_raw_fd(), msg.as_mut_ptr().cast(), MSG_SIZE) };
             if n == MSG_SIZE as isize {
                 // SAFETY: the kernel wrote a whole message (any bytes are a valid `uffd_msg`),
                 // which is decoded once.
@@ -171,7 +174,7 @@ impl Uffd {
             // SAFETY: `msgs` is writable for its whole size, and `uffd_msg` is valid for any
             // bytes the kernel writes.
             let n = unsafe {
-                libc::read(
+                syscall::read(
                     self.as_raw_fd(),
                     msgs.as_mut_ptr().cast(),
                     std::mem::size_of_val(msgs),
@@ -196,12 +199,12 @@ enum ReadOutcome {
     Messages(usize),
 }
 
-/// Interprets the return value of a `read(2)` of messages.
+/// Interprets the return value of a `read(2)` of messages (`-errno` on failure).
 #[cold]
 #[inline(never)]
 fn read_outcome(n: isize) -> Result<ReadOutcome> {
     match n {
-        n if n < 0 => match Errno::last() {
+        n if n < 0 => match Errno::from_raw(-n as i32) {
             Errno::EINTR => Ok(ReadOutcome::Interrupted),
             Errno::EAGAIN => Ok(ReadOutcome::Messages(0)),
             errno => Err(Error::SystemError(errno)),
