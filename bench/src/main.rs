@@ -11,7 +11,9 @@
 //!                                          reading one event per read (B = 1) or through a
 //!                                          batch buffer of B events (for valgrind
 //!                                          --tool=callgrind; see ci/callgrind; the same
-//!                                          handler in C is c/handler.c)
+//!                                          handler in C is c/handler.c); IMPL server:
+//!                                          userfaultfd::serve with one worker and one
+//!                                          page per fault (B is ignored)
 //! ```
 
 mod handlers;
@@ -24,8 +26,14 @@ use handlers::Impl;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
+        Some("serve") if args[1] == "server" => {
+            let zero = args[2] == "zeropage";
+            let n: usize = args[3].parse().expect("N");
+            let threads: usize = args[5].parse().expect("T");
+            scenarios::serve_with_server(zero, n, threads);
+        }
         Some("serve") => {
-            let which = Impl::parse(&args[1]).expect("IMPL is raw, ours or v09");
+            let which = Impl::parse(&args[1]).expect("IMPL is raw, ours, v09 or server");
             let zero = match args[2].as_str() {
                 "copy" => false,
                 "zeropage" => true,

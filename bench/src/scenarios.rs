@@ -392,6 +392,60 @@ fn serve_populate_with<S: Server>(zero: bool, n: usize, batch: usize, threads: u
     println!("reads {reads} events {n}");
 }
 
+/// Serves `n` faults raised by `MADV_POPULATE_READ` from `threads` threads with
+/// `userfaultfd::serve` (one worker, one page per fault: `fault_around(0)`), from a source in
+/// memory (`zero`: a source of zeros, placed by ZEROPAGE). The worker is the first thread
+/// the process starts, so its instruction count is callgrind's thread 2 (ci/callgrind).
+pub fn serve_with_server(zero: bool, n: usize, threads: usize) {
+    use userfaultfd::serve::{Memory, PageSource, Region, Server, Zeros, EVENTS};
+    assert!(n.is_multiple_of(threads), "N is a multiple of T");
+    let uffd = userfaultfd::UffdBuilder::new()
+        .close_on_exec(true)
+        .user_mode_only(false)
+        .require_features(EVENTS)
+        .create()
+        .unwrap();
+    let region = Arc::new(Mapping::new(n * PAGE, false));
+    let source: Arc<dyn PageSource> = if zero {
+        Arc::new(Zeros::new((n * PAGE) as u64))
+    } else {
+        Arc::new(Memory::new(vec![0x5a; n * PAGE]))
+    };
+    // SAFETY: the region is a benchmark mapping holding no Rust object.
+    let server = unsafe {
+        Server::builder()
+            .workers(1)
+            .fault_around(0)
+            .region(Region::new(region.addr(), region.len))
+            .start(uffd, source)
+    }
+    .unwrap();
+    let share = n / threads * PAGE;
+    let touchers: Vec<_> = (0..threads)
+        .map(|t| {
+            let region = Arc::clone(&region);
+            std::thread::spawn(move || {
+                // SAFETY: populates a share of our own mapping; each page faults to the
+                // server.
+                let r = unsafe {
+                    libc::madvise(
+                        region.addr().cast::<u8>().add(t * share).cast(),
+                        share,
+                        libc::MADV_POPULATE_READ,
+                    )
+                };
+                assert_eq!(r, 0, "MADV_POPULATE_READ: {}", std::io::Error::last_os_error());
+            })
+        })
+        .collect();
+    for toucher in touchers {
+        toucher.join().unwrap();
+    }
+    let finished = server.stop();
+    assert_eq!(finished.stats.faults, n as u64, "{:?}", finished.stats);
+    println!("reads {} events {n}", finished.stats.faults);
+}
+
 /// Pins the calling thread to `cpu` (when the machine has it): the handler on one CPU, the
 /// faulting threads on the other, so that every run sees the same wake-up path.
 fn pin_to_cpu(cpu: usize) {

@@ -25,19 +25,26 @@ impl EventBuffer {
         self.0.len()
     }
 
-    /// The first `count` messages, just read, as events decoded for `features`.
+    /// The first `bytes / MSG_SIZE` messages, just read, as events decoded for `features`.
+    ///
+    /// Takes the byte count `read(2)` returned rather than a message count: the iterator's
+    /// end is then `start + bytes`, with no division and multiplication by the message size
+    /// in between (a few instructions per batch, measured by `ci/callgrind`).
     ///
     /// # Safety
     ///
-    /// `count` is at most the capacity, and the first `count` messages were just read from
-    /// the kernel and are decoded once (a fork event's descriptor is adopted by whoever
-    /// iterates it, or closed when `Events` is dropped).
+    /// `bytes` is a multiple of the message size and at most the buffer's size, and the
+    /// messages in it were just read from the kernel and are decoded once (a fork event's
+    /// descriptor is adopted by whoever iterates it, or closed when `Events` is dropped).
     #[inline]
-    pub(crate) unsafe fn events(&self, count: usize, features: FeatureFlags) -> Events<'_> {
-        debug_assert!(count <= self.0.len());
-        // SAFETY: `count` messages were read into the buffer, and read(2) never returns more
-        // bytes than asked for, so `count <= len`.
-        let msgs = unsafe { self.0.get_unchecked(..count) };
+    pub(crate) unsafe fn events(&self, bytes: usize, features: FeatureFlags) -> Events<'_> {
+        debug_assert!(bytes % MSG_SIZE == 0 && bytes <= std::mem::size_of_val(&self.0[..]));
+        // SAFETY: the caller guarantees it; telling the compiler lets it compute the end of
+        // the slice as `start + bytes`.
+        unsafe { std::hint::assert_unchecked(bytes % MSG_SIZE == 0) };
+        // SAFETY: `bytes / MSG_SIZE` messages were read into the buffer, and read(2) never
+        // returns more bytes than asked for.
+        let msgs = unsafe { self.0.get_unchecked(..bytes / MSG_SIZE) };
         Events {
             msgs: msgs.iter(),
             features,
@@ -159,12 +166,13 @@ impl Uffd {
     /// As [`read_event`](Self::read_event).
     #[inline]
     pub fn read_events<'a>(&self, buf: &'a mut EventBuffer) -> Result<Events<'a>> {
-        let count = self.fill(buf)?;
-        // SAFETY: `fill` read `count` (at most the capacity) messages just now.
-        Ok(unsafe { buf.events(count, self.features()) })
+        let bytes = self.fill(buf)?;
+        // SAFETY: `fill` read `bytes` (whole messages, at most the capacity) just now.
+        Ok(unsafe { buf.events(bytes, self.features()) })
     }
 
-    /// Reads whole messages into `buf`; returns how many (0: none pending, non-blocking).
+    /// Reads whole messages into `buf`; returns how many bytes (a multiple of the message
+    /// size; 0: none pending, non-blocking).
     #[inline]
     pub(crate) fn fill(&self, buf: &mut EventBuffer) -> Result<usize> {
         // As in `read_event`: the common outcome (whole messages) is decided inline, and
@@ -181,11 +189,11 @@ impl Uffd {
                 )
             };
             if n > 0 && n as usize % MSG_SIZE == 0 {
-                return Ok(n as usize / MSG_SIZE);
+                return Ok(n as usize);
             }
             match read_outcome(n)? {
                 ReadOutcome::Interrupted => continue,
-                ReadOutcome::Messages(count) => return Ok(count),
+                ReadOutcome::Messages(count) => return Ok(count * MSG_SIZE),
             }
         }
     }
