@@ -434,7 +434,12 @@ pub fn serve_with_server(zero: bool, n: usize, threads: usize) {
                         libc::MADV_POPULATE_READ,
                     )
                 };
-                assert_eq!(r, 0, "MADV_POPULATE_READ: {}", std::io::Error::last_os_error());
+                assert_eq!(
+                    r,
+                    0,
+                    "MADV_POPULATE_READ: {}",
+                    std::io::Error::last_os_error()
+                );
             })
         })
         .collect();

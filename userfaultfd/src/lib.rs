@@ -130,8 +130,8 @@ mod open;
 mod probe;
 mod read;
 mod rejected;
-mod syscall;
 pub mod serve;
+mod syscall;
 mod uffd;
 
 #[cfg(feature = "tokio")]
