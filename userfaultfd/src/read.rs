@@ -92,26 +92,24 @@ impl Drop for Events<'_> {
         // Handlers iterate every event, so there is usually nothing left: the check stays
         // inline, the closing loop does not.
         if self.msgs.len() != 0 {
-            self.close_unread();
+            close_unread(&mut self.msgs);
         }
     }
 }
 
-impl Events<'_> {
-    /// Closes the descriptors of the fork events not iterated. Needs only the messages (a
-    /// fork event is one whatever the descriptor's features), so that the iterator's
-    /// features need not be kept for an unwinding drop.
-    #[cold]
-    #[inline(never)]
-    fn close_unread(&mut self) {
-        for msg in self.msgs.by_ref() {
-            if msg.event == sys::UFFD_EVENT_FORK {
-                // SAFETY: the event code says the union holds `fork`, a plain integer.
-                let fd = unsafe { msg.arg.fork.ufd } as RawFd;
-                // SAFETY: the kernel installed this descriptor for us and it was never
-                // handed out; closing it is its only use.
-                drop(unsafe { OwnedFd::from_raw_fd(fd) });
-            }
+/// Closes the descriptors of the fork events among `msgs`, read and not iterated. Takes only
+/// the messages (a fork event is one whatever the descriptor's features), so that a handler's
+/// loop keeps no more than the iterator's position for a drop while unwinding.
+#[cold]
+#[inline(never)]
+fn close_unread(msgs: &mut std::slice::Iter<'_, sys::uffd_msg>) {
+    for msg in msgs {
+        if msg.event == sys::UFFD_EVENT_FORK {
+            // SAFETY: the event code says the union holds `fork`, a plain integer.
+            let fd = unsafe { msg.arg.fork.ufd } as RawFd;
+            // SAFETY: the kernel installed this descriptor for us and it was never handed
+            // out; closing it is its only use.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
         }
     }
 }
