@@ -178,17 +178,28 @@ mod tests {
                 }
             };
             let mut buf = [0u8; 8];
-            assert_eq!(read_(&mut buf), -(libc::EAGAIN as isize), "{name}: empty pipe");
+            assert_eq!(
+                read_(&mut buf),
+                -(libc::EAGAIN as isize),
+                "{name}: empty pipe"
+            );
             write(w, b"hello");
             let mut pending = 0;
             assert_eq!(ioctl_(r, libc::FIONREAD, &mut pending), 0, "{name}");
             assert_eq!(pending, 5, "{name}: FIONREAD");
             assert_eq!(read_(&mut buf), 5, "{name}");
             assert_eq!(&buf[..5], b"hello", "{name}");
-            assert_eq!(ioctl_(-1, libc::FIONREAD, &mut pending), -(libc::EBADF as isize));
+            assert_eq!(
+                ioctl_(-1, libc::FIONREAD, &mut pending),
+                -(libc::EBADF as isize)
+            );
             // An ioctl a pipe does not know.
             let unknown = 0x4004_aa7f as libc::Ioctl;
-            assert_eq!(ioctl_(r, unknown, &mut pending), -(libc::ENOTTY as isize), "{name}");
+            assert_eq!(
+                ioctl_(r, unknown, &mut pending),
+                -(libc::ENOTTY as isize),
+                "{name}"
+            );
             // SAFETY: reading into a valid buffer from a descriptor that is not open.
             let bad = unsafe {
                 if direct {
