@@ -124,8 +124,8 @@ impl Uffd {
     /// The `read(2)` is issued directly (on x86-64), not through the C library: it is not a
     /// `pthread_cancel(3)` cancellation point, and a failure's `errno` is in the returned
     /// error, not in the thread's `errno`. That cuts the user-space cost of a fault to a
-    /// quarter (27
-    /// instructions with a `copy`, against 103 for the same loop in C over glibc).
+    /// quarter (27 instructions with a `copy`, against 103 for the same loop in C over
+    /// glibc).
     ///
     /// # Errors
     ///

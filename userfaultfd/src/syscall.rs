@@ -17,8 +17,9 @@
 //! reports its `errno` in the returned error without also storing it in the thread's `errno`
 //! (the crate reads the value from the system call's return, never from `errno`).
 //!
-//! On x86-64 the calls are `syscall` instructions; on other architectures they go through the
-//! C library's `read` and `ioctl`, with the same interface.
+//! On x86-64 (64-bit pointers: not the x32 ABI, whose system-call numbers differ) the calls
+//! are `syscall` instructions; elsewhere they go through the C library's `read` and `ioctl`,
+//! with the same interface.
 
 use std::os::fd::RawFd;
 
@@ -29,12 +30,12 @@ use std::os::fd::RawFd;
 /// `buf` must be writable for `len` bytes.
 #[inline(always)]
 pub(crate) unsafe fn read(fd: RawFd, buf: *mut u8, len: usize) -> isize {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", target_pointer_width = "64"))]
     {
         // SAFETY: the caller's contract.
         unsafe { x86_64::syscall3(libc::SYS_read, fd as usize, buf as usize, len) }
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(not(all(target_arch = "x86_64", target_pointer_width = "64")))]
     {
         // SAFETY: the caller's contract.
         unsafe { libc_read(fd, buf, len) }
@@ -49,19 +50,19 @@ pub(crate) unsafe fn read(fd: RawFd, buf: *mut u8, len: usize) -> isize {
 /// and write, with no effect the caller has not accounted for.
 #[inline(always)]
 pub(crate) unsafe fn ioctl<T>(fd: RawFd, request: libc::Ioctl, arg: *mut T) -> isize {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", target_pointer_width = "64"))]
     {
         // SAFETY: the caller's contract; the request is passed whole, as glibc passes it.
         unsafe { x86_64::syscall3(libc::SYS_ioctl, fd as usize, request as usize, arg as usize) }
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(not(all(target_arch = "x86_64", target_pointer_width = "64")))]
     {
         // SAFETY: the caller's contract.
         unsafe { libc_ioctl(fd, request, arg) }
     }
 }
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", target_pointer_width = "64"))]
 mod x86_64 {
     /// A system call of three arguments: its result, or `-errno`.
     ///
@@ -99,7 +100,10 @@ mod x86_64 {
 /// # Safety
 ///
 /// As [`read`].
-#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+#[cfg_attr(
+    all(target_arch = "x86_64", target_pointer_width = "64"),
+    allow(dead_code)
+)]
 unsafe fn libc_read(fd: RawFd, buf: *mut u8, len: usize) -> isize {
     // SAFETY: the caller guarantees `buf` is writable for `len` bytes.
     let ret = unsafe { libc::read(fd, buf.cast(), len) };
@@ -115,7 +119,10 @@ unsafe fn libc_read(fd: RawFd, buf: *mut u8, len: usize) -> isize {
 /// # Safety
 ///
 /// As [`ioctl`].
-#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+#[cfg_attr(
+    all(target_arch = "x86_64", target_pointer_width = "64"),
+    allow(dead_code)
+)]
 unsafe fn libc_ioctl<T>(fd: RawFd, request: libc::Ioctl, arg: *mut T) -> isize {
     // SAFETY: the caller's contract.
     let ret = unsafe { libc::ioctl(fd, request, arg) };
@@ -126,7 +133,10 @@ unsafe fn libc_ioctl<T>(fd: RawFd, request: libc::Ioctl, arg: *mut T) -> isize {
     }
 }
 
-#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+#[cfg_attr(
+    all(target_arch = "x86_64", target_pointer_width = "64"),
+    allow(dead_code)
+)]
 fn last_errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
