@@ -165,7 +165,7 @@ impl Uffd {
     /// | reading | events per read | this crate | C |
     /// |---|---|---|---|
     /// | `read_event` | 1 | 27 | 103 |
-    /// | `read_events`, buffer of 64 | 1 | 48 | 122 |
+    /// | `read_events`, buffer of 64 | 1 | 49 | 122 |
     /// | `read_events`, buffer of 64, four faulting threads | 1.8 to 3.9 | 28 to 38 | 60 to 69 |
     ///
     /// (With four faulting threads, how many events a read finds depends on scheduling; the
