@@ -97,9 +97,9 @@ impl Drop for Events<'_> {
     }
 }
 
-/// Closes the descriptors of the fork events among `msgs`, read and not iterated. Takes only
-/// the messages (a fork event is one whatever the descriptor's features), so that a handler's
-/// loop keeps no more than the iterator's position for a drop while unwinding.
+/// Closes the descriptors of the fork events among `msgs`, read and not iterated. Looks at
+/// the event codes only (a fork event is one whatever the descriptor's features): nothing is
+/// decoded for messages nobody will see.
 #[cold]
 #[inline(never)]
 fn close_unread(msgs: &mut std::slice::Iter<'_, sys::uffd_msg>) {
