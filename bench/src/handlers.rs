@@ -160,6 +160,7 @@ impl Server for Raw {
         );
     }
 
+    #[inline]
     fn zeropage(&self, dst: usize, len: usize) {
         let mut z = sys::uffdio_zeropage {
             range: sys::uffdio_range {
@@ -227,13 +228,13 @@ impl Server for Ours {
 
     #[inline]
     fn faults(&self, batch: &mut userfaultfd::EventBuffer, mut f: impl FnMut(usize)) -> usize {
-        let mut n = 0;
-        for event in self.0.read_events(batch).unwrap() {
+        let events = self.0.read_events(batch).unwrap();
+        let n = events.len();
+        for event in events {
             match event.unwrap() {
                 userfaultfd::Event::Pagefault { addr, .. } => f(addr as usize),
                 other => panic!("{other:?}"),
             }
-            n += 1;
         }
         n
     }
@@ -244,6 +245,7 @@ impl Server for Ours {
         unsafe { self.0.copy(src, dst as *mut c_void, len, true) }.unwrap();
     }
 
+    #[inline]
     fn zeropage(&self, dst: usize, len: usize) {
         // SAFETY: as for copy.
         unsafe { self.0.zeropage(dst as *mut c_void, len, true) }.unwrap();
@@ -309,6 +311,7 @@ impl Server for V09 {
         unsafe { self.0.copy(src, dst as *mut c_void, len, true) }.unwrap();
     }
 
+    #[inline]
     fn zeropage(&self, dst: usize, len: usize) {
         // SAFETY: as for copy.
         unsafe { self.0.zeropage(dst as *mut c_void, len, true) }.unwrap();

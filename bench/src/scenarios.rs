@@ -316,24 +316,26 @@ pub fn table(reps: usize) {
 }
 
 /// Serves `n` faults raised by `MADV_POPULATE_READ` (valgrind cannot run a thread that
-/// faults on a registered page: see ci/bench), resolving each with a COPY. The handler is
-/// the main thread, so its instruction count is callgrind's thread 1.
-pub fn serve_populate(which: Impl, n: usize, batch: usize, threads: usize) {
+/// faults on a registered page: see ci/callgrind), resolving each with a COPY of 4 KiB or a
+/// ZEROPAGE (`zero`). The handler is the main thread, so its instruction count is
+/// callgrind's thread 1. The same handler in C: bench/c/handler.c.
+pub fn serve_populate(which: Impl, zero: bool, n: usize, batch: usize, threads: usize) {
     match which {
-        Impl::Raw => serve_populate_with::<Raw>(n, batch, threads),
-        Impl::Ours => serve_populate_with::<Ours>(n, batch, threads),
-        Impl::V09 => serve_populate_with::<V09>(n, batch, threads),
+        Impl::Raw => serve_populate_with::<Raw>(zero, n, batch, threads),
+        Impl::Ours => serve_populate_with::<Ours>(zero, n, batch, threads),
+        Impl::V09 => serve_populate_with::<V09>(zero, n, batch, threads),
     }
 }
 
-/// Serves `n` faults, each resolved by one COPY; `batch` 1 reads one event per `read`
-/// (`read_event`), more reads through the implementation's batch buffer of that capacity
-/// (`read_events`). The faults come from `threads` threads, each populating its share of the
-/// region with one MADV_POPULATE_READ: that call faults page after page inside the kernel,
-/// never returning to user space (so valgrind's lock does not serialise the threads), and
-/// with several threads several faults wait at each read. With one thread, each batch read
-/// returns the one pending event, so what is counted is the batch path's own cost.
-fn serve_populate_with<S: Server>(n: usize, batch: usize, threads: usize) {
+/// Serves `n` faults, each resolved by one COPY (or ZEROPAGE if `zero`); `batch` 1 reads one
+/// event per `read` (`read_event`), more reads through the implementation's batch buffer of
+/// that capacity (`read_events`). The faults come from `threads` threads, each populating its
+/// share of the region with one MADV_POPULATE_READ: that call faults page after page inside
+/// the kernel, never returning to user space (so valgrind's lock does not serialise the
+/// threads), and with several threads several faults may wait at each read. With one thread,
+/// each batch read returns the one pending event, so what is counted is the batch path's own
+/// cost.
+fn serve_populate_with<S: Server>(zero: bool, n: usize, batch: usize, threads: usize) {
     assert!(n.is_multiple_of(threads), "N is a multiple of T");
     let server = S::create(false);
     let region = Arc::new(Mapping::new(n * PAGE, false));
@@ -362,27 +364,91 @@ fn serve_populate_with<S: Server>(n: usize, batch: usize, threads: usize) {
             })
         })
         .collect();
+    let resolve = |addr| {
+        if zero {
+            server.zeropage(addr, PAGE)
+        } else {
+            server.copy(source.ptr.cast(), addr, PAGE)
+        }
+    };
     let mut reads = 0;
     if batch == 1 {
         for _ in 0..n {
-            let addr = server.next_fault();
-            server.copy(source.ptr.cast(), addr, PAGE);
+            resolve(server.next_fault());
         }
         reads = n;
     } else {
         let mut buf = server.batch(batch);
         let mut served = 0;
         while served < n {
-            served += server.faults(&mut buf, |addr| server.copy(source.ptr.cast(), addr, PAGE));
+            served += server.faults(&mut buf, resolve);
             reads += 1;
         }
     }
     for toucher in touchers {
         toucher.join().unwrap();
     }
-    // How many events each read returned on average (ci/bench prints it next to the
-    // counts of the rows with several faulting threads).
+    // How many events each read returned on average (ci/callgrind prints it).
     println!("reads {reads} events {n}");
+}
+
+/// Serves `n` faults raised by `MADV_POPULATE_READ` from `threads` threads with
+/// `userfaultfd::serve` (one worker, one page per fault: `fault_around(0)`), from a source in
+/// memory (`zero`: a source of zeros, placed by ZEROPAGE). The worker is the first thread
+/// the process starts, so its instruction count is callgrind's thread 2 (ci/callgrind).
+pub fn serve_with_server(zero: bool, n: usize, threads: usize) {
+    use userfaultfd::serve::{Memory, PageSource, Region, Server, Zeros, EVENTS};
+    assert!(n.is_multiple_of(threads), "N is a multiple of T");
+    let uffd = userfaultfd::UffdBuilder::new()
+        .close_on_exec(true)
+        .user_mode_only(false)
+        .require_features(EVENTS)
+        .create()
+        .unwrap();
+    let region = Arc::new(Mapping::new(n * PAGE, false));
+    let source: Arc<dyn PageSource> = if zero {
+        Arc::new(Zeros::new((n * PAGE) as u64))
+    } else {
+        Arc::new(Memory::new(vec![0x5a; n * PAGE]))
+    };
+    // SAFETY: the region is a benchmark mapping holding no Rust object.
+    let server = unsafe {
+        Server::builder()
+            .workers(1)
+            .fault_around(0)
+            .region(Region::new(region.addr(), region.len))
+            .start(uffd, source)
+    }
+    .unwrap();
+    let share = n / threads * PAGE;
+    let touchers: Vec<_> = (0..threads)
+        .map(|t| {
+            let region = Arc::clone(&region);
+            std::thread::spawn(move || {
+                // SAFETY: populates a share of our own mapping; each page faults to the
+                // server.
+                let r = unsafe {
+                    libc::madvise(
+                        region.addr().cast::<u8>().add(t * share).cast(),
+                        share,
+                        libc::MADV_POPULATE_READ,
+                    )
+                };
+                assert_eq!(
+                    r,
+                    0,
+                    "MADV_POPULATE_READ: {}",
+                    std::io::Error::last_os_error()
+                );
+            })
+        })
+        .collect();
+    for toucher in touchers {
+        toucher.join().unwrap();
+    }
+    let finished = server.stop();
+    assert_eq!(finished.stats.faults, n as u64, "{:?}", finished.stats);
+    println!("reads {} events {n}", finished.stats.faults);
 }
 
 /// Pins the calling thread to `cpu` (when the machine has it): the handler on one CPU, the

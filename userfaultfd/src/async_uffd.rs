@@ -130,15 +130,15 @@ impl AsyncUffd {
     ///
     /// As [`Uffd::read_events`].
     pub async fn read_events<'a>(&self, buf: &'a mut EventBuffer) -> Result<Events<'a>> {
-        let count = loop {
+        let bytes = loop {
             let mut guard = self.fd.readable().await.map_err(reactor_error)?;
             match guard.get_inner().fill(buf)? {
                 0 => guard.clear_ready(),
                 n => break n,
             }
         };
-        // SAFETY: `fill` read `count` (at most the capacity) messages just now.
-        Ok(unsafe { buf.events(count, self.get_ref().features()) })
+        // SAFETY: `fill` read `bytes` (whole messages, at most the capacity) just now.
+        Ok(unsafe { buf.events(bytes, self.get_ref().features()) })
     }
 }
 

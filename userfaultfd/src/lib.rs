@@ -131,6 +131,7 @@ mod probe;
 mod read;
 mod rejected;
 pub mod serve;
+mod syscall;
 mod uffd;
 
 #[cfg(feature = "tokio")]

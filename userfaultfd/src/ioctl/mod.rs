@@ -28,7 +28,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use crate::{Errno, Error, Result};
 
-/// Performs `ioctl(fd, request, arg)`.
+/// Performs `ioctl(fd, request, arg)` (directly: see `crate::syscall`).
 ///
 /// # Safety
 ///
@@ -43,11 +43,11 @@ pub(crate) unsafe fn ioctl<T>(
 ) -> std::result::Result<libc::c_int, Errno> {
     // SAFETY: `arg` is a valid, exclusive `T` for the duration of the call, and the caller
     // guarantees `request` takes a `T`.
-    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), request, arg as *mut T) };
+    let ret = unsafe { crate::syscall::ioctl(fd.as_raw_fd(), request, arg as *mut T) };
     if ret < 0 {
-        Err(Errno::last())
+        Err(Errno::from_raw(-ret as i32))
     } else {
-        Ok(ret)
+        Ok(ret as libc::c_int)
     }
 }
 
