@@ -163,9 +163,12 @@ pub mod working_set;
 
 use std::fmt;
 use std::io;
+use std::ops::Range;
 
 pub use region::{Backend, Region};
-pub use server::{Exit, Finished, Server, ServerBuilder};
+pub use server::{
+    Exit, Finished, Server, ServerBuilder, MAX_BUSY_POLL, MAX_FAULT_AROUND, MAX_WORKERS,
+};
 pub use source::{Chunk, MappedFile, Memory, PageSource, ReadFile, Zeros};
 pub use stats::{Stats, LATENCY_BUCKETS};
 pub use working_set::{SnapshotId, WorkingSet, WorkingSetError};
@@ -189,16 +192,39 @@ pub enum ErrorPolicy {
     FailClosed,
 }
 
+/// Where a userfaultfd operation of the server failed: which region, and the addresses the
+/// call covered (`Display`: `region 2, 0x7f2a00000000..0x7f2a00040000`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegionRange {
+    /// The region, in the order they were added to the builder.
+    pub index: usize,
+    /// The addresses of the call (where the region is mapped now, after any `mremap`).
+    pub range: Range<usize>,
+}
+
+impl fmt::Display for RegionRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "region {}, {:#x}..{:#x}",
+            self.index, self.range.start, self.range.end
+        )
+    }
+}
+
 /// Why the server could not be built, or stopped with an error.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum ServeError {
     /// A builder setting is invalid.
     InvalidConfig(String),
-    /// Region `index` is invalid (unaligned, outside the source, overlapping another, ...).
+    /// Region `index` is invalid (unaligned, outside the source, overlapping another, its
+    /// memory refuses the backend, ...).
     InvalidRegion {
         /// The region, in the order they were added.
         index: usize,
+        /// Its address range, as given.
+        range: Range<usize>,
         /// What is wrong with it.
         reason: String,
     },
@@ -206,6 +232,9 @@ pub enum ServeError {
     Uffd {
         /// What the server was doing.
         operation: &'static str,
+        /// The region concerned and the address range of the call, when the operation was on
+        /// a region (registering it, placing pages in it, waking a fault in it).
+        at: Option<RegionRange>,
         /// The crate's error (names the ioctl and the `errno`).
         source: crate::Error,
     },
@@ -244,12 +273,25 @@ impl fmt::Display for ServeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ServeError::InvalidConfig(why) => write!(f, "page server: invalid setting: {why}"),
-            ServeError::InvalidRegion { index, reason } => {
-                write!(f, "page server: region {index} is invalid: {reason}")
-            }
-            ServeError::Uffd { operation, source } => {
-                write!(f, "page server: {operation}: {source}")
-            }
+            ServeError::InvalidRegion {
+                index,
+                range,
+                reason,
+            } => write!(
+                f,
+                "page server: region {index} ({:#x}..{:#x}) is invalid: {reason}",
+                range.start, range.end
+            ),
+            ServeError::Uffd {
+                operation,
+                at: Some(at),
+                source,
+            } => write!(f, "page server: {operation} at {at}: {source}"),
+            ServeError::Uffd {
+                operation,
+                at: None,
+                source,
+            } => write!(f, "page server: {operation}: {source}"),
             ServeError::Source { offset, source } => write!(
                 f,
                 "page server: reading the page source at offset {offset:#x} failed: {source}"
