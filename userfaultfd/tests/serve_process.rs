@@ -18,13 +18,21 @@ use userfaultfd::serve::{
 };
 use userfaultfd::{FeatureFlags, RegisterMode, UffdBuilder};
 
-/// Starts a server for `regions` over a fresh descriptor and returns its error.
+/// Starts a server for `regions` over a fresh descriptor and returns its error, checking
+/// that the descriptor comes back as it was given (the same descriptor, blocking).
 fn start_error(builder: &mut ServerBuilder, source_len: u64) -> ServeError {
     let uffd = serve_uffd(MemoryType::Anonymous, RegisterMode::MISSING).unwrap();
+    let fd = uffd.as_raw_fd();
+    uffd.set_non_blocking(false).unwrap();
     // SAFETY: the regions hold no Rust object (and most are refused before registering).
     match unsafe { builder.start(uffd, Arc::new(Zeros::new(source_len))) } {
         Ok(server) => panic!("started: {server:?}"),
-        Err(e) => e,
+        Err(rejected) => {
+            let (uffd, e) = rejected.into_parts();
+            assert_eq!(uffd.as_raw_fd(), fd, "{e}");
+            assert!(!uffd.is_non_blocking().unwrap(), "{e}");
+            e
+        }
     }
 }
 
@@ -43,6 +51,8 @@ fn bad_input_is_a_clear_error_at_build_time() {
     let (addr, len) = (region.addr(), region.len());
     let at = |p: usize| region.page(p).cast::<libc::c_void>();
     let source = len as u64;
+    let hex_addr = format!("{:#x}", addr as usize);
+    let register_words = ["registering the region", "region 0", &hex_addr, "EINVAL"];
     let cases: Vec<(ServerBuilder, u64, &[&str])> = vec![
         (Server::builder(), source, &["no region"]),
         (
@@ -109,7 +119,57 @@ fn bad_input_is_a_clear_error_at_build_time() {
                 .region(Served::new(addr, len).backend(Backend::Continue { private: false }))
                 .clone(),
             source,
-            &["registering a region", "EINVAL"],
+            &register_words,
+        ),
+        // Settings whose value would abort the process or allocate without bound (a 32 TiB
+        // buffer per worker, a million threads, a deadline past the clock's end): refused
+        // before anything is mapped or registered.
+        (
+            Server::builder()
+                .region(Served::new(addr, len))
+                .fault_around(1 << 45)
+                .clone(),
+            source,
+            &["fault_around", "at most"],
+        ),
+        (
+            Server::builder()
+                .region(Served::new(addr, len))
+                .workers(1 << 20)
+                .clone(),
+            source,
+            &["workers", "at most"],
+        ),
+        (
+            Server::builder()
+                .region(Served::new(addr, len))
+                .busy_poll(Duration::MAX)
+                .clone(),
+            source,
+            &["busy_poll", "at most"],
+        ),
+        (
+            Server::builder()
+                .region(Served::new(addr, len))
+                .peer_process(0)
+                .clone(),
+            source,
+            &["peer_process(0)", "process id"],
+        ),
+        (
+            Server::builder()
+                .region(Served::new(addr, len).page_size(1 << 45))
+                .clone(),
+            source,
+            &["region 0", "page size", "1 GiB"],
+        ),
+        // A region of 2^44 pages at a valid address: its page state (4 TiB) cannot be had.
+        (
+            Server::builder()
+                .region(Served::new(addr, ps << 44))
+                .clone(),
+            u64::MAX,
+            &["region 0", "page state", "allocation failed"],
         ),
     ];
     for (mut builder, source_len, words) in cases {
@@ -125,7 +185,9 @@ fn bad_input_is_a_clear_error_at_build_time() {
             .region(Served::new(addr, len))
             .start(plain, Arc::new(Zeros::new(source)))
     }
-    .unwrap_err();
+    .unwrap_err()
+    .into_parts()
+    .1;
     assert_mentions(&e, &["EVENT_REMOVE"]);
     // EVENT_FORK is refused (documented: forked children are not served).
     if support::privileged() && support::kernel_lacks(FeatureFlags::EVENT_FORK).is_none() {
@@ -139,7 +201,9 @@ fn bad_input_is_a_clear_error_at_build_time() {
                 .region(Served::new(addr, len))
                 .start(forking, Arc::new(Zeros::new(source)))
         }
-        .unwrap_err();
+        .unwrap_err()
+        .into_parts()
+        .1;
         assert_mentions(&e, &["EVENT_FORK"]);
     }
 }

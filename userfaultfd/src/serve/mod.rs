@@ -7,7 +7,8 @@
 //! use userfaultfd::UffdBuilder;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let snapshot = Arc::new(MappedFile::new(&std::fs::File::open("memory.snap")?)?);
+//! // SAFETY: the snapshot file is written once and never truncated or rewritten.
+//! let snapshot = Arc::new(unsafe { MappedFile::new(&std::fs::File::open("memory.snap")?) }?);
 //! let len = 1 << 30;
 //! // SAFETY: a fresh private anonymous mapping; no Rust object lives in it.
 //! let addr = unsafe {
