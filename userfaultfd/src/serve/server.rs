@@ -383,7 +383,7 @@ impl ServerBuilder {
 
     /// Registers every region, noting in `undo` what a failure must take back.
     fn register_all(&self, undo: &mut Undo<'_>) -> Result<(), ServeError> {
-        let unreadable = Unreadable::new()?;
+        let unreadable = Unreadable::new(&self.regions)?;
         for (index, r) in self.regions.iter().enumerate() {
             let before = registered_already(undo.uffd, r, &unreadable);
             let uffd = undo.uffd;
@@ -606,32 +606,47 @@ fn register(
     Ok(())
 }
 
-/// One base page of `PROT_NONE`: a source address the kernel cannot read.
+/// One base page of `PROT_NONE` outside every region: a source address the kernel cannot
+/// read. Outside the regions, because a region may span an unmapped hole that the kernel
+/// could pick for the page; registered with the region, it would make our own `munmap` wait
+/// for its `UNMAP` event, read by nobody.
 struct Unreadable(*mut libc::c_void);
 
 impl Unreadable {
-    fn new() -> Result<Unreadable, ServeError> {
-        // SAFETY: a new mapping at an address of the kernel's choosing.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                super::source::page_size(),
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
+    fn new(regions: &[Region]) -> Result<Unreadable, ServeError> {
+        let ps = super::source::page_size();
+        let mut inside = Vec::new();
+        let found = loop {
+            // SAFETY: a new mapping at an address of the kernel's choosing.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    ps,
+                    libc::PROT_NONE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                break Err(io_error("mapping an unreadable page (to probe registrations)"));
+            }
+            let page = Unreadable(p);
+            if !regions.iter().any(|r| r.range().contains(&(p as usize))) {
+                break Ok(page);
+            }
+            // Kept mapped (not registered yet, so unmapped freely when dropped) so that the
+            // next try gets another address.
+            inside.push(page);
         };
-        if p == libc::MAP_FAILED {
-            return Err(io_error("mapping an unreadable page (to probe registrations)"));
-        }
-        Ok(Unreadable(p))
+        drop(inside);
+        found
     }
 }
 
 impl Drop for Unreadable {
     fn drop(&mut self) {
-        // SAFETY: our own mapping of one page, unused from now on.
+        // SAFETY: our own mapping of one page, in no region, unused from now on.
         unsafe { libc::munmap(self.0, super::source::page_size()) };
     }
 }
