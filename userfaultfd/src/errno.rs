@@ -327,7 +327,10 @@ mod tests {
             assert_eq!(format!("{e:?}"), e.name().unwrap());
         }
         assert_eq!(Errno::from_raw(524), Errno::ENOTSUPP);
-        assert_eq!(Errno::ENOTSUPP.to_string(), "ENOTSUPP (Operation is not supported)");
+        assert_eq!(
+            Errno::ENOTSUPP.to_string(),
+            "ENOTSUPP (Operation is not supported)"
+        );
         assert_eq!(Errno::from_raw(520), Errno::UnknownErrno);
         assert_eq!(Errno::from_raw(0), Errno::UnknownErrno);
         assert_eq!(Errno::from_raw(4095), Errno::UnknownErrno);

@@ -223,7 +223,10 @@ fn file_sources_serve_holes_as_zero_pages() {
     let file = sparse_file(&expected, ps);
     let sources: [(&str, Arc<dyn PageSource>); 2] = [
         // SAFETY: the test's own file, neither truncated nor written while mapped.
-        ("MappedFile", Arc::new(unsafe { MappedFile::new(&file) }.unwrap())),
+        (
+            "MappedFile",
+            Arc::new(unsafe { MappedFile::new(&file) }.unwrap()),
+        ),
         (
             "ReadFile",
             Arc::new(ReadFile::new(file.try_clone().unwrap()).unwrap()),

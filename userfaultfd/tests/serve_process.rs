@@ -700,11 +700,17 @@ fn a_failed_start_gives_back_the_descriptor_and_the_callers_registration() {
             uffd = back;
             // The server's own registration is gone: the read is not held.
             let (done, reader) = read_completes(&servers, page);
-            assert!(done, "{memory:?}, {what}: the failed start left its region registered");
+            assert!(
+                done,
+                "{memory:?}, {what}: the failed start left its region registered"
+            );
             assert_eq!(join_timeout(reader), 0);
             // The caller's is there: the read faults to the descriptor.
             let (done, reader) = read_completes(&callers, page);
-            assert!(!done, "{memory:?}, {what}: the caller's registration is gone");
+            assert!(
+                !done,
+                "{memory:?}, {what}: the caller's registration is gone"
+            );
             serve_zeros(&uffd, &callers, page);
             assert_eq!(join_timeout(reader), 0);
         }

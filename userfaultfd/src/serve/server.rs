@@ -214,22 +214,32 @@ impl ServerBuilder {
                 source,
             })?,
         };
+        if self.record {
+            super::working_set::check_snapshot_len(id.len).map_err(|why| {
+                ServeError::InvalidConfig(format!("recording a working set: {why}"))
+            })?;
+        }
         let recorder = if self.record {
             // Only the source pages the regions serve can be touched: the recorder covers
             // those, not the whole snapshot (whose length is whatever the identity says).
             let first = self.regions.iter().map(|r| r.offset / ps as u64).min();
-            let end = self.regions.iter().map(|r| (r.offset + r.len as u64) / ps as u64).max();
+            let end = self
+                .regions
+                .iter()
+                .map(|r| (r.offset + r.len as u64) / ps as u64)
+                .max();
             let capacity: u64 = self.regions.iter().map(|r| r.pages() as u64).sum();
             let pages = first.unwrap_or(0)..end.unwrap_or(0);
-            let recorder = Recorder::new(id, ps as u64, pages.clone(), capacity).map_err(|need| {
-                ServeError::InvalidConfig(format!(
+            let recorder =
+                Recorder::new(id, ps as u64, pages.clone(), capacity).map_err(|need| {
+                    ServeError::InvalidConfig(format!(
                     "recording a working set of source pages {}..{} ({} pages of {ps:#x} bytes) \
                      needs {need} bytes of memory: the allocation failed",
                     pages.start,
                     pages.end,
                     pages.end - pages.start
                 ))
-            })?;
+                })?;
             Some(recorder)
         } else {
             None
@@ -335,11 +345,7 @@ impl ServerBuilder {
 
     /// Everything before registration: the checks, the working set, the allocations, the
     /// descriptors.
-    fn prepare(
-        &self,
-        uffd: &Uffd,
-        source: &Arc<dyn PageSource>,
-    ) -> Result<Ready, ServeError> {
+    fn prepare(&self, uffd: &Uffd, source: &Arc<dyn PageSource>) -> Result<Ready, ServeError> {
         self.check(uffd, &**source)?;
         let (recorder, replay) = self.working_set_setup(&**source)?;
         let mut pages = Vec::with_capacity(self.regions.len());
@@ -387,7 +393,9 @@ impl ServerBuilder {
         for (index, r) in self.regions.iter().enumerate() {
             let before = registered_already(undo.uffd, r, &unreadable);
             let uffd = undo.uffd;
-            register(uffd, index, r, || undo.registered.push((r.addr, r.len, before)))?;
+            register(uffd, index, r, || {
+                undo.registered.push((r.addr, r.len, before))
+            })?;
         }
         Ok(())
     }
@@ -629,7 +637,9 @@ impl Unreadable {
                 )
             };
             if p == libc::MAP_FAILED {
-                break Err(io_error("mapping an unreadable page (to probe registrations)"));
+                break Err(io_error(
+                    "mapping an unreadable page (to probe registrations)",
+                ));
             }
             let page = Unreadable(p);
             if !regions.iter().any(|r| r.range().contains(&(p as usize))) {
@@ -638,6 +648,13 @@ impl Unreadable {
             // Kept mapped (not registered yet, so unmapped freely when dropped) so that the
             // next try gets another address.
             inside.push(page);
+            if inside.len() == 64 {
+                break Err(ServeError::InvalidConfig(
+                    "the regions cover the unmapped space where the kernel places new \
+                     mappings (64 tries): start needs one page outside them"
+                        .into(),
+                ));
+            }
         };
         drop(inside);
         found

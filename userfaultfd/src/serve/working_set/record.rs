@@ -149,7 +149,9 @@ mod tests {
     fn a_huge_snapshot_is_an_error_not_an_abort() {
         // 2^52 pages: a bitmap of 512 TiB.
         let id = SnapshotId::new(u64::MAX, 1);
-        let need = Recorder::new(id, 4096, 0..u64::MAX, u64::MAX).err().unwrap();
+        let need = Recorder::new(id, 4096, 0..u64::MAX, u64::MAX)
+            .err()
+            .unwrap();
         assert!(need > 1 << 50, "{need}");
     }
 }
