@@ -374,6 +374,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn offsets_past_the_end_are_an_error() {
+        use std::io::Write;
+        let mut file = tempfile_with(&[7u8; 8192]);
+        file.flush().unwrap();
+        // SAFETY: the test's own file, neither truncated nor written while mapped.
+        let mapped = unsafe { MappedFile::new(&file) }.unwrap();
+        let read = ReadFile::new(file.try_clone().unwrap()).unwrap();
+        let memory = Memory::new(vec![7u8; 8192]);
+        let mut scratch = vec![0u8; 4096];
+        for source in [&mapped as &dyn PageSource, &read, &memory] {
+            for offset in [8192, 8193, 1 << 40, u64::MAX] {
+                let e = source.fetch(offset, 4096, &mut scratch).unwrap_err();
+                assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+                assert!(e.to_string().contains("offset"), "{e}");
+            }
+            match source.fetch(4096, 4096, &mut scratch).unwrap() {
+                Chunk::Data(bytes) => assert_eq!(bytes, &[7u8; 4096][..]),
+                Chunk::Zeros(n) => panic!("zeros: {n}"),
+            }
+        }
+    }
+
+    fn tempfile_with(bytes: &[u8]) -> File {
+        use std::io::Write;
+        use std::os::fd::FromRawFd;
+        // SAFETY: the name is NUL-terminated.
+        let fd = unsafe { libc::memfd_create(c"uffd-source-test".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: a new descriptor only we own.
+        let mut file = unsafe { File::from_raw_fd(fd) };
+        file.write_all(bytes).unwrap();
+        file
+    }
+
+    #[test]
     fn extents_classify() {
         let e = Extents {
             data: vec![(4096, 12288), (20480, 24576)],
