@@ -129,7 +129,7 @@
 //! | [`ErrorPolicy`] | the server | threads blocked in a fault, and later faults |
 //! |---|---|---|
 //! | [`ErrorPolicy::Stop`] (default) | records the error and stops every worker; keeps the descriptor open | stay blocked until the owner acts on [`Finished::uffd`]: fix and serve the pages, unregister (the kernel's default: zeros on anonymous memory), or end the process. Threads in `madvise`, `munmap` or `mremap` of a region wait too (for their event to be read) |
-//! | [`ErrorPolicy::FailClosed`] | records the error, poisons every page not yet placed (`UFFDIO_POISON`, Linux 6.6+) and wakes the regions, then stops | get `SIGBUS` on any page not placed, now and later; on kernels without `POISON` they stay blocked as with `Stop` |
+//! | [`ErrorPolicy::FailClosed`] | records the error, poisons every page not yet placed (`UFFDIO_POISON`, Linux 6.6+) and wakes the regions, then stops | get `SIGBUS` on any page not placed, now and later; on kernels without `POISON` nothing is poisoned: they stay blocked as with `Stop` (see [`ErrorPolicy::FailClosed`]) |
 //!
 //! Dropping the [`Server`] without [`stop`](Server::stop) stops it and closes the descriptor:
 //! then blocked threads retry without userfaultfd and get the kernel's default pages. Call
@@ -190,6 +190,14 @@ pub enum ErrorPolicy {
     #[default]
     Stop,
     /// Fail closed: poison every page not yet placed, so that touching one raises `SIGBUS`.
+    ///
+    /// Needs `UFFDIO_POISON` (Linux 6.6+, [`FeatureFlags::POISON`](crate::FeatureFlags::POISON)
+    /// reported by [`probe`](crate::probe)). Without it, the first poison fails and the server
+    /// poisons nothing: it behaves as [`Stop`](Self::Stop) — faulting threads stay blocked
+    /// until the owner acts on [`Finished::uffd`] — and [`Finished::outcome`] reports the
+    /// original error. A VMM that must fail closed on older kernels checks
+    /// `probe()?.features().contains(FeatureFlags::POISON)` before it relies on this, and
+    /// otherwise ends the process (or unregisters and kills the guest) itself on an error.
     FailClosed,
 }
 

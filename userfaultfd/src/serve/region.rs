@@ -17,6 +17,20 @@ pub enum Backend {
     /// (`UFFDIO_COPY`) and mapping zero pages for its zeros (`UFFDIO_ZEROPAGE`; on hugetlbfs,
     /// which has no zero page, a copy of zeros). Private anonymous memory, shmem/memfd and
     /// hugetlbfs.
+    ///
+    /// # On a `MAP_SHARED` mapping (shmem/memfd, hugetlbfs)
+    ///
+    /// A page the server places is in the file's page cache, and `MADV_DONTNEED` only unmaps
+    /// it: the next access maps the page-cache page again, without a fault — the snapshot's
+    /// contents (or what the process wrote there). A page not yet placed has nothing in the
+    /// page cache: after `MADV_DONTNEED` of it (whose `REMOVE` marks it discarded) the next
+    /// access faults and gets zeros, where the snapshot would have been. So after
+    /// `MADV_DONTNEED` of a range, placed pages keep the snapshot and unplaced ones read
+    /// zeros. Discard shared memory with `MADV_REMOVE` (which frees the page cache: every
+    /// page then reads zeros), or serve a file that already holds the snapshot with
+    /// [`Backend::Continue`] `{ private: false }` (every page then keeps the file's contents).
+    /// `MAP_PRIVATE` and anonymous memory have no such difference: a discarded page reads
+    /// zeros whether it was placed or not.
     Copy,
     /// Minor faults (`RegisterMode::MINOR`, with `MISSING` for holes) on a shmem/memfd or
     /// hugetlbfs mapping whose page cache already holds the contents (a snapshot loaded into

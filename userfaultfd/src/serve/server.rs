@@ -801,7 +801,9 @@ pub struct Finished {
     pub outcome: Result<Exit, ServeError>,
     /// The userfaultfd, still open with the regions registered: threads blocked in a fault
     /// stay blocked until it is dropped (then they get the kernel's default pages) or their
-    /// ranges are unregistered. While it is open, nobody reads its events: an `munmap`,
+    /// ranges are unregistered. It is non-blocking (`O_NONBLOCK`, set by
+    /// [`ServerBuilder::start`]): `read_event` returns `Ok(None)` when no message is pending,
+    /// so poll it, or call [`Uffd::set_non_blocking`]`(false)` before reading it blocking. While it is open, nobody reads its events: an `munmap`,
     /// `mremap` or `madvise(MADV_DONTNEED)` of a region waits for its event to be read, so
     /// drop it (or unregister) before those.
     pub uffd: Uffd,
