@@ -240,7 +240,12 @@ fn one_raw_descriptor_in_two_uffds_aborts_a_debug_build() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     if cfg!(debug_assertions) {
         use std::os::unix::process::ExitStatusExt;
-        assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{:?}: {stderr}", out.status);
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGABRT),
+            "{:?}: {stderr}",
+            out.status
+        );
         assert!(
             stderr.contains("owned file descriptor already closed"),
             "{stderr}"

@@ -222,9 +222,9 @@ fn file_sources_serve_holes_as_zero_pages() {
     let expected = Arc::new(expected);
     let file = sparse_file(&expected, ps);
     let sources: [(&str, Arc<dyn PageSource>); 2] = [
-        // SAFETY: the test's own file, neither truncated nor written while mapped.
         (
             "MappedFile",
+            // SAFETY: the test's own file, neither truncated nor written while mapped.
             Arc::new(unsafe { MappedFile::new(&file) }.unwrap()),
         ),
         (
