@@ -640,8 +640,8 @@ fn serve_zeros(uffd: &userfaultfd::Uffd, region: &Region, page: usize) {
 /// A start that fails after registering gives the descriptor back as it was: the region the
 /// caller had registered stays registered (its faults reach the descriptor given back), the
 /// region the failed start registered is unregistered again, the blocking mode is restored.
-/// On every memory type, for a failure of the kernel's registration (minor faults on
-/// anonymous memory) and, on hugetlbfs, for a memory type that refuses the backend's ioctls (a hugetlbfs
+/// On every memory type, for a bad setting (refused before registering), a failure of the
+/// kernel's registration (minor faults on anonymous memory) and, on hugetlbfs, for a memory type that refuses the backend's ioctls (a hugetlbfs
 /// region declared with base pages: no `ZEROPAGE`), which used to unregister the caller's
 /// registration.
 #[test]
@@ -650,7 +650,7 @@ fn a_failed_start_gives_back_the_descriptor_and_the_callers_registration() {
         let Some(mut uffd) = serve_uffd(memory, RegisterMode::MISSING) else {
             continue;
         };
-        let (Some(callers), Some(servers)) = (Region::new(memory, 2), Region::new(memory, 2))
+        let (Some(callers), Some(servers)) = (Region::new(memory, 3), Region::new(memory, 3))
         else {
             continue;
         };
@@ -663,15 +663,25 @@ fn a_failed_start_gives_back_the_descriptor_and_the_callers_registration() {
         let servers_served = Served::new(servers.addr(), servers.len()).page_size(ps);
         // Minor faults on anonymous memory, after the other two: the kernel refuses the
         // registration (EINVAL).
-        let mut failing = vec![(
-            "a registration the kernel refuses",
-            vec![
-                callers_served.clone(),
-                servers_served.clone(),
-                Served::new(anonymous.addr(), anonymous.len())
-                    .backend(Backend::Continue { private: true }),
-            ],
-        )];
+        let mut failing = vec![
+            // Refused before anything is registered.
+            (
+                "a bad setting",
+                vec![
+                    callers_served.clone(),
+                    servers_served.clone().offset(u64::MAX & !(ps as u64 - 1)),
+                ],
+            ),
+            (
+                "a registration the kernel refuses",
+                vec![
+                    callers_served.clone(),
+                    servers_served.clone(),
+                    Served::new(anonymous.addr(), anonymous.len())
+                        .backend(Backend::Continue { private: true }),
+                ],
+            ),
+        ];
         if memory == MemoryType::Hugetlb {
             // The caller's region declared with base pages: registered again, then refused
             // for lack of ZEROPAGE.
