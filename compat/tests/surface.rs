@@ -23,6 +23,10 @@ fn errno_is_used_as_nix_errno_was() {
     );
     assert_eq!(Errno::from_i32(libc::EBUSY), Errno::EBUSY);
     assert_eq!(Errno::from_i32(100_000), Errno::UnknownErrno);
+    // The kernel-internal 524 (ENOTSUPP), which leaks out of some drivers' ioctls: nix (and so
+    // 0.9) made it UnknownErrno, losing the number (`as i32` gave 0); it keeps it now.
+    assert_eq!(Errno::from_i32(524) as i32, 524);
+    assert_eq!(describe(524).text, "Operation is not supported");
     assert_eq!(errno_code(&Error::SystemError(Errno::EBUSY)), libc::EBUSY);
     assert_eq!(errno_code(&Error::CopyFailed(Errno::EEXIST)), libc::EEXIST);
     #[allow(unused_imports)]

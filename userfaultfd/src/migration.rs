@@ -58,10 +58,12 @@
 //! | `create()` when no way works | `SystemError(errno)` of the system call | [`CreateFailed`](crate::Error::CreateFailed) saying why each way failed; `err.errno()` is the same `errno` | a handler that matched `SystemError(EPERM)` here must match `CreateFailed { syscall: Errno::EPERM, .. }` or test `err.errno()` |
 //! | `create()` with a required feature the kernel lacks | `SystemError(EINVAL)` | [`UnsupportedFeatures`](crate::Error::UnsupportedFeatures)`(missing)`; `err.errno()` is `EINVAL` | as above: match the new variant or test `err.errno()` |
 //! | `Event::Pagefault::thread_id` without `THREAD_ID` | an undefined `Pid` | `None` | (fails to compile, above) |
+//! | `Errno::from_i32(n)` for a kernel-internal `n` (512–531, e.g. `ENOTSUPP` = 524) | `UnknownErrno` (`as i32` = 0: the number lost) | the named value (`as i32` = `n`, `desc()` the kernel's text) | one matching `UnknownErrno` for these numbers takes its `_` arm; logs show the number |
 //!
-//! The last three creation cases are the only ones where a `match` that compiled for 0.9 can
-//! take a different arm; they are kept because 0.9's answer did not say what was wrong (and
-//! the device case did not work at all).
+//! The three creation cases and the kernel-internal `errno`s are the only ones where a
+//! `match` that compiled for 0.9 can take a different arm; they are kept because 0.9's
+//! answer did not say what was wrong (the device case did not work at all, and
+//! `UnknownErrno` lost the number).
 //!
 //! # One raw descriptor, two `Uffd`s: `from_raw_fd` takes ownership
 //!
