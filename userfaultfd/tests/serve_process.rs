@@ -669,7 +669,7 @@ fn a_failed_start_gives_back_the_descriptor_and_the_callers_registration() {
                 "a bad setting",
                 vec![
                     callers_served.clone(),
-                    servers_served.clone().offset(u64::MAX & !(ps as u64 - 1)),
+                    servers_served.clone().offset(!(ps as u64 - 1)),
                 ],
             ),
             (
