@@ -23,6 +23,10 @@ fn errno_is_used_as_nix_errno_was() {
     );
     assert_eq!(Errno::from_i32(libc::EBUSY), Errno::EBUSY);
     assert_eq!(Errno::from_i32(100_000), Errno::UnknownErrno);
+    // The kernel-internal 524 (ENOTSUPP), which leaks out of some drivers' ioctls: nix (and so
+    // 0.9) made it UnknownErrno, losing the number (`as i32` gave 0); it keeps it now.
+    assert_eq!(Errno::from_i32(524) as i32, 524);
+    assert_eq!(describe(524).text, "Operation is not supported");
     assert_eq!(errno_code(&Error::SystemError(Errno::EBUSY)), libc::EBUSY);
     assert_eq!(errno_code(&Error::CopyFailed(Errno::EEXIST)), libc::EEXIST);
     #[allow(unused_imports)]
@@ -220,4 +224,74 @@ fn write_protect_faults_are_reported_and_resolved() {
     }
     writer.join().unwrap();
     assert_eq!(map.read(0), 7);
+}
+
+/// 0.9 code that wraps one raw descriptor in two `Uffd`s (a handler that adopts the
+/// descriptor it received, and a second `from_raw_fd` of the same number kept for another
+/// thread): both close it when dropped. 0.9 ignored the second close's `EBADF` (or closed
+/// whatever file had reused the number meanwhile); here the descriptor is an `OwnedFd`, and
+/// a debug build aborts on the second close ("IO Safety violation: owned file descriptor
+/// already closed"), a release build ignores it as 0.9 did. Run in a child process (this same
+/// test binary, running the ignored helper below).
+#[test]
+fn one_raw_descriptor_in_two_uffds_aborts_a_debug_build() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "--nocapture"])
+        .arg("double_wrap_child")
+        .env("USERFAULTFD_COMPAT_DOUBLE_WRAP", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if cfg!(debug_assertions) {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGABRT),
+            "{:?}: {stderr}",
+            out.status
+        );
+        assert!(
+            stderr.contains("owned file descriptor already closed"),
+            "{stderr}"
+        );
+    } else {
+        assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    }
+}
+
+/// The child of the test above.
+#[test]
+#[ignore = "run in a child process by one_raw_descriptor_in_two_uffds_aborts_a_debug_build"]
+fn double_wrap_child() {
+    use std::os::fd::FromRawFd;
+    assert_eq!(
+        std::env::var("USERFAULTFD_COMPAT_DOUBLE_WRAP").as_deref(),
+        Ok("1"),
+        "run only by one_raw_descriptor_in_two_uffds_aborts_a_debug_build"
+    );
+    let fd = UffdBuilder::new().create().unwrap().into_raw_fd();
+    // SAFETY: none — this is the 0.9 code under test: two owners of one descriptor.
+    let (first, second) = unsafe {
+        (
+            userfaultfd::Uffd::from_raw_fd(fd),
+            userfaultfd::Uffd::from_raw_fd(fd),
+        )
+    };
+    drop(first);
+    drop(second); // closes a closed descriptor: aborts a debug build
+}
+
+/// The fix the migration guide gives: one `from_raw_fd`, and `try_clone` (a `dup`) for each
+/// further owner; every one is closed once.
+#[test]
+fn one_raw_descriptor_wrapped_once_and_cloned() {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let fd = UffdBuilder::new().create().unwrap().into_raw_fd();
+    // SAFETY: `fd` is an open userfaultfd that nothing else owns.
+    let first = unsafe { userfaultfd::Uffd::from_raw_fd(fd) };
+    let second = first.try_clone().unwrap();
+    assert_ne!(first.as_raw_fd(), second.as_raw_fd());
+    drop(first);
+    assert_eq!(second.features(), FeatureFlags::empty());
+    drop(second);
 }

@@ -53,7 +53,7 @@ pub struct Cli {
     pub memory_file: PathBuf,
 
     /// How pages are read from the memory file: `mmap` maps it once and copies from the
-    /// mapping (fast; the file must not shrink while serving), `pread` reads each block with
+    /// mapping (fast; the file must not be truncated or rewritten while serving), `pread` reads each block with
     /// pread(2) into a buffer (for files on storage where a mapping is unwelcome).
     #[arg(long, value_enum, default_value_t = SourceKind::Mmap)]
     pub backend: SourceKind,

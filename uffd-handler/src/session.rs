@@ -86,7 +86,10 @@ pub fn serve(
         return cli::EXIT_HANDSHAKE;
     }
     let source: Arc<dyn PageSource> = match cli.backend {
-        SourceKind::Mmap => match MappedFile::new(&memory) {
+        // SAFETY: the memory file is the snapshot, which must not be truncated or rewritten
+        // while a VM restores from it (the contract that `--backend` states): the mapping then
+        // stays valid for as long as the source lives.
+        SourceKind::Mmap => match unsafe { MappedFile::new(&memory) } {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 log!("mapping the memory file: {e}");

@@ -1,6 +1,6 @@
 //! Prints what this machine's userfaultfd supports: kernel release, ways of creating a
 //! descriptor, API features, and the ioctls each memory type allows for each registration
-//! mode.
+//! mode (or, in one line, why a mode is not supported).
 //!
 //! Run: `cargo run --example probe`
 
@@ -88,7 +88,7 @@ fn register(memory: Memory, mode: RegisterMode) -> String {
         .create()
     {
         Ok(uffd) => uffd,
-        Err(e) => return format!("unavailable: {e}"),
+        Err(e) => return format!("unavailable: {}", creation_reason(&e)),
     };
     let len = match memory {
         Memory::Hugetlb => 2 << 20,
@@ -136,11 +136,49 @@ fn register(memory: Memory, mode: RegisterMode) -> String {
     }
     let result = match uffd.register_with_mode(addr, len, mode) {
         Ok(ioctls) => format!("{ioctls:?}"),
-        Err(e) => format!("not supported: {e}"),
+        Err(e) => format!("not supported: {}", register_reason(memory, &e)),
     };
     // SAFETY: `addr` is the mapping created above, of `len` bytes.
     unsafe { libc::munmap(addr, len) };
     result
+}
+
+/// One line: why a descriptor with the features could not be created (the error's full
+/// text explains every case; a table needs the one that applies).
+fn creation_reason(e: &userfaultfd::Error) -> String {
+    match e {
+        userfaultfd::Error::UnsupportedFeatures(missing) => {
+            format!("the kernel lacks the feature {missing:?}")
+        }
+        userfaultfd::Error::CreateFailed {
+            device, syscall, ..
+        } => format!(
+            "no userfaultfd: /dev/userfaultfd {}, userfaultfd(2) {}",
+            short(*device),
+            short(*syscall)
+        ),
+        e => match e.errno() {
+            Some(errno) => short(errno),
+            None => e.to_string(),
+        },
+    }
+}
+
+/// One line: why `UFFDIO_REGISTER` refused the mode on this memory.
+fn register_reason(memory: Memory, e: &userfaultfd::Error) -> String {
+    match e.errno() {
+        Some(userfaultfd::Errno::EINVAL) => format!(
+            "UFFDIO_REGISTER refused the mode on {} memory (EINVAL)",
+            memory.name()
+        ),
+        Some(errno) => format!("UFFDIO_REGISTER: {}", short(errno)),
+        None => e.to_string(),
+    }
+}
+
+/// `EPERM (Operation not permitted)`.
+fn short(errno: userfaultfd::Errno) -> String {
+    errno.to_string()
 }
 
 fn kernel_release() -> String {

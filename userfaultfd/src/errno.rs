@@ -4,7 +4,7 @@
 use core::fmt;
 
 macro_rules! errno_enum {
-    ($($name:ident = $desc:literal,)*) => {
+    ($($name:ident = $desc:literal,)* ; $($kname:ident = $kval:literal => $kdesc:literal,)*) => {
         /// An `errno` value returned by the kernel.
         ///
         /// A fieldless `#[repr(i32)]` enum of every Linux `errno`, shaped like the
@@ -13,8 +13,18 @@ macro_rules! errno_enum {
         /// `use Errno::*`, `errno as i32`, [`desc`](Errno::desc) returning `&'static str`,
         /// [`from_i32`](Errno::from_i32) and [`last`](Errno::last) all work as they did. The
         /// discriminants are the target's own values (`libc::EAGAIN`...: mips, sparc, alpha and
-        /// parisc number some `errno`s differently). A number that is not a Linux `errno`
-        /// becomes [`Errno::UnknownErrno`] (0), as with nix.
+        /// parisc number some `errno`s differently).
+        ///
+        /// # Every number the kernel returns has a value
+        ///
+        /// Besides the C library's `errno`s, the enum holds the kernel-internal ones
+        /// (512–531: `ERESTARTSYS` ... `ENOTSUPP` = 524 ... `ENOGRACE`), which the kernel is not
+        /// supposed to return to user space and sometimes does (`ENOTSUPP` from drivers'
+        /// ioctls): an error built from what the kernel returned keeps its number. Only a
+        /// number Linux does not define (0, negative, 134–511, above 531) becomes
+        /// [`Errno::UnknownErrno`] (0), as with nix; the crate's errors never carry one, since
+        /// every `errno` they hold came from the kernel. (An `io::Error` keeps any number:
+        /// [`Error::Io`](crate::Error::Io) holds one where the crate wraps one.)
         ///
         /// The aliases `EWOULDBLOCK` (= `EAGAIN`), `EDEADLOCK` (= `EDEADLK`) and `ENOTSUP`
         /// (= `EOPNOTSUPP`) are associated constants.
@@ -37,6 +47,11 @@ macro_rules! errno_enum {
                 #[doc = concat!($desc, ".")]
                 $name = libc::$name,
             )*
+            $(
+                #[doc = concat!($kdesc, " (kernel-internal, ", stringify!($kval), ").")]
+                #[allow(non_camel_case_types)] // the kernel's names
+                $kname = $kval,
+            )*
         }
 
         impl Errno {
@@ -45,6 +60,7 @@ macro_rules! errno_enum {
             pub const fn from_raw(raw: i32) -> Errno {
                 match raw {
                     $(libc::$name => Errno::$name,)*
+                    $($kval => Errno::$kname,)*
                     _ => Errno::UnknownErrno,
                 }
             }
@@ -55,6 +71,7 @@ macro_rules! errno_enum {
                 match self {
                     Errno::UnknownErrno => None,
                     $(Errno::$name => Some(stringify!($name)),)*
+                    $(Errno::$kname => Some(stringify!($kname)),)*
                 }
             }
 
@@ -64,12 +81,18 @@ macro_rules! errno_enum {
                 match self {
                     Errno::UnknownErrno => "Unknown errno",
                     $(Errno::$name => $desc,)*
+                    $(Errno::$kname => $kdesc,)*
                 }
             }
 
-            /// Every value but `UnknownErrno`, for tests and tables.
+            /// Every value of the C library (not `UnknownErrno`, not the kernel-internal ones), for
+            /// tests.
             #[cfg(test)]
             pub(crate) const ALL: &'static [Errno] = &[$(Errno::$name,)*];
+
+            /// The kernel-internal values, for tests.
+            #[cfg(test)]
+            pub(crate) const KERNEL_INTERNAL: &'static [Errno] = &[$(Errno::$kname,)*];
         }
     };
 }
@@ -206,6 +229,27 @@ errno_enum! {
     ENOTRECOVERABLE = "State not recoverable",
     ERFKILL = "Operation not possible due to RF-kill",
     EHWPOISON = "Memory page has hardware error",
+    ;
+    // include/linux/errno.h: the same numbers on every architecture.
+    ERESTARTSYS = 512 => "Restart the system call",
+    ERESTARTNOINTR = 513 => "Restart the system call, not interrupted",
+    ERESTARTNOHAND = 514 => "Restart the system call if there is no signal handler",
+    ENOIOCTLCMD = 515 => "No ioctl command",
+    ERESTART_RESTARTBLOCK = 516 => "Restart by calling restart_syscall",
+    EPROBE_DEFER = 517 => "Driver requests probe retry",
+    EOPENSTALE = 518 => "Open found a stale dentry",
+    ENOPARAM = 519 => "Parameter not supported",
+    EBADHANDLE = 521 => "Illegal NFS file handle",
+    ENOTSYNC = 522 => "Update synchronization mismatch",
+    EBADCOOKIE = 523 => "Cookie is stale",
+    ENOTSUPP = 524 => "Operation is not supported",
+    ETOOSMALL = 525 => "Buffer or request is too small",
+    ESERVERFAULT = 526 => "An untranslatable error occurred",
+    EBADTYPE = 527 => "Type not supported by server",
+    EJUKEBOX = 528 => "Request initiated, but will not complete before timeout",
+    EIOCBQUEUED = 529 => "iocb queued, will get completion event",
+    ERECALLCONFLICT = 530 => "Conflict with recalled state",
+    ENOGRACE = 531 => "NFS file lock reclaim refused",
 }
 
 impl Errno {
@@ -275,6 +319,19 @@ mod tests {
             assert_eq!(e.desc(), strerror, "{e:?}");
             assert_eq!(format!("{e:?}"), e.name().unwrap());
         }
+        // The kernel-internal values keep their numbers (glibc has no text for them).
+        assert_eq!(Errno::KERNEL_INTERNAL.len(), 19);
+        for &e in Errno::KERNEL_INTERNAL {
+            assert!((512..=531).contains(&e.raw()), "{e:?}");
+            assert_eq!(Errno::from_raw(e.raw()), e);
+            assert_eq!(format!("{e:?}"), e.name().unwrap());
+        }
+        assert_eq!(Errno::from_raw(524), Errno::ENOTSUPP);
+        assert_eq!(
+            Errno::ENOTSUPP.to_string(),
+            "ENOTSUPP (Operation is not supported)"
+        );
+        assert_eq!(Errno::from_raw(520), Errno::UnknownErrno);
         assert_eq!(Errno::from_raw(0), Errno::UnknownErrno);
         assert_eq!(Errno::from_raw(4095), Errno::UnknownErrno);
         assert_eq!(Errno::EWOULDBLOCK, Errno::EAGAIN);

@@ -57,6 +57,13 @@ pub enum Error {
     /// `UFFDIO_WRITEPROTECT`, and `UFFDIO_CONTINUE` through [`Uffd::r#continue`](crate::Uffd::continue)
     /// (as in userfaultfd 0.9). The method that returned it is the operation; the `errno` says
     /// why (each method's documentation lists its cases).
+    ///
+    /// The variant is 0.9's, a bare `Errno` (0.9 code matches `SystemError(e)`), so its
+    /// `Display` cannot name which of these calls failed nor on what range: it says
+    /// "userfaultfd system call failed", the `errno`, and what the `errno` means for each of
+    /// them. Callers that report it name the operation and the range themselves, as the page
+    /// server does ([`ServeError::Uffd`](crate::serve::ServeError::Uffd): the operation, the
+    /// region's index and address range, then this error).
     SystemError(Errno),
 
     /// `read(2)` returned end of file.

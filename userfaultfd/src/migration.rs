@@ -25,7 +25,9 @@
 //!
 //! [`Errno`](crate::Errno) is shaped like nix's: a fieldless `#[repr(i32)]` enum of every
 //! Linux `errno`, so `Errno::EEXIST` in patterns, `use Errno::*`, `e as i32`, `e.desc()`
-//! (a `&'static str`), `Errno::from_i32(n)` and `Errno::last()` work as they did.
+//! (a `&'static str`), `Errno::from_i32(n)` and `Errno::last()` work as they did. It also
+//! names the kernel-internal numbers 512–531 (`ENOTSUPP` = 524 ...), which nix turned into
+//! `UnknownErrno`: an error carrying one of those now keeps its number.
 //!
 //! # What fails to compile, and what to write instead
 //!
@@ -56,10 +58,43 @@
 //! | `create()` when no way works | `SystemError(errno)` of the system call | [`CreateFailed`](crate::Error::CreateFailed) saying why each way failed; `err.errno()` is the same `errno` | a handler that matched `SystemError(EPERM)` here must match `CreateFailed { syscall: Errno::EPERM, .. }` or test `err.errno()` |
 //! | `create()` with a required feature the kernel lacks | `SystemError(EINVAL)` | [`UnsupportedFeatures`](crate::Error::UnsupportedFeatures)`(missing)`; `err.errno()` is `EINVAL` | as above: match the new variant or test `err.errno()` |
 //! | `Event::Pagefault::thread_id` without `THREAD_ID` | an undefined `Pid` | `None` | (fails to compile, above) |
+//! | `Errno::from_i32(n)` for a kernel-internal `n` (512–531, e.g. `ENOTSUPP` = 524) | `UnknownErrno` (`as i32` = 0: the number lost) | the named value (`as i32` = `n`, `desc()` the kernel's text) | one matching `UnknownErrno` for these numbers takes its `_` arm; logs show the number |
 //!
-//! The last three creation cases are the only ones where a `match` that compiled for 0.9 can
-//! take a different arm; they are kept because 0.9's answer did not say what was wrong (and
-//! the device case did not work at all).
+//! The three creation cases and the kernel-internal `errno`s are the only ones where a
+//! `match` that compiled for 0.9 can take a different arm; they are kept because 0.9's
+//! answer did not say what was wrong (the device case did not work at all, and
+//! `UnknownErrno` lost the number).
+//!
+//! # One raw descriptor, two `Uffd`s: `from_raw_fd` takes ownership
+//!
+//! 0.9's `Uffd` held a bare `RawFd` and closed it on drop, ignoring errors. Code that wraps
+//! one descriptor number twice — `Uffd::from_raw_fd(fd)` for the handler, and again for a
+//! second thread or struct (real 0.9 clients do) — closed it twice: the second `close`
+//! failed with `EBADF` (ignored), or, if another thread had opened a file meanwhile and got
+//! the same number, closed that file. Here a `Uffd` is an [`OwnedFd`](std::os::fd::OwnedFd),
+//! as [`FromRawFd`](std::os::fd::FromRawFd)'s contract (ownership of an open descriptor
+//! nothing else owns) has always said:
+//!
+//! - a **debug build aborts** on the second drop: `fatal runtime error: IO Safety violation:
+//!   owned file descriptor already closed` (the standard library's check; `SIGABRT`);
+//! - a release build ignores the `EBADF`, as 0.9 did (and can still close a reused number).
+//!
+//! The fix: wrap the number once, and give every further owner its own descriptor or a
+//! reference:
+//!
+//! ```rust,ignore
+//! // before (0.9): two owners of one number
+//! let handler = unsafe { Uffd::from_raw_fd(fd) };
+//! let poller = unsafe { Uffd::from_raw_fd(fd) };
+//! // after: one owner; a dup for the other (or an Arc<Uffd>, or `&Uffd`, or `as_fd()`)
+//! let handler = unsafe { Uffd::from_raw_fd(fd) };
+//! let poller = handler.try_clone()?; // closed on its own
+//! ```
+//!
+//! Where the second owner must not close the descriptor at all, keep the raw number, or a
+//! `BorrowedFd` from [`AsFd::as_fd`](std::os::fd::AsFd::as_fd). The `compat` crate's tests
+//! run the 0.9 code in a child process and see the abort, and the fix closing each
+//! descriptor once.
 //!
 //! # What is the same on purpose
 //!

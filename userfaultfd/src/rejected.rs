@@ -9,9 +9,11 @@ use crate::Error;
 /// [`Error`], and the value, unchanged, so that a refusal never closes a descriptor the
 /// caller still needs (as tokio's `AsyncFd::register` does with `AsyncFdRegisterError`).
 ///
-/// Returned by `AsyncUffd::new` (cargo feature `tokio`) and `Uffd::try_from(OwnedFd)`.
-/// `?` converts it into an [`Error`] (or an `io::Error`), dropping the value; keep it with
-/// [`into_parts`](Self::into_parts) or [`into_inner`](Self::into_inner).
+/// Returned by `AsyncUffd::new` (cargo feature `tokio`), `Uffd::try_from(OwnedFd)` and, with
+/// the page server's error `E = ServeError`, by
+/// [`ServerBuilder::start`](crate::serve::ServerBuilder::start).
+/// `?` converts it into its error `E` (or, for `E = Error`, an `io::Error`), dropping the
+/// value; keep it with [`into_parts`](Self::into_parts) or [`into_inner`](Self::into_inner).
 ///
 /// ```
 /// use std::os::fd::OwnedFd;
@@ -24,23 +26,23 @@ use crate::Error;
 /// # drop(file);
 /// ```
 #[derive(Debug)]
-pub struct Rejected<T> {
+pub struct Rejected<T, E = Error> {
     value: T,
-    error: Error,
+    error: E,
 }
 
-impl<T> Rejected<T> {
-    pub(crate) fn new(value: T, error: Error) -> Rejected<T> {
+impl<T, E> Rejected<T, E> {
+    pub(crate) fn new(value: T, error: E) -> Rejected<T, E> {
         Rejected { value, error }
     }
 
     /// Why the value was refused.
-    pub fn error(&self) -> &Error {
+    pub fn error(&self) -> &E {
         &self.error
     }
 
     /// The value given back, and the error.
-    pub fn into_parts(self) -> (T, Error) {
+    pub fn into_parts(self) -> (T, E) {
         (self.value, self.error)
     }
 
@@ -50,15 +52,24 @@ impl<T> Rejected<T> {
     }
 }
 
-impl<T> fmt::Display for Rejected<T> {
+impl<T, E: fmt::Display> fmt::Display for Rejected<T, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(&self.error, f)
     }
 }
 
-impl<T: fmt::Debug> std::error::Error for Rejected<T> {
+/// The error's source chain, not the error itself: `Display` already shows it (an error
+/// reporter printing the chain would otherwise print its message twice).
+impl<T: fmt::Debug, E: std::error::Error> std::error::Error for Rejected<T, E> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.error)
+        self.error.source()
+    }
+}
+
+/// Drops the value (closing a descriptor) and keeps the page server's error.
+impl<T> From<Rejected<T, crate::serve::ServeError>> for crate::serve::ServeError {
+    fn from(rejected: Rejected<T, crate::serve::ServeError>) -> crate::serve::ServeError {
+        rejected.error
     }
 }
 

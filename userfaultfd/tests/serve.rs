@@ -222,7 +222,11 @@ fn file_sources_serve_holes_as_zero_pages() {
     let expected = Arc::new(expected);
     let file = sparse_file(&expected, ps);
     let sources: [(&str, Arc<dyn PageSource>); 2] = [
-        ("MappedFile", Arc::new(MappedFile::new(&file).unwrap())),
+        (
+            "MappedFile",
+            // SAFETY: the test's own file, neither truncated nor written while mapped.
+            Arc::new(unsafe { MappedFile::new(&file) }.unwrap()),
+        ),
         (
             "ReadFile",
             Arc::new(ReadFile::new(file.try_clone().unwrap()).unwrap()),
@@ -449,4 +453,65 @@ fn slow_source_fetches_run_in_parallel() {
     }
     let finished = server.stop();
     assert!(finished.outcome.is_ok(), "{:?}", finished.outcome);
+}
+
+/// A `MappedFile` whose file is truncated under it (which its contract forbids, and which the
+/// contract says what then happens to): the page server only hands the mapping to the kernel,
+/// whose `UFFDIO_COPY` fails with `EFAULT` rather than raising `SIGBUS` in the server — a fatal
+/// error naming the operation, the region and the `errno`; the faulting thread stays blocked
+/// (policy `Stop`) until the descriptor is closed. On every memory type.
+#[test]
+fn a_truncated_mapped_file_is_an_efault_not_a_crash() {
+    for memory in MemoryType::ALL {
+        let Some(region) = Region::new(memory, 2) else {
+            continue;
+        };
+        let Some(uffd) = serve_uffd(memory, RegisterMode::MISSING) else {
+            continue;
+        };
+        let region = Arc::new(region);
+        let ps = region.page_size();
+        let file = sparse_file(&snapshot(region.pages(), ps), ps);
+        // SAFETY: the test breaks the contract on purpose (it truncates the file below), and
+        // nothing reads the mapping from Rust: only the server's `UFFDIO_COPY` does.
+        let source = Arc::new(unsafe { MappedFile::new(&file) }.unwrap());
+        // SAFETY: the test region holds no Rust object.
+        let server = unsafe {
+            Server::builder()
+                .fault_around(0)
+                .region(Served::new(region.addr(), region.len()).page_size(ps))
+                .start(uffd, source)
+        }
+        .unwrap_or_else(|e| panic!("{memory:?}: {e}"));
+        file.set_len(0).unwrap();
+        let r = Arc::clone(&region);
+        // SAFETY: page 0 of the test's mapping.
+        let reader = spawn_named("reader", move || unsafe { r.page(0).read_volatile() });
+        assert!(
+            server.wait_stopped(std::time::Duration::from_secs(20)),
+            "{memory:?}: the server did not stop"
+        );
+        let finished = server.stop();
+        let e = finished.outcome.expect_err("a fatal error");
+        eprintln!("{memory:?}: as expected: {e}");
+        let shown = e.to_string();
+        for word in ["UFFDIO_COPY", "region 0", "EFAULT"] {
+            assert!(shown.contains(word), "{memory:?}: {shown:?} lacks {word:?}");
+        }
+        match &e {
+            userfaultfd::serve::ServeError::Uffd {
+                at: Some(at),
+                source,
+                ..
+            } => {
+                assert_eq!(at.index, 0);
+                assert_eq!(at.range.start, region.addr() as usize);
+                assert_eq!(source.errno(), Some(userfaultfd::Errno::EFAULT));
+            }
+            other => panic!("{memory:?}: {other:?}"),
+        }
+        // Without the descriptor, the kernel's own page: zeros.
+        drop(finished.uffd);
+        assert_eq!(join_timeout(reader), 0, "{memory:?}");
+    }
 }

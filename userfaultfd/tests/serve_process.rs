@@ -18,13 +18,21 @@ use userfaultfd::serve::{
 };
 use userfaultfd::{FeatureFlags, RegisterMode, UffdBuilder};
 
-/// Starts a server for `regions` over a fresh descriptor and returns its error.
+/// Starts a server for `regions` over a fresh descriptor and returns its error, checking
+/// that the descriptor comes back as it was given (the same descriptor, blocking).
 fn start_error(builder: &mut ServerBuilder, source_len: u64) -> ServeError {
     let uffd = serve_uffd(MemoryType::Anonymous, RegisterMode::MISSING).unwrap();
+    let fd = uffd.as_raw_fd();
+    uffd.set_non_blocking(false).unwrap();
     // SAFETY: the regions hold no Rust object (and most are refused before registering).
     match unsafe { builder.start(uffd, Arc::new(Zeros::new(source_len))) } {
         Ok(server) => panic!("started: {server:?}"),
-        Err(e) => e,
+        Err(rejected) => {
+            let (uffd, e) = rejected.into_parts();
+            assert_eq!(uffd.as_raw_fd(), fd, "{e}");
+            assert!(!uffd.is_non_blocking().unwrap(), "{e}");
+            e
+        }
     }
 }
 
@@ -43,6 +51,8 @@ fn bad_input_is_a_clear_error_at_build_time() {
     let (addr, len) = (region.addr(), region.len());
     let at = |p: usize| region.page(p).cast::<libc::c_void>();
     let source = len as u64;
+    let hex_addr = format!("{:#x}", addr as usize);
+    let register_words = ["registering the region", "region 0", &hex_addr, "EINVAL"];
     let cases: Vec<(ServerBuilder, u64, &[&str])> = vec![
         (Server::builder(), source, &["no region"]),
         (
@@ -109,7 +119,57 @@ fn bad_input_is_a_clear_error_at_build_time() {
                 .region(Served::new(addr, len).backend(Backend::Continue { private: false }))
                 .clone(),
             source,
-            &["registering a region", "EINVAL"],
+            &register_words,
+        ),
+        // Settings whose value would abort the process or allocate without bound (a 32 TiB
+        // buffer per worker, a million threads, a deadline past the clock's end): refused
+        // before anything is mapped or registered.
+        (
+            Server::builder()
+                .region(Served::new(addr, len))
+                .fault_around(1 << 45)
+                .clone(),
+            source,
+            &["fault_around", "at most"],
+        ),
+        (
+            Server::builder()
+                .region(Served::new(addr, len))
+                .workers(1 << 20)
+                .clone(),
+            source,
+            &["workers", "at most"],
+        ),
+        (
+            Server::builder()
+                .region(Served::new(addr, len))
+                .busy_poll(Duration::MAX)
+                .clone(),
+            source,
+            &["busy_poll", "at most"],
+        ),
+        (
+            Server::builder()
+                .region(Served::new(addr, len))
+                .peer_process(0)
+                .clone(),
+            source,
+            &["peer_process(0)", "process id"],
+        ),
+        (
+            Server::builder()
+                .region(Served::new(addr, len).page_size(1 << 45))
+                .clone(),
+            source,
+            &["region 0", "page size", "1 GiB"],
+        ),
+        // A region of 2^44 pages at a valid address: its page state (4 TiB) cannot be had.
+        (
+            Server::builder()
+                .region(Served::new(addr, ps << 44))
+                .clone(),
+            u64::MAX,
+            &["region 0", "page state", "allocation failed"],
         ),
     ];
     for (mut builder, source_len, words) in cases {
@@ -125,7 +185,9 @@ fn bad_input_is_a_clear_error_at_build_time() {
             .region(Served::new(addr, len))
             .start(plain, Arc::new(Zeros::new(source)))
     }
-    .unwrap_err();
+    .unwrap_err()
+    .into_parts()
+    .1;
     assert_mentions(&e, &["EVENT_REMOVE"]);
     // EVENT_FORK is refused (documented: forked children are not served).
     if support::privileged() && support::kernel_lacks(FeatureFlags::EVENT_FORK).is_none() {
@@ -139,7 +201,9 @@ fn bad_input_is_a_clear_error_at_build_time() {
                 .region(Served::new(addr, len))
                 .start(forking, Arc::new(Zeros::new(source)))
         }
-        .unwrap_err();
+        .unwrap_err()
+        .into_parts()
+        .1;
         assert_mentions(&e, &["EVENT_FORK"]);
     }
 }
@@ -538,4 +602,130 @@ fn forked_children_are_not_served() {
         s.faults, 1,
         "the children's accesses never reached the server: {s:?}"
     );
+}
+
+/// Reads the first byte of page `page` of `region` on another thread: returns whether it
+/// finished within a second (a registered, empty page blocks the reader in the fault instead).
+fn read_completes(region: &Arc<Region>, page: usize) -> (bool, support::Waitable<u8>) {
+    let r = Arc::clone(region);
+    let reader = spawn_named("reader", move || {
+        // SAFETY: a page of the test's own mapping.
+        unsafe { r.page(page).read_volatile() }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    while std::time::Instant::now() < deadline {
+        if reader.is_finished() {
+            return (true, reader);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    (false, reader)
+}
+
+/// Resolves the fault `uffd` reports on page `page` of `region` with zeros (waking the
+/// reader).
+fn serve_zeros(uffd: &userfaultfd::Uffd, region: &Region, page: usize) {
+    let at = region.page(page);
+    match support::wait_event(uffd) {
+        userfaultfd::Event::Pagefault { addr, .. } => {
+            assert_eq!(addr as usize & !(region.page_size() - 1), at as usize);
+        }
+        other => panic!("{other:?}"),
+    }
+    let zeros = vec![0u8; region.page_size()];
+    // SAFETY: a page of the test's mapping, which holds no Rust object; `zeros` is readable.
+    unsafe { uffd.copy(zeros.as_ptr().cast(), at.cast(), region.page_size(), true) }.unwrap();
+}
+
+/// A start that fails after registering gives the descriptor back as it was: the region the
+/// caller had registered stays registered (its faults reach the descriptor given back), the
+/// region the failed start registered is unregistered again, the blocking mode is restored.
+/// On every memory type, for a bad setting (refused before registering), a failure of the
+/// kernel's registration (minor faults on anonymous memory) and, on hugetlbfs, for a memory type that refuses the backend's ioctls (a hugetlbfs
+/// region declared with base pages: no `ZEROPAGE`), which used to unregister the caller's
+/// registration.
+#[test]
+fn a_failed_start_gives_back_the_descriptor_and_the_callers_registration() {
+    for memory in MemoryType::ALL {
+        let Some(mut uffd) = serve_uffd(memory, RegisterMode::MISSING) else {
+            continue;
+        };
+        let (Some(callers), Some(servers)) = (Region::new(memory, 3), Region::new(memory, 3))
+        else {
+            continue;
+        };
+        let (callers, servers) = (Arc::new(callers), Arc::new(servers));
+        let ps = memory.page_size();
+        uffd.register(callers.addr(), callers.len()).unwrap();
+        // Minor faults on anonymous memory: the kernel refuses the registration (EINVAL).
+        let anonymous = Region::new(MemoryType::Anonymous, 1).unwrap();
+        let callers_served = Served::new(callers.addr(), callers.len()).page_size(ps);
+        let servers_served = Served::new(servers.addr(), servers.len()).page_size(ps);
+        // Minor faults on anonymous memory, after the other two: the kernel refuses the
+        // registration (EINVAL).
+        let mut failing = vec![
+            // Refused before anything is registered.
+            (
+                "a bad setting",
+                vec![
+                    callers_served.clone(),
+                    servers_served.clone().offset(!(ps as u64 - 1)),
+                ],
+            ),
+            (
+                "a registration the kernel refuses",
+                vec![
+                    callers_served.clone(),
+                    servers_served.clone(),
+                    Served::new(anonymous.addr(), anonymous.len())
+                        .backend(Backend::Continue { private: true }),
+                ],
+            ),
+        ];
+        if memory == MemoryType::Hugetlb {
+            // The caller's region declared with base pages: registered again, then refused
+            // for lack of ZEROPAGE.
+            failing.push((
+                "a refused backend",
+                vec![
+                    servers_served.clone(),
+                    Served::new(callers.addr(), callers.len()),
+                ],
+            ));
+        }
+        // Each case reads its own page: the pages read before are populated.
+        for (page, (what, regions)) in failing.into_iter().enumerate() {
+            let fd = uffd.as_raw_fd();
+            let was_non_blocking = uffd.is_non_blocking().unwrap();
+            let mut builder = Server::builder();
+            for r in regions {
+                builder.region(r);
+            }
+            // SAFETY: the regions hold no Rust object.
+            let started = unsafe { builder.start(uffd, Arc::new(Zeros::new(1 << 40))) };
+            let (back, e) = started.expect_err("the start must fail").into_parts();
+            eprintln!("{memory:?}, {what}: as expected: {e}");
+            assert_eq!(back.as_raw_fd(), fd, "the same descriptor, still open");
+            assert_eq!(back.is_non_blocking().unwrap(), was_non_blocking);
+            uffd = back;
+            // The server's own registration is gone: the read is not held.
+            let (done, reader) = read_completes(&servers, page);
+            assert!(
+                done,
+                "{memory:?}, {what}: the failed start left its region registered"
+            );
+            assert_eq!(join_timeout(reader), 0);
+            // The caller's is there: the read faults to the descriptor.
+            let (done, reader) = read_completes(&callers, page);
+            assert!(
+                !done,
+                "{memory:?}, {what}: the caller's registration is gone"
+            );
+            serve_zeros(&uffd, &callers, page);
+            assert_eq!(join_timeout(reader), 0);
+        }
+        // Closed before the regions are unmapped (an unmap of a registered range waits for
+        // its event to be read).
+        drop(uffd);
+    }
 }

@@ -94,7 +94,7 @@ impl Setup {
             b.replay(ws);
         }
         // SAFETY: the test region holds no Rust object.
-        Some(unsafe { b.start(uffd, source) })
+        Some(unsafe { b.start(uffd, source) }.map_err(ServeError::from))
     }
 }
 
@@ -207,7 +207,7 @@ fn record_of_another_snapshot_is_refused() {
             .region(Served::new(region.addr(), region.len()))
             .start(uffd, source)
     };
-    let e = started.unwrap_err();
+    let e = started.unwrap_err().into_parts().1;
     assert!(
         matches!(
             e,

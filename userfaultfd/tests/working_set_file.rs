@@ -140,5 +140,48 @@ fn save_and_load() {
     assert_eq!(WorkingSet::load(&path).unwrap(), ws);
     let e = WorkingSet::load(dir.join("missing.ws")).unwrap_err();
     assert!(e.to_string().contains("missing.ws"), "{e}");
+
+    // What is not a regular file is refused before reading: /dev/zero would be read for
+    // ever, a FIFO would wait for a writer.
+    for special in ["/dev/zero".into(), dir.clone()] {
+        let e = WorkingSet::load(&special).unwrap_err();
+        assert!(matches!(e, WorkingSetError::Io { .. }), "{special:?}: {e}");
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+    }
+    let fifo = dir.join("fifo.ws");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let e = WorkingSet::load(&fifo).unwrap_err();
+    assert!(e.to_string().contains("not a regular file"), "{e}");
+
+    // A file longer than its header allows is refused before it is read.
+    let mut long = ws.encode();
+    long.resize(long.len() + (1 << 20), 0);
+    std::fs::write(&path, &long).unwrap();
+    let e = WorkingSet::load(&path).unwrap_err();
+    assert!(e.to_string().contains("its header allows at most"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A working set of a snapshot whose identity claims 2^64 bytes is refused, not allocated
+/// for (its file's bitmap would be 2^49 bytes); up to the limit, checking costs what the list
+/// costs.
+#[test]
+fn a_huge_snapshot_identity_is_refused_not_allocated() {
+    let e = WorkingSet::new(SnapshotId::new(u64::MAX, 1), 4096, vec![3]).unwrap_err();
+    assert!(matches!(e, WorkingSetError::Invalid(_)), "{e}");
+    assert!(e.to_string().contains("at most"), "{e}");
+    let id = SnapshotId::new(userfaultfd::serve::working_set::MAX_SNAPSHOT_LEN, 1);
+    let ws = WorkingSet::new(id, 4096, vec![1 << 30, 3, 7]).unwrap();
+    assert_eq!(ws.order(), &[1 << 30, 3, 7]);
+    let e = WorkingSet::new(id, 4096, vec![3, 1 << 30, 3]).unwrap_err();
+    assert!(e.to_string().contains("page 3 is listed twice"), "{e}");
+    // A file whose header claims such a snapshot: refused before anything is allocated.
+    let mut bytes = WorkingSet::new(SnapshotId::new(1 << 20, 1), 4096, vec![3])
+        .unwrap()
+        .encode();
+    bytes[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+    let e = WorkingSet::decode(&bytes).unwrap_err();
+    assert!(e.to_string().contains("at most"), "{e}");
 }

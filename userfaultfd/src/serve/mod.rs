@@ -7,7 +7,8 @@
 //! use userfaultfd::UffdBuilder;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let snapshot = Arc::new(MappedFile::new(&std::fs::File::open("memory.snap")?)?);
+//! // SAFETY: the snapshot file is written once and never truncated or rewritten.
+//! let snapshot = Arc::new(unsafe { MappedFile::new(&std::fs::File::open("memory.snap")?) }?);
 //! let len = 1 << 30;
 //! // SAFETY: a fresh private anonymous mapping; no Rust object lives in it.
 //! let addr = unsafe {
@@ -128,7 +129,7 @@
 //! | [`ErrorPolicy`] | the server | threads blocked in a fault, and later faults |
 //! |---|---|---|
 //! | [`ErrorPolicy::Stop`] (default) | records the error and stops every worker; keeps the descriptor open | stay blocked until the owner acts on [`Finished::uffd`]: fix and serve the pages, unregister (the kernel's default: zeros on anonymous memory), or end the process. Threads in `madvise`, `munmap` or `mremap` of a region wait too (for their event to be read) |
-//! | [`ErrorPolicy::FailClosed`] | records the error, poisons every page not yet placed (`UFFDIO_POISON`, Linux 6.6+) and wakes the regions, then stops | get `SIGBUS` on any page not placed, now and later; on kernels without `POISON` they stay blocked as with `Stop` |
+//! | [`ErrorPolicy::FailClosed`] | records the error, poisons every page not yet placed (`UFFDIO_POISON`, Linux 6.6+) and wakes the regions, then stops | get `SIGBUS` on any page not placed, now and later; on kernels without `POISON` nothing is poisoned: they stay blocked as with `Stop` (see [`ErrorPolicy::FailClosed`]) |
 //!
 //! Dropping the [`Server`] without [`stop`](Server::stop) stops it and closes the descriptor:
 //! then blocked threads retry without userfaultfd and get the kernel's default pages. Call
@@ -163,9 +164,12 @@ pub mod working_set;
 
 use std::fmt;
 use std::io;
+use std::ops::Range;
 
 pub use region::{Backend, Region};
-pub use server::{Exit, Finished, Server, ServerBuilder};
+pub use server::{
+    Exit, Finished, Server, ServerBuilder, MAX_BUSY_POLL, MAX_FAULT_AROUND, MAX_WORKERS,
+};
 pub use source::{Chunk, MappedFile, Memory, PageSource, ReadFile, Zeros};
 pub use stats::{Stats, LATENCY_BUCKETS};
 pub use working_set::{SnapshotId, WorkingSet, WorkingSetError};
@@ -187,7 +191,35 @@ pub enum ErrorPolicy {
     #[default]
     Stop,
     /// Fail closed: poison every page not yet placed, so that touching one raises `SIGBUS`.
+    ///
+    /// Needs `UFFDIO_POISON` (Linux 6.6+, [`FeatureFlags::POISON`](crate::FeatureFlags::POISON)
+    /// reported by [`probe`](crate::probe)). Without it, the first poison fails and the server
+    /// poisons nothing: it behaves as [`Stop`](Self::Stop) — faulting threads stay blocked
+    /// until the owner acts on [`Finished::uffd`] — and [`Finished::outcome`] reports the
+    /// original error. A VMM that must fail closed on older kernels checks
+    /// `probe()?.features().contains(FeatureFlags::POISON)` before it relies on this, and
+    /// otherwise ends the process (or unregisters and kills the guest) itself on an error.
     FailClosed,
+}
+
+/// Where a userfaultfd operation of the server failed: which region, and the addresses the
+/// call covered (`Display`: `region 2, 0x7f2a00000000..0x7f2a00040000`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegionRange {
+    /// The region, in the order they were added to the builder.
+    pub index: usize,
+    /// The addresses of the call (where the region is mapped now, after any `mremap`).
+    pub range: Range<usize>,
+}
+
+impl fmt::Display for RegionRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "region {}, {:#x}..{:#x}",
+            self.index, self.range.start, self.range.end
+        )
+    }
 }
 
 /// Why the server could not be built, or stopped with an error.
@@ -196,10 +228,13 @@ pub enum ErrorPolicy {
 pub enum ServeError {
     /// A builder setting is invalid.
     InvalidConfig(String),
-    /// Region `index` is invalid (unaligned, outside the source, overlapping another, ...).
+    /// Region `index` is invalid (unaligned, outside the source, overlapping another, its
+    /// memory refuses the backend, ...).
     InvalidRegion {
         /// The region, in the order they were added.
         index: usize,
+        /// Its address range, as given.
+        range: Range<usize>,
         /// What is wrong with it.
         reason: String,
     },
@@ -207,6 +242,9 @@ pub enum ServeError {
     Uffd {
         /// What the server was doing.
         operation: &'static str,
+        /// The region concerned and the address range of the call, when the operation was on
+        /// a region (registering it, placing pages in it, waking a fault in it).
+        at: Option<RegionRange>,
         /// The crate's error (names the ioctl and the `errno`).
         source: crate::Error,
     },
@@ -245,12 +283,25 @@ impl fmt::Display for ServeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ServeError::InvalidConfig(why) => write!(f, "page server: invalid setting: {why}"),
-            ServeError::InvalidRegion { index, reason } => {
-                write!(f, "page server: region {index} is invalid: {reason}")
-            }
-            ServeError::Uffd { operation, source } => {
-                write!(f, "page server: {operation}: {source}")
-            }
+            ServeError::InvalidRegion {
+                index,
+                range,
+                reason,
+            } => write!(
+                f,
+                "page server: region {index} ({:#x}..{:#x}) is invalid: {reason}",
+                range.start, range.end
+            ),
+            ServeError::Uffd {
+                operation,
+                at: Some(at),
+                source,
+            } => write!(f, "page server: {operation} at {at}: {source}"),
+            ServeError::Uffd {
+                operation,
+                at: None,
+                source,
+            } => write!(f, "page server: {operation}: {source}"),
             ServeError::Source { offset, source } => write!(
                 f,
                 "page server: reading the page source at offset {offset:#x} failed: {source}"

@@ -8,8 +8,14 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 struct Bits(Box<[AtomicU64]>);
 
 impl Bits {
-    fn new(pages: usize) -> Bits {
-        Bits((0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect())
+    /// `None` when the memory cannot be had (no abort: the region's length comes from the
+    /// caller).
+    fn try_new(pages: usize) -> Option<Bits> {
+        let words = pages.div_ceil(64);
+        let mut v = Vec::new();
+        v.try_reserve_exact(words).ok()?;
+        v.extend((0..words).map(|_| AtomicU64::new(0)));
+        Some(Bits(v.into_boxed_slice()))
     }
 
     #[inline]
@@ -50,11 +56,12 @@ pub(crate) struct PageState {
 }
 
 impl PageState {
-    pub fn new(pages: usize) -> PageState {
-        PageState {
-            placed: Bits::new(pages),
-            discarded: Bits::new(pages),
-        }
+    /// The state of `pages` pages, none placed; `None` when the memory cannot be had.
+    pub fn try_new(pages: usize) -> Option<PageState> {
+        Some(PageState {
+            placed: Bits::try_new(pages)?,
+            discarded: Bits::try_new(pages)?,
+        })
     }
 
     #[inline]
@@ -110,7 +117,7 @@ mod tests {
 
     #[test]
     fn ranges_across_words() {
-        let s = PageState::new(200);
+        let s = PageState::try_new(200).unwrap();
         s.mark_placed(60, 130);
         assert!(!s.is_placed(59) && s.is_placed(60) && s.is_placed(129) && !s.is_placed(130));
         assert_eq!(s.run_end(60, 200, true), 130);

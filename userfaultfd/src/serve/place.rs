@@ -9,7 +9,7 @@ use libc::c_void;
 
 use super::inbox::Inbox;
 use super::region::{Backend, Mapping, Region};
-use super::shared::{lock_read, uffd_error, Shared, Stop};
+use super::shared::{lock_read, uffd_error, uffd_error_at, Shared, Stop};
 use super::source::Chunk;
 use super::stats::{add, Counters};
 use super::ServeError;
@@ -365,7 +365,7 @@ impl Placer<'_> {
                             Fill::Zero => "placing zero pages (UFFDIO_ZEROPAGE)",
                             Fill::Continue => "mapping page-cache pages (UFFDIO_CONTINUE)",
                         };
-                        return Err(uffd_error(op, e));
+                        return Err(uffd_error_at(op, m.region, dst, len, e));
                     }
                 },
             };
@@ -409,7 +409,10 @@ impl Placer<'_> {
                         let _ = self.shared.uffd.wake(dst, ps);
                     }
                 }
-                _ => return Err(uffd_error("placing a zero page for a page-cache hole", e)),
+                _ => {
+                    let op = "placing a zero page for a page-cache hole";
+                    return Err(uffd_error_at(op, m.region, dst, ps, e));
+                }
             },
         }
         self.shared.pages[m.region].mark_placed(page, page + 1);

@@ -6,6 +6,10 @@ use libc::c_void;
 use super::source::page_size;
 use super::ServeError;
 
+/// The largest page size a region may have: 1 GiB, the largest huge page of x86-64 (and of
+/// arm64 with 4 KiB base pages). A block, and each worker's buffer, holds at least a page.
+pub(crate) const MAX_PAGE_SIZE: usize = 1 << 30;
+
 /// How a region's pages are placed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -13,6 +17,20 @@ pub enum Backend {
     /// (`UFFDIO_COPY`) and mapping zero pages for its zeros (`UFFDIO_ZEROPAGE`; on hugetlbfs,
     /// which has no zero page, a copy of zeros). Private anonymous memory, shmem/memfd and
     /// hugetlbfs.
+    ///
+    /// # On a `MAP_SHARED` mapping (shmem/memfd, hugetlbfs)
+    ///
+    /// A page the server places is in the file's page cache, and `MADV_DONTNEED` only unmaps
+    /// it: the next access maps the page-cache page again, without a fault — the snapshot's
+    /// contents (or what the process wrote there). A page not yet placed has nothing in the
+    /// page cache: after `MADV_DONTNEED` of it (whose `REMOVE` marks it discarded) the next
+    /// access faults and gets zeros, where the snapshot would have been. So after
+    /// `MADV_DONTNEED` of a range, placed pages keep the snapshot and unplaced ones read
+    /// zeros. Discard shared memory with `MADV_REMOVE` (which frees the page cache: every
+    /// page then reads zeros), or serve a file that already holds the snapshot with
+    /// [`Backend::Continue`] `{ private: false }` (every page then keeps the file's contents).
+    /// `MAP_PRIVATE` and anonymous memory have no such difference: a discarded page reads
+    /// zeros whether it was placed or not.
     Copy,
     /// Minor faults (`RegisterMode::MINOR`, with `MISSING` for holes) on a shmem/memfd or
     /// hugetlbfs mapping whose page cache already holds the contents (a snapshot loaded into
@@ -76,6 +94,11 @@ impl Region {
         self
     }
 
+    /// The addresses given, `addr..addr + len` (saturating: for error messages).
+    pub(crate) fn range(&self) -> std::ops::Range<usize> {
+        self.addr..self.addr.saturating_add(self.len)
+    }
+
     /// Pages placed per fault: `bytes` (or the backend's default), at least one page.
     pub(crate) fn pages_per_block(&self) -> usize {
         (self.block / self.page_size).max(1)
@@ -88,11 +111,17 @@ impl Region {
 
     /// Checks the region against the source's length; `index` names it in the error.
     pub(crate) fn validate(&self, index: usize, source_len: u64) -> Result<(), ServeError> {
-        let bad = |why: String| Err(ServeError::InvalidRegion { index, reason: why });
+        let bad = |why: String| {
+            Err(ServeError::InvalidRegion {
+                index,
+                range: self.range(),
+                reason: why,
+            })
+        };
         let ps = self.page_size;
-        if !ps.is_power_of_two() || ps < page_size() {
+        if !ps.is_power_of_two() || ps < page_size() || ps > MAX_PAGE_SIZE {
             return bad(format!(
-                "page size {ps} is not a power of two of at least {}",
+                "page size {ps:#x} is not a power of two from the base page size {:#x} to 1 GiB",
                 page_size()
             ));
         }
@@ -133,6 +162,7 @@ pub(crate) fn check_disjoint(regions: &[Region]) -> Result<(), ServeError> {
         if a.addr + a.len > b.addr {
             return Err(ServeError::InvalidRegion {
                 index: pair[1],
+                range: b.range(),
                 reason: format!(
                     "it overlaps region {} ({:#x}..{:#x})",
                     pair[0],

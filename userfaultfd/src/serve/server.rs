@@ -15,8 +15,17 @@ use super::shared::{Config, Shared, Stop, ZeroMap};
 use super::stats::{Counters, Stats};
 use super::worker::Worker;
 use super::working_set::{Recorder, SnapshotId, WorkingSet};
-use super::{ErrorPolicy, PageSource, ServeError};
-use crate::{FeatureFlags, IoctlFlags, RegisterMode, Uffd};
+use super::{ErrorPolicy, PageSource, RegionRange, ServeError};
+use crate::{FeatureFlags, IoctlFlags, RegisterMode, Rejected, Uffd};
+
+/// The most workers a server may have.
+pub const MAX_WORKERS: usize = 1024;
+
+/// The largest [`ServerBuilder::fault_around`]: 64 MiB.
+pub const MAX_FAULT_AROUND: usize = 64 << 20;
+
+/// The longest [`ServerBuilder::busy_poll`]: one second.
+pub const MAX_BUSY_POLL: Duration = Duration::from_secs(1);
 
 /// The pages to replay, in order: (region, page of the region).
 type ReplayList = Vec<(usize, usize)>;
@@ -73,7 +82,8 @@ impl ServerBuilder {
 
     /// The number of worker threads (default 1). On a 2-CPU machine a second worker did not
     /// make restoring from a fast source any faster; several workers pay off with a slow
-    /// (remote) source, whose fetches for different faults then overlap.
+    /// (remote) source, whose fetches for different faults then overlap. At most
+    /// [`MAX_WORKERS`] ([`start`](Self::start) refuses more).
     pub fn workers(&mut self, workers: usize) -> &mut Self {
         self.workers = workers;
         self
@@ -83,7 +93,10 @@ impl ServerBuilder {
     /// clipped to the region and to pages not yet placed (at least one page; 0 means one
     /// page). Default: 256 KiB for [`Backend::Copy`] (a copy costs memory bandwidth: larger
     /// blocks copy pages that may never be touched), 2 MiB for [`Backend::Continue`] (mapping
-    /// a page-cache page costs next to nothing; what costs is the fault).
+    /// a page-cache page costs next to nothing; what costs is the fault). At most
+    /// [`MAX_FAULT_AROUND`] ([`start`](Self::start) refuses more); a block is never larger than
+    /// its region. Each worker holds a buffer of the largest block (virtual memory: a source
+    /// that answers from its own memory never touches it).
     pub fn fault_around(&mut self, bytes: usize) -> &mut Self {
         self.fault_around = Some(bytes);
         self
@@ -95,7 +108,12 @@ impl ServerBuilder {
             Backend::Copy => 256 << 10,
             Backend::Continue { .. } => 2 << 20,
         };
-        self.fault_around.unwrap_or(default).max(r.page_size)
+        // Never more than the region: a larger block places nothing more, and each worker
+        // holds a buffer of the largest block.
+        self.fault_around
+            .unwrap_or(default)
+            .min(r.len)
+            .max(r.page_size)
     }
 
     /// Whether a background thread places the rest of the regions after start, block by
@@ -106,7 +124,7 @@ impl ServerBuilder {
     }
 
     /// How long a worker polls without sleeping before it blocks in `poll` (default 0:
-    /// always block).
+    /// always block). At most [`MAX_BUSY_POLL`] ([`start`](Self::start) refuses more).
     pub fn busy_poll(&mut self, spin: Duration) -> &mut Self {
         self.busy_poll = spin;
         self
@@ -119,7 +137,8 @@ impl ServerBuilder {
     }
 
     /// Serving another process (the descriptor received from it): stop when it exits, even
-    /// if it never faults again (its pidfd is polled with the userfaultfd).
+    /// if it never faults again (its pidfd is polled with the userfaultfd). `pid` must be
+    /// positive ([`start`](Self::start) refuses others).
     pub fn peer_process(&mut self, pid: libc::pid_t) -> &mut Self {
         self.peer = Some(pid);
         self
@@ -209,7 +228,36 @@ impl ServerBuilder {
                 source,
             })?,
         };
-        let recorder = self.record.then(|| Recorder::new(id, ps as u64));
+        if self.record {
+            super::working_set::check_snapshot_len(id.len).map_err(|why| {
+                ServeError::InvalidConfig(format!("recording a working set: {why}"))
+            })?;
+        }
+        let recorder = if self.record {
+            // Only the source pages the regions serve can be touched: the recorder covers
+            // those, not the whole snapshot (whose length is whatever the identity says).
+            let first = self.regions.iter().map(|r| r.offset / ps as u64).min();
+            let end = self
+                .regions
+                .iter()
+                .map(|r| (r.offset + r.len as u64) / ps as u64)
+                .max();
+            let capacity: u64 = self.regions.iter().map(|r| r.pages() as u64).sum();
+            let pages = first.unwrap_or(0)..end.unwrap_or(0);
+            let recorder =
+                Recorder::new(id, ps as u64, pages.clone(), capacity).map_err(|need| {
+                    ServeError::InvalidConfig(format!(
+                    "recording a working set of source pages {}..{} ({} pages of {ps:#x} bytes) \
+                     needs {need} bytes of memory: the allocation failed",
+                    pages.start,
+                    pages.end,
+                    pages.end - pages.start
+                ))
+                })?;
+            Some(recorder)
+        } else {
+            None
+        };
         let mut replay = Vec::new();
         if let Some(ws) = &self.replay {
             ws.check_applies_to(id, ps as u64)
@@ -234,6 +282,24 @@ impl ServerBuilder {
     /// for [`Backend::Copy`], minor and missing faults for [`Backend::Continue`]), makes the
     /// descriptor non-blocking, and starts the workers.
     ///
+    /// Everything that can be checked or allocated is, before anything is registered: a bad
+    /// setting, region or replay record costs an error, never an abort or an allocation of
+    /// what a bad value claims.
+    ///
+    /// # A failed start
+    ///
+    /// gives the descriptor back ([`Rejected::into_parts`]) as it was given: its blocking
+    /// mode restored, and no region left registered by the failed start. A region that was
+    /// already registered with `uffd` before the call (as Firecracker registers guest memory
+    /// before handing the descriptor over) stays registered: `start` tells the two apart by
+    /// the region's first page, with a `UFFDIO_COPY` from an unreadable address, which places
+    /// nothing (the kernel answers `ENOENT` where the page is not in a range registered with a
+    /// userfaultfd, and fails reading the source elsewhere). Registering again replaces the
+    /// mode: such a region keeps the backend's mode (`MISSING`, or `MISSING | MINOR` for
+    /// [`Backend::Continue`]) — the caller's own, when the caller registered what the backend
+    /// needs. `?` turns the [`Rejected`] into the [`ServeError`], dropping (closing) the
+    /// descriptor.
+    ///
     /// # Safety
     ///
     /// The regions' contents are given to the source: no Rust object may live in them, and
@@ -241,22 +307,75 @@ impl ServerBuilder {
     ///
     /// # Errors
     ///
-    /// [`ServeError::InvalidConfig`] (no region, zero workers, a descriptor without
-    /// `EVENT_REMOVE` unless [`no_discards`](Self::no_discards), or with `EVENT_FORK`), [`ServeError::InvalidRegion`] (unaligned, empty,
-    /// outside the source, overlapping another), [`ServeError::Uffd`] (registration failed,
-    /// or the memory type does not allow the backend's ioctls), [`ServeError::Io`].
+    /// With the descriptor given back: [`ServeError::InvalidConfig`] (no region, zero or more
+    /// than [`MAX_WORKERS`] workers, a [`fault_around`](Self::fault_around) over
+    /// [`MAX_FAULT_AROUND`], a [`busy_poll`](Self::busy_poll) over [`MAX_BUSY_POLL`], a
+    /// [`peer_process`](Self::peer_process) that is not a process id, a descriptor without
+    /// `EVENT_REMOVE` unless [`no_discards`](Self::no_discards), or with `EVENT_FORK`, a working set that does not fit in memory),
+    /// [`ServeError::InvalidRegion`] (unaligned, empty, a page size over 1 GiB, outside the
+    /// source, overlapping another, its page state does not fit in memory, its memory does
+    /// not allow the backend's ioctls), [`ServeError::Uffd`] (registration failed: the region's
+    /// index and range, and the `errno`), [`ServeError::WorkingSet`], [`ServeError::Io`].
     pub unsafe fn start(
         &self,
         uffd: Uffd,
         source: Arc<dyn PageSource>,
-    ) -> Result<Server, ServeError> {
-        self.check(&uffd, &*source)?;
-        let (recorder, replay) = self.working_set_setup(&*source)?;
-        for (index, r) in self.regions.iter().enumerate() {
-            register(&uffd, index, r)?;
+    ) -> Result<Server, Rejected<Uffd, ServeError>> {
+        let ready = match self.prepare(&uffd, &source) {
+            Ok(ready) => ready,
+            Err(e) => return Err(Rejected::new(uffd, e)),
+        };
+        let mut undo = Undo {
+            uffd: &uffd,
+            registered: Vec::new(),
+            was_non_blocking: None,
+        };
+        if let Err(e) = self.register_all(&mut undo) {
+            undo.run();
+            return Err(Rejected::new(uffd, e));
         }
-        set_non_blocking(&uffd)?;
-        let peer = self.peer.map(pidfd_open).transpose()?;
+        if let Err(e) = set_non_blocking(&mut undo) {
+            undo.run();
+            return Err(Rejected::new(uffd, e));
+        }
+        let Undo {
+            registered,
+            was_non_blocking,
+            ..
+        } = undo;
+        match self.launch(uffd, source, ready) {
+            Ok(server) => Ok(server),
+            Err((uffd, e)) => {
+                Undo {
+                    uffd: &uffd,
+                    registered,
+                    was_non_blocking,
+                }
+                .run();
+                Err(Rejected::new(uffd, e))
+            }
+        }
+    }
+
+    /// Everything before registration: the checks, the working set, the allocations, the
+    /// descriptors.
+    fn prepare(&self, uffd: &Uffd, source: &Arc<dyn PageSource>) -> Result<Ready, ServeError> {
+        self.check(uffd, &**source)?;
+        let (recorder, replay) = self.working_set_setup(&**source)?;
+        let mut pages = Vec::with_capacity(self.regions.len());
+        for (index, r) in self.regions.iter().enumerate() {
+            let state = PageState::try_new(r.pages()).ok_or_else(|| ServeError::InvalidRegion {
+                index,
+                range: r.range(),
+                reason: format!(
+                    "its {} pages need {} bytes of page state: the allocation failed",
+                    r.pages(),
+                    r.pages().div_ceil(64) as u128 * 16
+                ),
+            })?;
+            pages.push(state);
+        }
+        let replay_rank = replay_ranks(&self.regions, &replay)?;
         let regions: Vec<Region> = self
             .regions
             .iter()
@@ -270,19 +389,48 @@ impl ServerBuilder {
             ptr: map_zeros(zeros_len)?,
             len: zeros_len,
         };
+        Ok(Ready {
+            regions,
+            pages,
+            recorder,
+            replay,
+            replay_rank,
+            zeros,
+            stop_fd: eventfd()?,
+            peer: self.peer.map(pidfd_open).transpose()?,
+        })
+    }
+
+    /// Registers every region, noting in `undo` what a failure must take back.
+    fn register_all(&self, undo: &mut Undo<'_>) -> Result<(), ServeError> {
+        let unreadable = Unreadable::new(&self.regions)?;
+        for (index, r) in self.regions.iter().enumerate() {
+            let before = registered_already(undo.uffd, r, &unreadable);
+            let uffd = undo.uffd;
+            register(uffd, index, r, || {
+                undo.registered.push((r.addr, r.len, before))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The server from what [`prepare`](Self::prepare) made, its threads started; on a
+    /// failure, the threads started are stopped and the descriptor is given back.
+    fn launch(
+        &self,
+        uffd: Uffd,
+        source: Arc<dyn PageSource>,
+        ready: Ready,
+    ) -> Result<Server, (Uffd, ServeError)> {
         let shared = Arc::new(Shared {
-            pages: self
-                .regions
-                .iter()
-                .map(|r| PageState::new(r.pages()))
-                .collect(),
+            pages: ready.pages,
             map: RwLock::new(AddressMap::new(&self.regions)),
             epoch: AtomicU64::new(0),
-            regions,
+            regions: ready.regions,
             uffd,
             source,
-            stop_fd: eventfd()?,
-            peer,
+            stop_fd: ready.stop_fd,
+            peer: ready.peer,
             stopping: AtomicBool::new(false),
             counters: (0..=self.workers).map(|_| Counters::default()).collect(),
             outcome: Mutex::new(None),
@@ -294,10 +442,10 @@ impl ServerBuilder {
                 // source is waited on in parallel. Alone, a worker reads whole batches.
                 batch: if self.workers == 1 { 64 } else { 1 },
             },
-            zeros,
-            recorder,
-            replay_rank: replay_ranks(&self.regions, &replay),
-            replay,
+            zeros: ready.zeros,
+            recorder: ready.recorder,
+            replay_rank: ready.replay_rank,
+            replay: ready.replay,
             started: Instant::now(),
             replay_done_ns: AtomicU64::new(u64::MAX),
             replay_error: Mutex::new(None),
@@ -306,8 +454,18 @@ impl ServerBuilder {
             shared: Arc::clone(&shared),
             threads: Vec::new(),
         };
+        let spawned = self.spawn_threads(&mut server, &shared);
+        drop(shared);
+        match spawned {
+            Ok(()) => Ok(server),
+            // The threads started see the stop and end; the descriptor comes back with them.
+            Err(e) => Err((server.stop().uffd, e)),
+        }
+    }
+
+    fn spawn_threads(&self, server: &mut Server, shared: &Arc<Shared>) -> Result<(), ServeError> {
         for id in 0..self.workers {
-            let mut worker = Worker::new(Arc::clone(&shared), id);
+            let mut worker = Worker::new(Arc::clone(shared), id);
             server.spawn(format!("uffd-serve-{id}"), move |shared| {
                 let _ = shared; // the worker holds its own reference
                 worker.run()
@@ -338,13 +496,37 @@ impl ServerBuilder {
                 Ok(())
             })?;
         }
-        Ok(server)
+        Ok(())
     }
 
     fn check(&self, uffd: &Uffd, source: &dyn PageSource) -> Result<(), ServeError> {
         let bad = |why: &str| Err(ServeError::InvalidConfig(why.to_string()));
         if self.workers == 0 {
             return bad("zero workers: at least one thread must serve the faults");
+        }
+        if self.workers > MAX_WORKERS {
+            return Err(ServeError::InvalidConfig(format!(
+                "{} workers: at most {MAX_WORKERS} (each is a thread with a buffer of a block)",
+                self.workers
+            )));
+        }
+        if let Some(bytes) = self.fault_around.filter(|&b| b > MAX_FAULT_AROUND) {
+            return Err(ServeError::InvalidConfig(format!(
+                "fault_around of {bytes:#x} bytes: at most {MAX_FAULT_AROUND:#x} (64 MiB; each \
+                 worker holds a buffer of a block, and a fault waits for its whole block)"
+            )));
+        }
+        if self.busy_poll > MAX_BUSY_POLL {
+            return Err(ServeError::InvalidConfig(format!(
+                "busy_poll of {:?}: at most {MAX_BUSY_POLL:?} (a worker spins that long before \
+                 it sleeps)",
+                self.busy_poll
+            )));
+        }
+        if let Some(pid) = self.peer.filter(|&pid| pid <= 0) {
+            return Err(ServeError::InvalidConfig(format!(
+                "peer_process({pid}): not a process id (it must be positive)"
+            )));
         }
         if self.regions.is_empty() {
             return bad("no region to serve");
@@ -371,7 +553,48 @@ impl ServerBuilder {
     }
 }
 
-fn register(uffd: &Uffd, index: usize, r: &Region) -> Result<(), ServeError> {
+/// What [`ServerBuilder::prepare`] made, for the server.
+struct Ready {
+    regions: Vec<Region>,
+    pages: Vec<PageState>,
+    recorder: Option<Recorder>,
+    replay: ReplayList,
+    replay_rank: Vec<Box<[u32]>>,
+    zeros: ZeroMap,
+    stop_fd: OwnedFd,
+    peer: Option<OwnedFd>,
+}
+
+/// What a failed start takes back, so that the caller gets the descriptor as it gave it.
+struct Undo<'a> {
+    uffd: &'a Uffd,
+    /// The ranges registered, each with whether it was registered before the start.
+    registered: Vec<(usize, usize, bool)>,
+    /// The blocking mode before the start, once changed.
+    was_non_blocking: Option<bool>,
+}
+
+impl Undo<'_> {
+    fn run(self) {
+        if let Some(was) = self.was_non_blocking {
+            let _ = self.uffd.set_non_blocking(was);
+        }
+        for &(addr, len, before) in &self.registered {
+            if !before {
+                let _ = self.uffd.unregister(addr as *mut libc::c_void, len);
+            }
+        }
+    }
+}
+
+/// Registers region `index` with the backend's mode; `registered` is called once the kernel
+/// has registered it, before the ioctls it allows are checked.
+fn register(
+    uffd: &Uffd,
+    index: usize,
+    r: &Region,
+    registered: impl FnOnce(),
+) -> Result<(), ServeError> {
     let (mode, mut needed) = match r.backend {
         Backend::Copy => (RegisterMode::MISSING, IoctlFlags::COPY),
         Backend::Continue { .. } => (
@@ -385,13 +608,18 @@ fn register(uffd: &Uffd, index: usize, r: &Region) -> Result<(), ServeError> {
     let allowed = uffd
         .register_with_mode(r.addr as *mut libc::c_void, r.len, mode)
         .map_err(|source| ServeError::Uffd {
-            operation: "registering a region",
+            operation: "registering the region (UFFDIO_REGISTER)",
+            at: Some(RegionRange {
+                index,
+                range: r.range(),
+            }),
             source,
         })?;
+    registered();
     if !allowed.contains(needed) {
-        let _ = uffd.unregister(r.addr as *mut libc::c_void, r.len);
         return Err(ServeError::InvalidRegion {
             index,
+            range: r.range(),
             reason: format!(
                 "its memory allows only {allowed:?}, the backend needs {needed:?} (is the page \
                  size right? Continue needs shmem or hugetlbfs)"
@@ -401,12 +629,94 @@ fn register(uffd: &Uffd, index: usize, r: &Region) -> Result<(), ServeError> {
     Ok(())
 }
 
-fn set_non_blocking(uffd: &Uffd) -> Result<(), ServeError> {
-    uffd.set_non_blocking(true)
-        .map_err(|source| ServeError::Io {
-            operation: "making the userfaultfd non-blocking",
-            source,
-        })
+/// One base page of `PROT_NONE` outside every region: a source address the kernel cannot
+/// read. Outside the regions, because a region may span an unmapped hole that the kernel
+/// could pick for the page; registered with the region, it would make our own `munmap` wait
+/// for its `UNMAP` event, read by nobody.
+struct Unreadable(*mut libc::c_void);
+
+impl Unreadable {
+    fn new(regions: &[Region]) -> Result<Unreadable, ServeError> {
+        let ps = super::source::page_size();
+        let mut inside = Vec::new();
+        let found = loop {
+            // SAFETY: a new mapping at an address of the kernel's choosing.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    ps,
+                    libc::PROT_NONE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                break Err(io_error(
+                    "mapping an unreadable page (to probe registrations)",
+                ));
+            }
+            let page = Unreadable(p);
+            if !regions.iter().any(|r| r.range().contains(&(p as usize))) {
+                break Ok(page);
+            }
+            // Kept mapped (not registered yet, so unmapped freely when dropped) so that the
+            // next try gets another address.
+            inside.push(page);
+            if inside.len() == 64 {
+                break Err(ServeError::InvalidConfig(
+                    "the regions cover the unmapped space where the kernel places new \
+                     mappings (64 tries): start needs one page outside them"
+                        .into(),
+                ));
+            }
+        };
+        drop(inside);
+        found
+    }
+}
+
+impl Drop for Unreadable {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping of one page, in no region, unused from now on.
+        unsafe { libc::munmap(self.0, super::source::page_size()) };
+    }
+}
+
+/// Whether the first page of `r` is in a range already registered with `uffd` (by the
+/// caller, before the start), so that a failed start must leave it registered.
+///
+/// A `UFFDIO_COPY` of that page from an unreadable address places nothing: the kernel looks
+/// up the destination first, and answers `ENOENT` when it is not in a range registered with a
+/// userfaultfd; in one, it fails reading the source (`EFAULT`), or earlier for a page already
+/// present (`EEXIST`), a misaligned huge page (`EINVAL`) or an empty huge page pool
+/// (`ENOMEM`). A range registered with *another* userfaultfd fails the registration that
+/// follows (`EBUSY`), so "registered" means "with `uffd`" where it matters. `EAGAIN` (an event
+/// pending) or `ESRCH` cannot tell: counted as registered, so that a failed start never
+/// unregisters what the caller may have registered.
+fn registered_already(uffd: &Uffd, r: &Region, unreadable: &Unreadable) -> bool {
+    // SAFETY: the source is unreadable, so the kernel places nothing at the destination
+    // (see above); waking is off.
+    let probe = unsafe {
+        uffd.copy(
+            unreadable.0.cast_const(),
+            r.addr as *mut libc::c_void,
+            r.page_size,
+            false,
+        )
+    };
+    !matches!(probe, Err(crate::Error::CopyFailed(crate::Errno::ENOENT)))
+}
+
+fn set_non_blocking(undo: &mut Undo<'_>) -> Result<(), ServeError> {
+    let io = |source| ServeError::Io {
+        operation: "making the userfaultfd non-blocking",
+        source,
+    };
+    let was = undo.uffd.is_non_blocking().map_err(io)?;
+    undo.uffd.set_non_blocking(true).map_err(io)?;
+    undo.was_non_blocking = Some(was);
+    Ok(())
 }
 
 fn io_error(operation: &'static str) -> ServeError {
@@ -457,18 +767,31 @@ fn map_zeros(len: usize) -> Result<*const u8, ServeError> {
 
 /// Each region page's position in the replay list plus one (0: not listed); no entry without
 /// replay. Positions past `u32::MAX - 1` are left out (they fault as unrecorded pages).
-fn replay_ranks(regions: &[Region], list: &ReplayList) -> Vec<Box<[u32]>> {
+fn replay_ranks(regions: &[Region], list: &ReplayList) -> Result<Vec<Box<[u32]>>, ServeError> {
     if list.is_empty() {
-        return Vec::new();
+        return Ok(Vec::new());
     }
-    let mut ranks: Vec<Box<[u32]>> = regions
-        .iter()
-        .map(|r| vec![0u32; r.pages()].into_boxed_slice())
-        .collect();
+    let mut ranks: Vec<Box<[u32]>> = Vec::with_capacity(regions.len());
+    for (index, r) in regions.iter().enumerate() {
+        let mut rank = Vec::new();
+        rank.try_reserve_exact(r.pages())
+            .map_err(|_| ServeError::InvalidRegion {
+                index,
+                range: r.range(),
+                reason: format!(
+                    "replaying needs 4 bytes per page, {} bytes for its {} pages: the \
+                     allocation failed",
+                    r.pages() as u128 * 4,
+                    r.pages()
+                ),
+            })?;
+        rank.resize(r.pages(), 0u32);
+        ranks.push(rank.into_boxed_slice());
+    }
     for (k, &(region, page)) in list.iter().enumerate().take(u32::MAX as usize - 1) {
         ranks[region][page] = k as u32 + 1;
     }
-    ranks
+    Ok(ranks)
 }
 
 fn stats_of(shared: &Shared) -> Stats {
@@ -493,7 +816,9 @@ pub struct Finished {
     pub outcome: Result<Exit, ServeError>,
     /// The userfaultfd, still open with the regions registered: threads blocked in a fault
     /// stay blocked until it is dropped (then they get the kernel's default pages) or their
-    /// ranges are unregistered. While it is open, nobody reads its events: an `munmap`,
+    /// ranges are unregistered. It is non-blocking (`O_NONBLOCK`, set by
+    /// [`ServerBuilder::start`]): `read_event` returns `Ok(None)` when no message is pending,
+    /// so poll it, or call [`Uffd::set_non_blocking`]`(false)` before reading it blocking. While it is open, nobody reads its events: an `munmap`,
     /// `mremap` or `madvise(MADV_DONTNEED)` of a region waits for its event to be read, so
     /// drop it (or unregister) before those.
     pub uffd: Uffd,

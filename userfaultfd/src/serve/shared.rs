@@ -13,7 +13,7 @@ use super::server::Exit;
 use super::source::PageSource;
 use super::stats::Counters;
 use super::working_set::Recorder;
-use super::{ErrorPolicy, ServeError};
+use super::{ErrorPolicy, RegionRange, ServeError};
 use crate::{Errno, Error, Uffd};
 
 /// Settings the workers read.
@@ -89,10 +89,30 @@ pub(crate) enum Stop {
 }
 
 pub(crate) fn uffd_error(operation: &'static str, source: Error) -> Stop {
+    uffd_error_in(operation, None, source)
+}
+
+/// [`uffd_error`] of an operation on `len` bytes at `addr` of region `index`.
+pub(crate) fn uffd_error_at(
+    operation: &'static str,
+    index: usize,
+    addr: *mut c_void,
+    len: usize,
+    source: Error,
+) -> Stop {
+    let range = addr as usize..(addr as usize).saturating_add(len);
+    uffd_error_in(operation, Some(RegionRange { index, range }), source)
+}
+
+fn uffd_error_in(operation: &'static str, at: Option<RegionRange>, source: Error) -> Stop {
     if source.errno() == Some(Errno::ESRCH) || matches!(source, Error::ReadEof) {
         return Stop::Exit(Exit::ProcessExited);
     }
-    Stop::Failed(ServeError::Uffd { operation, source })
+    Stop::Failed(ServeError::Uffd {
+        operation,
+        at,
+        source,
+    })
 }
 
 pub(crate) fn lock_read(map: &RwLock<AddressMap>) -> RwLockReadGuard<'_, AddressMap> {

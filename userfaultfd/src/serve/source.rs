@@ -115,6 +115,9 @@ fn page_run(is_data: bool, run: usize, len: usize, page: usize) -> usize {
 
 /// A snapshot file mapped read-only: the kernel copies pages straight from the page cache
 /// (zero-copy). Holes of a sparse file are served as zero pages.
+///
+/// Its [`fetch`](PageSource::fetch) hands out `&[u8]` over the mapping, hence the contract of
+/// [`MappedFile::new`]: the file must keep its length and contents while the value lives.
 #[derive(Debug)]
 pub struct MappedFile {
     base: NonNull<u8>,
@@ -132,10 +135,23 @@ unsafe impl Sync for MappedFile {}
 impl MappedFile {
     /// Maps `file` read-only (`MAP_PRIVATE`, `PROT_READ`) and reads its holes.
     ///
+    /// # Safety
+    ///
+    /// While the returned value lives, the file must not be truncated, and its contents must
+    /// not change (by this process or another): [`fetch`](PageSource::fetch) returns `&[u8]`
+    /// borrowed from the mapping, which safe code may read. Pages past a truncation raise
+    /// `SIGBUS` when Rust code reads them (as [`SnapshotId::sample`](super::SnapshotId::sample)
+    /// does), and a `&[u8]` whose bytes change breaks Rust's aliasing rules. (The page server
+    /// only passes these bytes to the kernel: a `UFFDIO_COPY` from a truncated part fails with
+    /// `EFAULT`, a fatal error of the server, not a crash.) Snapshot files are written once and
+    /// then only read: keep them read-only (file mode, `chattr +i`, a sealed memfd) where other
+    /// processes could write them. [`ReadFile`] has no such contract: it copies with `pread`.
+    ///
     /// # Errors
     ///
-    /// `mmap` or `lseek` failed; an empty file is `InvalidInput`.
-    pub fn new(file: &File) -> io::Result<MappedFile> {
+    /// `fstat`, `lseek` or `mmap` failed; an empty file, or one too large for the address
+    /// space, is `InvalidInput`.
+    pub unsafe fn new(file: &File) -> io::Result<MappedFile> {
         let len = file.metadata()?.len();
         if len == 0 {
             return Err(io::Error::new(
@@ -143,12 +159,20 @@ impl MappedFile {
                 "MappedFile::new: the file is empty",
             ));
         }
+        let Ok(map_len) = usize::try_from(len) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("MappedFile::new: the file's {len} bytes exceed the address space"),
+            ));
+        };
+        // Before mapping: an error here leaves nothing to unmap.
+        let extents = Extents::of(file, len)?;
         // SAFETY: a new read-only mapping at an address of the kernel's choosing; nothing
         // else lives there.
         let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                len as usize,
+                map_len,
                 libc::PROT_READ,
                 libc::MAP_PRIVATE,
                 file.as_raw_fd(),
@@ -161,7 +185,7 @@ impl MappedFile {
         Ok(MappedFile {
             base: NonNull::new(base.cast()).expect("mmap returned a non-null mapping"),
             len,
-            extents: Extents::of(file, len)?,
+            extents,
             page: page_size(),
         })
     }
@@ -180,15 +204,18 @@ impl PageSource for MappedFile {
     }
 
     fn fetch<'a>(&'a self, offset: u64, len: usize, _: &'a mut [u8]) -> io::Result<Chunk<'a>> {
-        let len = len.min((self.len - offset.min(self.len)) as usize);
+        check_inside("MappedFile", offset, len, self.len)?;
+        let len = len.min((self.len - offset) as usize);
         let (is_data, run) = self.extents.classify(offset, len);
         let run = page_run(is_data, run, len, self.page);
         if !is_data && run > 0 {
             return Ok(Chunk::Zeros(run));
         }
         let run = run.max(len.min(self.page));
-        // SAFETY: `[offset, offset + run)` lies inside the mapping (clipped to `self.len`
-        // above; the tail of the last page reads as zeros), which lives as long as `self`.
+        // SAFETY: `offset < self.len` (checked above) and `run` is at most the bytes left,
+        // rounded up to a page: `[offset, offset + run)` lies inside the mapping (whose last
+        // page reads as zeros past the end of the file), which lives as long as `self`; the
+        // contract of `new` keeps the bytes there and unchanged.
         let bytes =
             unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(offset as usize), run) };
         Ok(Chunk::Data(bytes))
@@ -234,6 +261,8 @@ impl PageSource for ReadFile {
         len: usize,
         scratch: &'a mut [u8],
     ) -> io::Result<Chunk<'a>> {
+        check_inside("ReadFile", offset, len, self.len)?;
+        let len = len.min(scratch.len());
         let (is_data, run) = self.extents.classify(offset, len);
         let run = page_run(is_data, run, len, self.page);
         if !is_data && run > 0 {
@@ -281,8 +310,10 @@ impl PageSource for Memory {
         len: usize,
         scratch: &'a mut [u8],
     ) -> io::Result<Chunk<'a>> {
+        check_inside("Memory", offset, len, self.len())?;
         let start = offset as usize;
-        let end = (start + len).min(self.bytes.len());
+        let end = start.saturating_add(len).min(self.bytes.len());
+        let len = len.min(scratch.len().max(end - start));
         if end - start == len {
             return Ok(Chunk::Data(&self.bytes[start..end]));
         }
@@ -317,6 +348,21 @@ impl PageSource for Zeros {
     }
 }
 
+/// Refuses an offset at or past the end (a source must not compute a pointer outside its
+/// bytes), and an empty ask.
+fn check_inside(source: &str, offset: u64, len: usize, source_len: u64) -> io::Result<()> {
+    if offset >= source_len || len == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{source}::fetch: {len} bytes at offset {offset:#x} of a source of \
+                 {source_len:#x} bytes: the offset must be inside, and the length not 0"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The base page size.
 pub(crate) fn page_size() -> usize {
     // SAFETY: sysconf has no memory effects.
@@ -326,6 +372,41 @@ pub(crate) fn page_size() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn offsets_past_the_end_are_an_error() {
+        use std::io::Write;
+        let mut file = tempfile_with(&[7u8; 8192]);
+        file.flush().unwrap();
+        // SAFETY: the test's own file, neither truncated nor written while mapped.
+        let mapped = unsafe { MappedFile::new(&file) }.unwrap();
+        let read = ReadFile::new(file.try_clone().unwrap()).unwrap();
+        let memory = Memory::new(vec![7u8; 8192]);
+        let mut scratch = vec![0u8; 4096];
+        for source in [&mapped as &dyn PageSource, &read, &memory] {
+            for offset in [8192, 8193, 1 << 40, u64::MAX] {
+                let e = source.fetch(offset, 4096, &mut scratch).unwrap_err();
+                assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+                assert!(e.to_string().contains("offset"), "{e}");
+            }
+            match source.fetch(4096, 4096, &mut scratch).unwrap() {
+                Chunk::Data(bytes) => assert_eq!(bytes, &[7u8; 4096][..]),
+                Chunk::Zeros(n) => panic!("zeros: {n}"),
+            }
+        }
+    }
+
+    fn tempfile_with(bytes: &[u8]) -> File {
+        use std::io::Write;
+        use std::os::fd::FromRawFd;
+        // SAFETY: the name is NUL-terminated.
+        let fd = unsafe { libc::memfd_create(c"uffd-source-test".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: a new descriptor only we own.
+        let mut file = unsafe { File::from_raw_fd(fd) };
+        file.write_all(bytes).unwrap();
+        file
+    }
 
     #[test]
     fn extents_classify() {

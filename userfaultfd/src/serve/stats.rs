@@ -110,7 +110,12 @@ pub struct Stats {
     /// (as `benches/replay.rs` does), or record the next run (without replay) and compare the
     /// two records.
     pub replay_time: Option<Duration>,
-    /// Placements that found the page already present (`EEXIST`), answered with a wake.
+    /// Pages a placement found already present (`EEXIST`; for a page-cache hole of
+    /// [`Backend::Continue`](super::Backend::Continue), also a zero page refused with
+    /// `ENOENT`), once per page and placement: the page was placed by a racing worker or the
+    /// replay, or populated by the process itself (a write through another mapping of shared
+    /// memory). The placement goes on after the page; when it is the faulting page, its
+    /// thread is woken. Not an error; such pages are not in the page counts above.
     pub eexist: u64,
     /// Placements retried after `EAGAIN` (a page further on present, or a pending event read
     /// first).

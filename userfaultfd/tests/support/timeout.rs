@@ -16,6 +16,13 @@ pub struct Waitable<T> {
     handle: JoinHandle<T>,
 }
 
+impl<T> Waitable<T> {
+    /// Whether the thread has finished.
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+}
+
 /// Spawns `f` on a named thread.
 pub fn spawn_named<T: Send + 'static>(
     name: &str,

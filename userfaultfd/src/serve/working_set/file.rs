@@ -5,7 +5,31 @@ use super::{check_page_size, Bitmap, Fnv, SnapshotId, WorkingSet, WorkingSetErro
 const MAGIC: &[u8; 8] = b"UFFDWSET";
 pub(super) const VERSION: u32 = 1;
 /// Magic, version, flags, snapshot length and tag, page size, count.
-const HEADER: usize = 8 + 4 + 4 + 8 + 8 + 8 + 8;
+pub(super) const HEADER: usize = 8 + 4 + 4 + 8 + 8 + 8 + 8;
+
+/// The longest file `header` (the first [`HEADER`] bytes, or fewer) allows: the header, the
+/// bitmap, ten bytes per order entry at most, the checksum. A header that cannot be read
+/// (short, bad magic, version, page size) allows just itself: [`decode`] then says what is
+/// wrong.
+pub(super) fn max_len(header: &[u8]) -> Result<u64, WorkingSetError> {
+    let Some(fixed) = header.get(..HEADER) else {
+        return Ok(HEADER as u64);
+    };
+    let u64_at = |at: usize| {
+        let mut a = [0; 8];
+        a.copy_from_slice(&fixed[at..at + 8]);
+        u64::from_le_bytes(a)
+    };
+    let (len, page_size, count) = (u64_at(16), u64_at(32), u64_at(40));
+    if &fixed[..8] != MAGIC || check_page_size(page_size).is_err() {
+        return Ok(HEADER as u64);
+    }
+    let bitmap = len.div_ceil(page_size).div_ceil(8);
+    Ok((HEADER as u64)
+        .saturating_add(bitmap)
+        .saturating_add(count.saturating_mul(10))
+        .saturating_add(8))
+}
 
 pub(super) fn encode(ws: &WorkingSet) -> Vec<u8> {
     let pages = ws.snapshot.len.div_ceil(ws.page_size);
@@ -115,6 +139,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<WorkingSet, WorkingSetError> {
     let snapshot = SnapshotId::new(r.u64("the snapshot length")?, r.u64("the snapshot tag")?);
     let page_size = r.u64("the page size")?;
     check_page_size(page_size).map_err(|e| corrupt(e.to_string()))?;
+    super::check_snapshot_len(snapshot.len).map_err(corrupt)?;
     let count = r.u64("the page count")?;
     let pages = snapshot.len.div_ceil(page_size);
     if count > pages {
@@ -235,6 +260,10 @@ mod tests {
         let mut bytes = sample().encode();
         // A snapshot of 2^64 - 1 bytes: the bitmap would be 2^49 bytes.
         bytes[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+        let e = WorkingSet::decode(&bytes).unwrap_err();
+        assert!(e.to_string().contains("at most"), "{e}");
+        // 256 TiB, the most allowed: a bitmap of 8 GiB that the file does not hold.
+        bytes[16..24].copy_from_slice(&(1u64 << 48).to_le_bytes());
         let e = WorkingSet::decode(&bytes).unwrap_err();
         assert!(e.to_string().contains("do not fit"), "{e}");
     }

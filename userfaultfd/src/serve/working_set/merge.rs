@@ -4,9 +4,17 @@ use std::collections::HashMap;
 
 use super::{WorkingSet, WorkingSetError};
 
-/// The union of `records` (of one snapshot and page size), ordered by first appearance: a
-/// page comes at the earliest position it holds in any record (ties go to the earlier
-/// record). So a page that some run touched early is prefetched early, whichever run it was.
+/// The union of `records` (of one snapshot and page size), each page at the earliest
+/// position it holds in *any* record: pages are ordered by that position, ties by the record
+/// that holds it there (the earlier record first). So a page that some run touched early is
+/// prefetched early, whichever run it was and wherever the other runs had it:
+/// `merge([[1, 2, 3, 4, 5], [5]])` is `[1, 5, 2, 3, 4]` (5 is first in the second run).
+///
+/// Positions are absolute, not relative to a record's length: a short record (the pages a
+/// replaying run missed, which [`ServerBuilder::record`](crate::serve::ServerBuilder::record)
+/// gives) interleaves with the front of a long one, page for page, rather than being spread
+/// over it — its pages were faulted on, which is what replay exists to prevent, so they
+/// come early.
 ///
 /// # Errors
 ///
@@ -29,7 +37,9 @@ pub fn merge(records: &[WorkingSet]) -> Result<WorkingSet, WorkingSetError> {
     let mut first_seen: HashMap<u64, (usize, usize)> = HashMap::new();
     for (record, r) in records.iter().enumerate() {
         for (position, &page) in r.order.iter().enumerate() {
-            first_seen.entry(page).or_insert((position, record));
+            // The earliest position wins, whichever record comes first in `records`.
+            let key = first_seen.entry(page).or_insert((position, record));
+            *key = (*key).min((position, record));
         }
     }
     let mut pages: Vec<(u64, (usize, usize))> = first_seen.into_iter().collect();
@@ -58,5 +68,24 @@ mod tests {
         let other = WorkingSet::new(SnapshotId::new(1 << 20, 8), 4096, vec![1]).unwrap();
         assert!(merge(&[a, other]).is_err());
         assert!(merge(&[]).is_err());
+    }
+
+    #[test]
+    fn an_earlier_position_in_a_later_record_wins() {
+        let id = SnapshotId::new(1 << 20, 7);
+        let long = WorkingSet::new(id, 4096, vec![1, 2, 3, 4, 5]).unwrap();
+        let short = WorkingSet::new(id, 4096, vec![5]).unwrap();
+        assert_eq!(
+            merge(&[long.clone(), short.clone()]).unwrap().order(),
+            &[1, 5, 2, 3, 4]
+        );
+        // The order of the records decides ties only.
+        assert_eq!(
+            merge(&[short, long.clone()]).unwrap().order(),
+            &[5, 1, 2, 3, 4]
+        );
+        let reversed = WorkingSet::new(id, 4096, vec![5, 4, 3, 2, 1]).unwrap();
+        // Ties at every position: the first record's page first.
+        assert_eq!(merge(&[long, reversed]).unwrap().order(), &[1, 5, 2, 4, 3]);
     }
 }

@@ -124,27 +124,33 @@ impl WorkingSet {
     ///
     /// # Errors
     ///
-    /// [`WorkingSetError::Invalid`]: the page size is not a power of two of at least 4 KiB, a
-    /// page lies outside the snapshot, or a page is listed twice.
+    /// [`WorkingSetError::Invalid`]: the page size is not a power of two of at least 4 KiB, the
+    /// snapshot is longer than [`MAX_SNAPSHOT_LEN`], a page lies outside the snapshot, or a
+    /// page is listed twice. Checking costs memory in proportion to `order`, never to the
+    /// snapshot's length.
     pub fn new(
         snapshot: SnapshotId,
         page_size: u64,
         order: Vec<u64>,
     ) -> Result<WorkingSet, WorkingSetError> {
         check_page_size(page_size)?;
+        check_snapshot_len(snapshot.len).map_err(WorkingSetError::Invalid)?;
         let pages = snapshot.len.div_ceil(page_size);
-        let mut seen = Bitmap::new(pages);
-        for &p in &order {
-            if p >= pages {
-                return Err(WorkingSetError::Invalid(format!(
-                    "page {p} is outside the snapshot ({pages} pages)"
-                )));
-            }
-            if !seen.insert(p) {
-                return Err(WorkingSetError::Invalid(format!(
-                    "page {p} is listed twice"
-                )));
-            }
+        if let Some(&p) = order.iter().find(|&&p| p >= pages) {
+            return Err(WorkingSetError::Invalid(format!(
+                "page {p} is outside the snapshot ({pages} pages)"
+            )));
+        }
+        // Duplicates found by sorting a copy: memory in proportion to the list, never to the
+        // length the snapshot's identity claims (a bitmap of 2^64 bytes of snapshot would be
+        // 2^49 bytes).
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        if let Some(pair) = sorted.windows(2).find(|pair| pair[0] == pair[1]) {
+            return Err(WorkingSetError::Invalid(format!(
+                "page {} is listed twice",
+                pair[0]
+            )));
         }
         Ok(WorkingSet {
             snapshot,
@@ -245,17 +251,53 @@ impl WorkingSet {
         std::fs::rename(&tmp, path).map_err(io)
     }
 
-    /// Reads the file at `path`.
+    /// Reads the file at `path`: a regular file, of at most the length its header allows
+    /// (checked before the rest is read: a header claiming more than the file holds, or a
+    /// file larger than its header allows, costs an error, not memory).
     ///
     /// # Errors
     ///
-    /// [`WorkingSetError::Io`], or what [`WorkingSet::decode`] returns.
+    /// [`WorkingSetError::Io`] (also for a path that is not a regular file, such as a FIFO or
+    /// `/dev/zero`), or what [`WorkingSet::decode`] returns.
     pub fn load(path: impl AsRef<Path>) -> Result<WorkingSet, WorkingSetError> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| WorkingSetError::Io {
+        let io = |source| WorkingSetError::Io {
             path: path.display().to_string(),
             source,
-        })?;
+        };
+        // Non-blocking: opening a FIFO for reading would wait for a writer.
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(io)?;
+        let meta = file.metadata().map_err(io)?;
+        if !meta.is_file() {
+            return Err(io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            )));
+        }
+        let mut header = Vec::with_capacity(file::HEADER);
+        (&mut file)
+            .take(file::HEADER as u64)
+            .read_to_end(&mut header)
+            .map_err(io)?;
+        let most = file::max_len(&header)?;
+        if meta.len() > most {
+            return Err(WorkingSetError::Corrupt(format!(
+                "the file has {} bytes, its header allows at most {most}",
+                meta.len()
+            )));
+        }
+        // `most` bounds the read whatever the file's length says now (it may grow).
+        let mut bytes = header;
+        bytes.reserve(meta.len().saturating_sub(file::HEADER as u64) as usize);
+        file.take(most - file::HEADER as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io)?;
         WorkingSet::decode(&bytes)
     }
 }
@@ -269,6 +311,21 @@ impl fmt::Debug for WorkingSet {
             .field("pages", &self.order.len())
             .finish()
     }
+}
+
+/// The longest snapshot a working set covers: 256 TiB. Its file holds a bit per page of the
+/// snapshot (8 GiB for 256 TiB in 4 KiB pages): a longer identity is refused rather than an
+/// allocation of what it claims.
+pub const MAX_SNAPSHOT_LEN: u64 = 1 << 48;
+
+pub(crate) fn check_snapshot_len(len: u64) -> Result<(), String> {
+    if len > MAX_SNAPSHOT_LEN {
+        return Err(format!(
+            "a snapshot of {len:#x} bytes: working sets cover snapshots of at most \
+             {MAX_SNAPSHOT_LEN:#x} bytes (256 TiB; the file holds a bit per page)"
+        ));
+    }
+    Ok(())
 }
 
 fn check_page_size(page_size: u64) -> Result<(), WorkingSetError> {
