@@ -341,29 +341,7 @@ fn serve_populate_with<S: Server>(zero: bool, n: usize, batch: usize, threads: u
     let region = Arc::new(Mapping::new(n * PAGE, false));
     server.register(region.addr(), region.len);
     let source = Mapping::populated(PAGE, false);
-    let share = n / threads * PAGE;
-    let touchers: Vec<_> = (0..threads)
-        .map(|t| {
-            let region = Arc::clone(&region);
-            std::thread::spawn(move || {
-                // SAFETY: populates a share of our own mapping; each page faults to the
-                // handler.
-                let r = unsafe {
-                    libc::madvise(
-                        region.addr().cast::<u8>().add(t * share).cast(),
-                        share,
-                        libc::MADV_POPULATE_READ,
-                    )
-                };
-                assert_eq!(
-                    r,
-                    0,
-                    "MADV_POPULATE_READ: {}",
-                    std::io::Error::last_os_error()
-                );
-            })
-        })
-        .collect();
+    let touchers = populate_in_threads(&region, threads);
     let resolve = |addr| {
         if zero {
             server.zeropage(addr, PAGE)
@@ -420,13 +398,26 @@ pub fn serve_with_server(zero: bool, n: usize, threads: usize) {
             .start(uffd, source)
     }
     .unwrap();
-    let share = n / threads * PAGE;
-    let touchers: Vec<_> = (0..threads)
+    let touchers = populate_in_threads(&region, threads);
+    for toucher in touchers {
+        toucher.join().unwrap();
+    }
+    let finished = server.stop();
+    assert_eq!(finished.stats.faults, n as u64, "{:?}", finished.stats);
+    println!("reads {} events {n}", finished.stats.faults);
+}
+
+/// Starts `threads` threads, each populating its share of `region` with one
+/// `MADV_POPULATE_READ`: that call faults page after page inside the kernel, never returning
+/// to user space (so valgrind's lock does not serialise the threads).
+fn populate_in_threads(region: &Arc<Mapping>, threads: usize) -> Vec<std::thread::JoinHandle<()>> {
+    let share = region.len / threads;
+    (0..threads)
         .map(|t| {
-            let region = Arc::clone(&region);
+            let region = Arc::clone(region);
             std::thread::spawn(move || {
                 // SAFETY: populates a share of our own mapping; each page faults to the
-                // server.
+                // handler.
                 let r = unsafe {
                     libc::madvise(
                         region.addr().cast::<u8>().add(t * share).cast(),
@@ -442,13 +433,7 @@ pub fn serve_with_server(zero: bool, n: usize, threads: usize) {
                 );
             })
         })
-        .collect();
-    for toucher in touchers {
-        toucher.join().unwrap();
-    }
-    let finished = server.stop();
-    assert_eq!(finished.stats.faults, n as u64, "{:?}", finished.stats);
-    println!("reads {} events {n}", finished.stats.faults);
+        .collect()
 }
 
 /// Pins the calling thread to `cpu` (when the machine has it): the handler on one CPU, the
