@@ -57,6 +57,33 @@ pub(crate) fn backoff(idle: &mut u32) {
     }
 }
 
+/// Maps the pages of `[src, src + len)` into this process before a copy to huge pages reads
+/// them. A hugetlbfs `COPY` whose source faults (not yet mapped: a fresh scratch buffer, a
+/// mapped file's page not yet touched, the zero mapping) allocates a temporary huge page to
+/// copy into outside the kernel's lock, besides the destination's: with a single free huge
+/// page, the copy fails with `ENOMEM`. Mapped first, the source never faults inside the copy.
+/// `MADV_POPULATE_READ` (Linux 5.14+), else a read of a byte per page.
+///
+/// # Safety
+///
+/// `[src, src + len)` is readable memory.
+unsafe fn prefault(src: *const u8, len: usize) {
+    let base = super::source::page_size();
+    let start = src as usize & !(base - 1);
+    let end = src as usize + len;
+    // SAFETY: advice on readable memory of this process (rounded out to whole pages, which
+    // are mapped since the range is); it changes no contents.
+    let r = unsafe { libc::madvise(start as *mut c_void, end - start, libc::MADV_POPULATE_READ) };
+    if r != 0 {
+        let mut p = src as usize;
+        while p < end {
+            // SAFETY: a byte of the readable range.
+            unsafe { std::ptr::read_volatile(p as *const u8) };
+            p = (p & !(base - 1)) + base;
+        }
+    }
+}
+
 /// Places pages: the part of a worker that only needs shared access.
 ///
 /// The page state and the address map are looked at, and the source is read, without the
@@ -321,6 +348,13 @@ impl Placer<'_> {
         let exempt = (origin == Origin::Fault && !stale_if_discarded).then_some(fault);
         if state.any_discarded(from, to, exempt) {
             return Ok(Flow::Restart);
+        }
+        if let Fill::Copy(src) = fill {
+            if ps > super::source::page_size() {
+                // SAFETY: the bytes to copy: a chunk of the source (a `&[u8]` of this length)
+                // or the zero mapping (at least a block long).
+                unsafe { prefault(src, (to - from) * ps) };
+            }
         }
         let mut i = from;
         let mut idle = 0u32;
