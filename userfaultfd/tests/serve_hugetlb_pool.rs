@@ -26,14 +26,7 @@ const HUGE: usize = 2 << 20;
 fn meminfo(key: &str) -> i64 {
     let text = std::fs::read_to_string("/proc/meminfo").unwrap();
     text.lines()
-        .find_map(|l| {
-            l.strip_prefix(key)?
-                .trim()
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
+        .find_map(|l| l.strip_prefix(key)?.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("{key} not in /proc/meminfo"))
 }
 
