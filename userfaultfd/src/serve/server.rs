@@ -12,7 +12,8 @@ use super::inbox::poison_unplaced;
 use super::pages::PageState;
 use super::region::{check_disjoint, AddressMap, Backend, Region};
 use super::replay;
-use super::shared::{lock_write, Activity, Config, Dispatch, Locked, Shared, Stop, ZeroMap};
+use super::shared::{lock_write, Activity, Config, Dispatch, FillDesk, Locked, Shared, Slot};
+use super::shared::{Stop, ZeroMap};
 use super::shared::{EXITED, IN_FETCH, RUNNING};
 use super::stats::{Counters, Stats};
 use super::worker::Worker;
@@ -270,6 +271,14 @@ impl ServerBuilder {
             uffd_fd: uffd.as_raw_fd(),
             map: RwLock::new(Locked::new(AddressMap::new(&self.regions), uffd)),
             activity: (0..threads).map(|_| Activity::default()).collect(),
+            desk: match self.background {
+                true => Some(FillDesk {
+                    fd: eventfd()?,
+                    slot: Mutex::new(Slot::Empty),
+                    done: Condvar::new(),
+                }),
+                false => None,
+            },
             dispatch: (!inline).then(|| Dispatch {
                 queue: Mutex::new(VecDeque::with_capacity(1024)),
                 ready: Condvar::new(),

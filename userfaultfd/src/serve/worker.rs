@@ -64,12 +64,45 @@ impl Worker {
             if self.shared.stopping.load(Ordering::Acquire) {
                 return Ok(());
             }
-            self.wait()?;
+            let fill_job = self.wait()?;
             if self.shared.stopping.load(Ordering::Acquire) {
                 return Ok(());
             }
+            if fill_job {
+                self.place_for_fill()?;
+            }
             self.read_messages()?;
         }
+    }
+
+    /// Makes the placement the background fill handed over, if one waits (see `FillDesk`).
+    fn place_for_fill(&mut self) -> Result<(), Stop> {
+        let shared = Arc::clone(&self.shared);
+        let Some(desk) = &shared.desk else {
+            return Ok(());
+        };
+        let Some(job) = desk.take() else {
+            return Ok(());
+        };
+        // Hands a result back even if the placement panics (the fill waits for it).
+        struct Answer<'d>(&'d super::shared::FillDesk, Option<Result<Flow, Stop>>);
+        impl Drop for Answer<'_> {
+            fn drop(&mut self) {
+                self.0
+                    .finish(self.1.take().unwrap_or(Err(Stop::Exit(Exit::Stopped))));
+            }
+        }
+        let mut answer = Answer(desk, None);
+        let placer = Placer {
+            shared: &shared,
+            events: Events::Read(&self.inbox),
+            counters: &shared.counters[job.id],
+            activity: &shared.activity[self.id],
+            epoch: job.epoch,
+            id: job.id,
+        };
+        answer.1 = Some(placer.place_for_fill(&job));
+        Ok(())
     }
 
     /// The reader (the source may block): reads the messages, applies the events, and hands
@@ -94,11 +127,15 @@ impl Worker {
             if self.shared.stopping.load(Ordering::Acquire) {
                 return Ok(());
             }
-            self.wait()?;
+            let fill_job = self.wait()?;
             if self.shared.stopping.load(Ordering::Acquire) {
                 return Ok(());
             }
-            let read = self.read_messages();
+            // (Faults read while placing for the fill are handed over below.)
+            let read = match fill_job {
+                true => self.place_for_fill().and_then(|()| self.read_messages()),
+                false => self.read_messages(),
+            };
             // Faults read are handed over even when the read ends in an error: they are
             // then answered with the others when the reader stops.
             let pending = &mut self.inbox.get_mut().pending;
@@ -239,8 +276,9 @@ impl Worker {
         Ok(())
     }
 
-    /// Waits until the userfaultfd is readable, the server stops, or the peer exits.
-    fn wait(&self) -> Result<(), Stop> {
+    /// Waits until the userfaultfd is readable, the server stops, the peer exits, or the
+    /// background fill hands over a placement (then returns `true`).
+    fn wait(&self) -> Result<bool, Stop> {
         let shared = &*self.shared;
         let mut fds = [
             libc::pollfd {
@@ -258,6 +296,14 @@ impl Worker {
                     .peer
                     .as_ref()
                     .map_or(-1, std::os::fd::AsRawFd::as_raw_fd),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: shared
+                    .desk
+                    .as_ref()
+                    .map_or(-1, |d| std::os::fd::AsRawFd::as_raw_fd(&d.fd)),
                 events: libc::POLLIN,
                 revents: 0,
             },
@@ -290,7 +336,7 @@ impl Worker {
                     source: std::io::Error::other("POLLERR: the descriptor is not usable"),
                 }));
             }
-            return Ok(());
+            return Ok(fds[3].revents != 0);
         }
     }
 }
