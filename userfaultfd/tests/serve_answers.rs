@@ -153,11 +153,13 @@ fn assert_outside_fault_stops(server: Server, addr: usize, unregister: (usize, u
         shown.contains(&format!("{addr:#x}")),
         "{shown:?} does not name the address {addr:#x}"
     );
-    std::thread::sleep(Duration::from_millis(20));
-    assert!(
-        blocked_in_userfault(tid),
-        "the faulting thread must stay blocked for the owner"
-    );
+    // The fault is handed back: the thread faults again, pending on the descriptor.
+    support::wait_blocked_in_userfault(tid);
+    match support::wait_event(&finished.uffd) {
+        userfaultfd::Event::Pagefault { addr: a, .. } => assert_eq!(a as usize, addr),
+        other => panic!("expected the fault handed back, got {other:?}"),
+    }
+    assert!(blocked_in_userfault(tid), "the thread must stay blocked");
     finished
         .uffd
         .unregister(unregister.0 as *mut libc::c_void, unregister.1)

@@ -306,7 +306,7 @@ impl Placer<'_> {
         fault: usize,
         origin: Origin,
     ) -> Result<Flow, Stop> {
-        if m.page_size > super::source::page_size() {
+        if m.page_size > self.shared.base_page {
             self.place(
                 m,
                 from,
@@ -380,7 +380,7 @@ impl Placer<'_> {
             return Ok(Flow::Restart);
         }
         if let Fill::Copy(src) = fill {
-            if ps > super::source::page_size() {
+            if ps > self.shared.base_page {
                 // SAFETY: the bytes to copy: a chunk of the source (a `&[u8]` of this length)
                 // or the zero mapping (at least a block long).
                 unsafe { prefault(src, (to - from) * ps) };
@@ -532,7 +532,7 @@ impl Placer<'_> {
     ) -> Result<Flow, Stop> {
         let ps = m.page_size;
         let dst = (m.addr + (page - m.first_page) * ps) as *mut c_void;
-        let result = if ps > super::source::page_size() {
+        let result = if ps > self.shared.base_page {
             // SAFETY: as in `place`: a served page, and the zero mapping is readable.
             unsafe { uffd.copy(self.shared.zeros.ptr.cast(), dst, ps, true) }
         } else {

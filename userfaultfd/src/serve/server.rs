@@ -284,6 +284,7 @@ impl ServerBuilder {
                 ready: Condvar::new(),
             }),
             epoch: AtomicU64::new(0),
+            base_page: super::source::page_size(),
             regions,
             source,
             stop_fd: eventfd()?,
@@ -723,7 +724,7 @@ impl Server {
             .collect();
         let queued: Vec<usize> = shared.dispatch.as_ref().map_or_else(Vec::new, |d| {
             let mut queue = d.queue.lock().unwrap_or_else(|e| e.into_inner());
-            queue.drain(..).map(|(addr, _)| addr).collect()
+            queue.drain(..).map(|f| f.addr).collect()
         });
         // No placement is in progress while this is held; none starts after the take.
         let mut guard = lock_write(&shared.map);

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use libc::c_void;
 
+use super::inbox::Fault;
 use super::pages::PageState;
 use super::place::{Fill, Flow};
 use super::region::{AddressMap, Mapping, Region};
@@ -56,7 +57,10 @@ impl Locked {
     /// The descriptor, or [`Stop::Exit`] once the server has given it back.
     #[inline]
     pub fn uffd(&self) -> Result<&Uffd, Stop> {
-        self.uffd.as_ref().ok_or(Stop::Exit(Exit::Stopped))
+        match &self.uffd {
+            Some(uffd) => Ok(uffd),
+            None => Err(Stop::Exit(Exit::Stopped)),
+        }
     }
 
     /// Takes the descriptor out (stop).
@@ -112,7 +116,7 @@ impl Activity {
 
 /// Faults read by the reader thread, for the fetch workers (sources that may block).
 pub(crate) struct Dispatch {
-    pub queue: Mutex<VecDeque<(usize, Instant)>>,
+    pub queue: Mutex<VecDeque<Fault>>,
     pub ready: Condvar,
 }
 
@@ -208,6 +212,8 @@ pub(crate) struct Shared {
     /// the descriptor back); every other use goes through [`Locked::uffd`].
     pub uffd_fd: RawFd,
     pub source: Arc<dyn PageSource>,
+    /// The base page size.
+    pub base_page: usize,
     pub regions: Vec<Region>,
     pub pages: Vec<PageState>,
     /// The lock: shared by placements, exclusive for reading messages and applying events.

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use libc::c_void;
 
-use super::inbox::Inbox;
+use super::inbox::{Fault, Inbox};
 use super::place::{backoff, Events, Flow, Origin, Placer};
 use super::region::Backend;
 use super::server::Exit;
@@ -50,7 +50,7 @@ impl Worker {
     pub fn run(&mut self) -> Result<(), Stop> {
         let result = self.serve_inline();
         let pending = &mut self.inbox.get_mut().pending;
-        wake_outstanding(&self.shared, pending.drain(..).map(|(addr, _)| addr));
+        wake_outstanding(&self.shared, pending.drain(..).map(|f| f.addr));
         result
     }
 
@@ -58,8 +58,8 @@ impl Worker {
         loop {
             loop {
                 let next = self.inbox.get_mut().pending.pop_front();
-                let Some((addr, read_at)) = next else { break };
-                self.serve_fault(addr, read_at, true)?;
+                let Some(fault) = next else { break };
+                self.serve_fault(fault, true)?;
             }
             if self.shared.stopping.load(Ordering::Acquire) {
                 return Ok(());
@@ -113,7 +113,7 @@ impl Worker {
         let shared = &*self.shared;
         if let Some(dispatch) = &shared.dispatch {
             let mut queue = dispatch.queue.lock().unwrap_or_else(|e| e.into_inner());
-            wake_outstanding(shared, queue.drain(..).map(|(addr, _)| addr));
+            wake_outstanding(shared, queue.drain(..).map(|f| f.addr));
         }
         result
     }
@@ -161,9 +161,10 @@ impl Worker {
     pub fn run_fetcher(&mut self) -> Result<(), Stop> {
         let shared = Arc::clone(&self.shared);
         let activity = &shared.activity[self.id];
-        while let Some((addr, read_at)) = self.next_fault() {
+        while let Some(fault) = self.next_fault() {
+            let addr = fault.addr;
             activity.fault.store(addr, Ordering::Release);
-            let result = self.serve_fault(addr, read_at, false);
+            let result = self.serve_fault(fault, false);
             activity.fault.store(usize::MAX, Ordering::Release);
             if let Err(stop) = result {
                 wake_outstanding(&shared, std::iter::once(addr));
@@ -177,7 +178,7 @@ impl Worker {
     }
 
     /// The next fault the reader handed over; `None` once the server stops.
-    fn next_fault(&self) -> Option<(usize, Instant)> {
+    fn next_fault(&self) -> Option<Fault> {
         let shared = &*self.shared;
         let dispatch = shared.dispatch.as_ref()?;
         let mut queue = dispatch.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -201,7 +202,9 @@ impl Worker {
     }
 
     /// Serves one fault; `inline`: this worker reads the messages itself.
-    fn serve_fault(&mut self, addr: usize, read_at: Instant, inline: bool) -> Result<(), Stop> {
+    #[inline]
+    fn serve_fault(&mut self, fault: Fault, inline: bool) -> Result<(), Stop> {
+        let addr = fault.addr;
         let mut idle = 0;
         loop {
             let flow = {
@@ -237,10 +240,21 @@ impl Worker {
                             placer.block(&m, page, Origin::Fault, scratch)?
                         }
                     }
+                    // Outside the map, which has not changed since the fault was read: a
+                    // fault outside every region. Fatal, answered by the error policy (the
+                    // fault is woken with the other outstanding ones when the worker stops).
+                    None if shared.epoch.load(Ordering::Acquire) == fault.epoch => {
+                        if inline {
+                            inbox.get_mut().pending.push_front(fault);
+                        }
+                        return Err(Stop::Failed(ServeError::FaultOutsideRegions {
+                            addr: addr as u64,
+                        }));
+                    }
                     None => {
-                        // In the map when read (see `Inbox::read`), no longer: the range was
-                        // unmapped since. Wake the thread, which retries the access and meets
-                        // the kernel's verdict.
+                        // In the map when read, no longer: the range was unmapped or moved
+                        // since. Wake the thread, which retries the access and meets the
+                        // kernel's verdict.
                         let page = addr & !(super::source::page_size() - 1);
                         lock_read(&shared.map)
                             .uffd()?
@@ -272,12 +286,13 @@ impl Worker {
         }
         let counters = &self.shared.counters[self.id];
         add(&counters.faults, 1);
-        counters.record_latency(read_at.elapsed());
+        counters.record_latency(fault.read_at.elapsed());
         Ok(())
     }
 
     /// Waits until the userfaultfd is readable, the server stops, the peer exits, or the
     /// background fill hands over a placement (then returns `true`).
+    #[inline]
     fn wait(&self) -> Result<bool, Stop> {
         let shared = &*self.shared;
         let mut fds = [
