@@ -161,15 +161,24 @@ fn blocked_reader(region: &Arc<Region>, page: usize) -> (libc::pid_t, support::W
 /// run on a zero page) until the owner acts on the returned descriptor, where its fault is
 /// pending again (the server read it: it hands it back, instead of losing it).
 fn report_and_stop(source: TestSource, expect: &[&str]) {
+    // A reader and two fetch workers (the test source may block).
+    report_and_stop_with(Arc::new(source), 2, expect);
+}
+
+fn report_and_stop_with(
+    source: Arc<dyn userfaultfd::serve::PageSource>,
+    workers: usize,
+    expect: &[&str],
+) {
     let memory = MemoryType::Anonymous;
     let uffd = serve_uffd(memory, RegisterMode::MISSING).unwrap();
     let region = Arc::new(Region::new(memory, 64).unwrap());
     // SAFETY: the test region holds no Rust object.
     let server = unsafe {
         Server::builder()
-            .workers(2)
+            .workers(workers)
             .region(Served::new(region.addr(), region.len()))
-            .start(uffd, Arc::new(source))
+            .start(uffd, source)
     }
     .unwrap();
     let (tid, reader) = blocked_reader(&region, 10);
@@ -213,6 +222,19 @@ fn source_error_reports_and_stops() {
     let mut source = TestSource::new(snapshot(64, ps), ps);
     source.fail_at = Some(10);
     report_and_stop(source, &["reading the page source", "injected read error"]);
+}
+
+/// The same with a worker that reads and serves itself (a source that never blocks).
+#[test]
+fn source_error_reports_and_stops_inline() {
+    let ps = MemoryType::Anonymous.page_size();
+    let mut source = TestSource::new(snapshot(64, ps), ps);
+    source.fail_at = Some(10);
+    report_and_stop_with(
+        Arc::new(Claims(source)),
+        1,
+        &["reading the page source", "injected read error"],
+    );
 }
 
 #[test]

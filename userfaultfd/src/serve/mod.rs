@@ -56,8 +56,15 @@
 //! A fault places the block of [`ServerBuilder::fault_around`] bytes around the faulting
 //! page (aligned, clipped to the region and to pages neither placed nor discarded), the
 //! faulting page first. The background fill (optional) places the rest of the regions block
-//! by block at the lowest CPU priority. Nothing is allocated per fault after start-up;
-//! statistics are counted per thread and summed when read.
+//! by block at the lowest CPU priority; so that a fill preempted by other work can never keep
+//! the reading of messages (faults included) waiting for the lock, it never takes the lock:
+//! it fetches, and hands each placement to a thread at the workers' priority (a worker, or
+//! the reader), which makes the ioctl while the fill waits. Nothing is allocated per fault
+//! after start-up; statistics are counted per thread and summed when read.
+//!
+//! On huge pages, the server maps what a copy reads from (the source's chunk, the zero
+//! mapping) before the copy: a hugetlbfs `COPY` whose source faults inside the kernel takes a
+//! temporary huge page besides the destination's, and with one free huge page would fail.
 //!
 //! # Events
 //!
@@ -192,7 +199,9 @@
 //! the [`Backend::Continue`] backend on a `MAP_PRIVATE` mapping of the file takes 0.7-1.8x
 //! the time of the kernel's own lazy file mapping. Neither busy-polling
 //! ([`ServerBuilder::busy_poll`]) nor a second worker helped there (a second worker pays off
-//! when the source is slow).
+//! when the source is slow). User-space work per fault (callgrind, one page per fault):
+//! about 1300 instructions with a source that never blocks, 1900 with the reader's
+//! hand-over.
 
 mod background;
 mod inbox;

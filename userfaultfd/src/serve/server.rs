@@ -768,6 +768,11 @@ fn signal_stop(shared: &Shared) {
         let _queue = dispatch.queue.lock().unwrap_or_else(|e| e.into_inner());
         dispatch.ready.notify_all();
     }
+    if let Some(desk) = &shared.desk {
+        // The fill, waiting for a placement not yet taken, withdraws it.
+        let _slot = desk.slot.lock().unwrap_or_else(|e| e.into_inner());
+        desk.done.notify_all();
+    }
 }
 
 fn finish(shared: &Shared, outcome: Result<Exit, ServeError>) {

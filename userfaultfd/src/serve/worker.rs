@@ -59,7 +59,11 @@ impl Worker {
             loop {
                 let next = self.inbox.get_mut().pending.pop_front();
                 let Some(fault) = next else { break };
-                self.serve_fault(fault, true)?;
+                if let Err(stop) = self.serve_fault(fault, true) {
+                    // Not served: answered with the other outstanding faults (see `run`).
+                    self.inbox.get_mut().pending.push_front(fault);
+                    return Err(stop);
+                }
             }
             if self.shared.stopping.load(Ordering::Acquire) {
                 return Ok(());
@@ -244,9 +248,6 @@ impl Worker {
                     // fault outside every region. Fatal, answered by the error policy (the
                     // fault is woken with the other outstanding ones when the worker stops).
                     None if shared.epoch.load(Ordering::Acquire) == fault.epoch => {
-                        if inline {
-                            inbox.get_mut().pending.push_front(fault);
-                        }
                         return Err(Stop::Failed(ServeError::FaultOutsideRegions {
                             addr: addr as u64,
                         }));
