@@ -305,23 +305,38 @@ fn fault_around_continues_after_present_pages() {
     }
 }
 
+/// The fill hands its placements to a worker (a source that never blocks: `Memory`) or to
+/// the reader thread (one that may: the test source).
 #[test]
 fn background_fill_places_everything_without_faults() {
     for memory in MemoryType::ALL {
+        for never_blocks in [true, false] {
+            background_fill(memory, never_blocks);
+        }
+    }
+}
+
+fn background_fill(memory: MemoryType, never_blocks: bool) {
+    {
         let Some(uffd) = serve_uffd(memory, RegisterMode::MISSING) else {
-            continue;
+            return;
         };
         let Some(region) = Region::new(memory, pages_for(memory)) else {
-            continue;
+            return;
         };
         let ps = region.page_size();
         let expected = snapshot(region.pages(), ps);
+        let source: Arc<dyn PageSource> = if never_blocks {
+            Arc::new(userfaultfd::serve::Memory::new(expected.clone()))
+        } else {
+            Arc::new(TestSource::new(expected.clone(), ps))
+        };
         // SAFETY: the test region holds no Rust object.
         let server = unsafe {
             Server::builder()
                 .background_fill(true)
                 .region(Served::new(region.addr(), region.len()).page_size(ps))
-                .start(uffd, Arc::new(TestSource::new(expected.clone(), ps)))
+                .start(uffd, source)
         }
         .unwrap();
         let deadline = std::time::Instant::now() + support::TIMEOUT;
