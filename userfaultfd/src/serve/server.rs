@@ -475,7 +475,9 @@ pub struct Finished {
     pub outcome: Result<Exit, ServeError>,
     /// The userfaultfd, still open with the regions registered: threads blocked in a fault
     /// stay blocked until it is dropped (then they get the kernel's default pages) or their
-    /// ranges are unregistered. While it is open, nobody reads its events: an `munmap`,
+    /// ranges are unregistered. Faults the server read and did not answer are pending on it
+    /// again (their threads were woken and faulted again), so whoever reads it next sees
+    /// every blocked fault. No thread of the server uses it or keeps a copy of it open. While it is open, nobody reads its events: an `munmap`,
     /// `mremap` or `madvise(MADV_DONTNEED)` of a region waits for its event to be read, so
     /// drop it (or unregister) before those.
     pub uffd: Uffd,
