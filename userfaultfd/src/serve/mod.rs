@@ -200,7 +200,7 @@
 //! the time of the kernel's own lazy file mapping. Neither busy-polling
 //! ([`ServerBuilder::busy_poll`]) nor a second worker helped there (a second worker pays off
 //! when the source is slow). User-space work per fault (callgrind, one page per fault):
-//! about 1300 instructions with a source that never blocks, 1800 with the reader's
+//! about 1230 instructions with a source that never blocks, 1850 with the reader's
 //! hand-over.
 
 mod background;

@@ -324,9 +324,14 @@ impl Worker {
                 revents: 0,
             },
         ];
-        let spin_until = Instant::now() + shared.config.busy_poll;
+        // (No clock read without busy-polling, the default.)
+        let busy = shared.config.busy_poll;
+        let spin_until = (!busy.is_zero()).then(|| Instant::now() + busy);
         loop {
-            let timeout = if Instant::now() < spin_until { 0 } else { -1 };
+            let timeout = match spin_until {
+                Some(until) if Instant::now() < until => 0,
+                _ => -1,
+            };
             // SAFETY: `fds` is an array of valid pollfds (a negative fd is ignored).
             let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
             if r < 0 {
