@@ -323,3 +323,49 @@ fn background_fill_does_not_refill_discarded_pages() {
         assert_eq!(s.background_pages, (pages / 2) as u64, "{memory:?}: {s:?}");
     }
 }
+
+/// Fail closed: a fault outside the regions (a range the caller registered itself) gets
+/// `SIGBUS` (its page is poisoned), never a hang or a zero page.
+#[test]
+fn fault_outside_the_regions_fails_closed_with_sigbus() {
+    if support::kernel_lacks(FeatureFlags::POISON).is_some() {
+        return;
+    }
+    let outcome = support::run_in_child(|report| {
+        let memory = MemoryType::Anonymous;
+        let uffd = serve_uffd(memory, RegisterMode::MISSING).ok_or("no uffd")?;
+        let region = Region::new(memory, 16).ok_or("no region")?;
+        let other = Region::new(memory, 16).ok_or("no region")?;
+        let ps = region.page_size();
+        let mine = uffd.try_clone().map_err(|e| e.to_string())?;
+        // SAFETY: the test region holds no Rust object.
+        let server = unsafe {
+            Server::builder()
+                .error_policy(userfaultfd::serve::ErrorPolicy::FailClosed)
+                .region(Served::new(region.addr(), region.len()))
+                .start(uffd, Arc::new(Memory::new(snapshot(16, ps))))
+        }
+        .map_err(|e| e.to_string())?;
+        mine.register(other.addr(), other.len())
+            .map_err(|e| e.to_string())?;
+        drop(mine);
+        report.note("faulting outside the regions");
+        let addr = other.page(2) as usize;
+        let reader = spawn_named("faulting", move || {
+            // SAFETY: a byte of our own mapping, registered with the server's descriptor.
+            unsafe { (addr as *const u8).read_volatile() }
+        });
+        if !server.wait_stopped(support::TIMEOUT) {
+            return Err("the server did not stop".into());
+        }
+        report.note(&format!("stopped: {:?}", server.outcome()));
+        join_timeout(reader); // SIGBUS ends the process here
+        Err("the access outside the regions returned".into())
+    });
+    outcome.assert_killed_by(libc::SIGBUS);
+    assert!(
+        outcome.report.contains("FaultOutsideRegions") || outcome.report.contains("outside"),
+        "{}",
+        outcome.report
+    );
+}
