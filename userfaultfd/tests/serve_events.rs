@@ -222,6 +222,15 @@ fn moved_ranges_are_served_at_their_new_address() {
     assert!(bad_moved.is_empty(), "moved pages {bad_moved:?} differ");
     assert!(bad_rest.is_empty(), "pages {bad_rest:?} differ");
     assert!(s.events >= 1, "{s:?}");
+    // What is left of the region (its drop would unmap the hole too, and whatever another
+    // test mapped there since).
+    let mut region = region;
+    // SAFETY: the two parts of our mapping still mapped.
+    unsafe {
+        libc::munmap(region.addr(), 96 * ps);
+        libc::munmap(region.page(160).cast(), (pages - 160) * ps);
+    }
+    region.forget_mapping();
 }
 
 /// A test source, said to never block (or not).
