@@ -112,14 +112,20 @@ fn fault_around_into_a_range_unmapped_without_event_places_the_faulting_page() {
                 .start(uffd, Arc::new(Memory::new(expected.to_vec())))
         }
         .unwrap();
-        // SAFETY: unmaps the second half of our own mapping (never touched again; the
-        // region's drop unmaps the whole range, which is allowed).
+        // SAFETY: unmaps the second half of our own mapping (never touched again).
         let r = unsafe { libc::munmap(region.page(pages / 2).cast(), pages / 2 * ps) };
         assert_eq!(r, 0, "munmap: {}", std::io::Error::last_os_error());
         let bad = read_on_thread(&region, &expected, 0..pages / 2);
         let finished = server.stop();
         assert!(bad.is_empty(), "{memory:?}: pages {bad:?} differ");
         assert!(finished.outcome.is_ok(), "{:?}", finished.outcome);
+        drop(finished);
+        // The first half only (the region's drop would unmap the second half's range too,
+        // which another test may have mapped since).
+        let mut region = Arc::try_unwrap(region).unwrap_or_else(|_| panic!("region shared"));
+        // SAFETY: what is left of our mapping.
+        unsafe { libc::munmap(region.addr(), pages / 2 * ps) };
+        region.forget_mapping();
     }
 }
 
