@@ -289,6 +289,18 @@ fn fault_around_continues_after_present_pages() {
         }
         .unwrap();
         let bad = mismatches(&region, &want, 0..pages);
+        // A fault's block is finished after its thread is woken: wait until every page was
+        // visited (placed, or found present) before stopping, which may cut a block short.
+        let deadline = std::time::Instant::now() + support::TIMEOUT;
+        loop {
+            let s = server.stats();
+            if s.pages_copied + s.pages_zeroed + s.eexist >= pages as u64
+                || std::time::Instant::now() > deadline
+            {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         let s = server.stop().stats;
         assert!(bad.is_empty(), "{memory:?}: pages {bad:?} differ");
         eprintln!("{memory:?}: {s:?}");
