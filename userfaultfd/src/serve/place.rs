@@ -9,11 +9,14 @@ use libc::c_void;
 
 use super::inbox::Inbox;
 use super::region::{Backend, Mapping, Region};
-use super::shared::{lock_read, uffd_error, uffd_error_at, Shared, Stop};
+use super::server::Exit;
+use super::shared::{
+    lock_read, uffd_error, uffd_error_at, Activity, FillJob, Shared, Stop, IN_FETCH, RUNNING,
+};
 use super::source::Chunk;
 use super::stats::{add, Counters};
 use super::ServeError;
-use crate::{Errno, Error};
+use crate::{Errno, Error, Uffd};
 
 /// How a placement ended.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -56,6 +59,36 @@ pub(crate) fn backoff(idle: &mut u32) {
     }
 }
 
+/// Maps the pages of `[src, src + len)` into this process before a copy to huge pages reads
+/// them. A hugetlbfs `COPY` whose source faults (not yet mapped: a fresh scratch buffer, a
+/// mapped file's page not yet touched, the zero mapping) allocates a temporary huge page to
+/// copy into outside the kernel's lock, besides the destination's: with a single free huge
+/// page, the copy fails with `ENOMEM`. Mapped first, the source never faults inside the copy.
+/// `MADV_POPULATE_READ` (Linux 5.14+), else (the kernel does not know the advice: `EINVAL`)
+/// a read of a byte per page. Any other failure (`EFAULT`: a mapped file truncated under
+/// the source, against `MappedFile::new`'s contract) is left to the copy, which reports it
+/// as its own `EFAULT`: a read here would raise `SIGBUS` in the server instead.
+///
+/// # Safety
+///
+/// `[src, src + len)` is readable memory.
+unsafe fn prefault(src: *const u8, len: usize) {
+    let base = super::source::page_size();
+    let start = src as usize & !(base - 1);
+    let end = src as usize + len;
+    // SAFETY: advice on readable memory of this process (rounded out to whole pages, which
+    // are mapped since the range is); it changes no contents.
+    let r = unsafe { libc::madvise(start as *mut c_void, end - start, libc::MADV_POPULATE_READ) };
+    if r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        let mut p = src as usize;
+        while p < end {
+            // SAFETY: a byte of the readable range.
+            unsafe { std::ptr::read_volatile(p as *const u8) };
+            p = (p & !(base - 1)) + base;
+        }
+    }
+}
+
 /// Places pages: the part of a worker that only needs shared access.
 ///
 /// The page state and the address map are looked at, and the source is read, without the
@@ -65,30 +98,85 @@ pub(crate) fn backoff(idle: &mut u32) {
 /// placement never contradicts an event applied before it.
 pub(crate) struct Placer<'a> {
     pub shared: &'a Shared,
-    /// Where a worker reads pending events when a placement meets one (`None` for the
-    /// background fill, which leaves them to the workers).
-    pub inbox: Option<&'a RefCell<Inbox>>,
+    /// What to do about a pending event that refuses a placement.
+    pub events: Events<'a>,
     pub counters: &'a Counters,
+    /// This thread's activity (marked while in `PageSource::fetch`).
+    pub activity: &'a Activity,
     /// `Shared::epoch` when this attempt started.
     pub epoch: u64,
+    /// The thread's id (index of its counters and activity).
+    pub id: usize,
+}
+
+/// Who reads a pending event that refuses a placement (`EAGAIN`, nothing done).
+#[derive(Clone, Copy)]
+pub(crate) enum Events<'a> {
+    /// A worker that reads the messages itself (the source never blocks): reads them, then
+    /// retries at once.
+    Read(&'a RefCell<Inbox>),
+    /// A fetch worker: the reader thread reads them; backs off and retries, until stopped.
+    Wait,
+    /// The replay: [`Flow::ReadEvents`], leaving them to the others.
+    Leave,
+    /// The background fill: makes no ioctl itself, but hands each placement to a thread that
+    /// reads the messages (see `FillDesk`).
+    Delegate,
 }
 
 impl<'a> Placer<'a> {
-    /// A placer for a thread that reads no events (the background fill, the replay): a
-    /// placement that meets one leaves it to the workers.
-    pub(crate) fn without_inbox(shared: &'a Shared, counters: &'a Counters) -> Placer<'a> {
+    /// A placer for thread `id`, which reads no events.
+    pub(crate) fn new(shared: &'a Shared, id: usize, events: Events<'a>) -> Placer<'a> {
         Placer {
             shared,
-            inbox: None,
-            counters,
+            events,
+            counters: &shared.counters[id],
+            activity: &shared.activity[id],
             epoch: shared.epoch.load(Ordering::Acquire),
+            id,
         }
+    }
+
+    /// A placer for a thread that reads no events (the background fill, the replay): a
+    /// placement that meets one leaves it to the workers.
+    pub(crate) fn without_inbox(shared: &'a Shared, id: usize) -> Placer<'a> {
+        Placer::new(shared, id, Events::Leave)
+    }
+
+    /// Whether `stop` may leave this thread behind in a fetch (every thread but a worker
+    /// that reads messages: it is joined, and the source promised not to block it).
+    #[inline]
+    fn abandonable(&self) -> bool {
+        !matches!(self.events, Events::Read(_))
+    }
+
+    /// `PageSource::fetch`, marked as such for [`Server::stop`](super::Server::stop), which
+    /// may leave the thread behind in it. (A fault being served when the server stops is
+    /// finished if its fetches return within the grace `stop` gives.)
+    fn fetch<'s>(&self, offset: u64, len: usize, scratch: &'s mut [u8]) -> Result<Chunk<'s>, Stop>
+    where
+        'a: 's,
+    {
+        let abandonable = self.abandonable();
+        if abandonable {
+            self.activity.set(IN_FETCH);
+        }
+        let chunk = self
+            .shared
+            .source
+            .fetch(offset, len, scratch)
+            .map_err(|source| Stop::Failed(ServeError::Source { offset, source }));
+        if abandonable {
+            self.activity.set(RUNNING);
+        }
+        chunk
     }
 }
 
 impl Placer<'_> {
-    /// Places the unplaced pages of the fault-around block holding region page `page` of
-    /// `m` (for a fault: `page` itself first, whatever its recorded state, and woken).
+    /// Places the pages of the fault-around block holding region page `page` of `m` that are
+    /// neither placed nor discarded (for a fault: `page` itself first, whatever its recorded
+    /// state, and woken). A page the process discarded is placed again only when it faults.
     pub fn block(
         &self,
         m: &Mapping,
@@ -109,11 +197,11 @@ impl Placer<'_> {
                 // The faulting page is placed (or found present and woken) even if recorded
                 // as placed: the record could predate a zap the server was not told about.
                 let forced = origin == Origin::Fault && i == page;
-                if !forced && state.is_placed(i) {
-                    i = state.run_end(i, to, true);
+                if !forced && state.settled(i) {
+                    i = state.settled_run_end(i, to, true);
                     continue;
                 }
-                let j = state.run_end(i + 1, to, false);
+                let j = state.settled_run_end(i + 1, to, false);
                 let flow = self.run(m, i, j, page, origin, scratch)?;
                 if flow != Flow::Done {
                     return Ok(flow);
@@ -189,11 +277,7 @@ impl Placer<'_> {
         while i < to {
             let offset = region.offset + (i * ps) as u64;
             let asked = (to - i) * ps;
-            let chunk = self
-                .shared
-                .source
-                .fetch(offset, asked, &mut scratch[..asked])
-                .map_err(|source| Stop::Failed(ServeError::Source { offset, source }))?;
+            let chunk = self.fetch(offset, asked, &mut scratch[..asked])?;
             let (fill, got) = match chunk {
                 Chunk::Data(bytes) => (Fill::Copy(bytes.as_ptr()), bytes.len()),
                 Chunk::Zeros(n) => (Fill::Zero, n),
@@ -227,7 +311,7 @@ impl Placer<'_> {
         fault: usize,
         origin: Origin,
     ) -> Result<Flow, Stop> {
-        if m.page_size > super::source::page_size() {
+        if m.page_size > self.shared.base_page {
             self.place(
                 m,
                 from,
@@ -241,6 +325,19 @@ impl Placer<'_> {
         }
     }
 
+    /// Makes a placement the background fill handed over (on this thread, which reads the
+    /// messages: `self.events` is its own).
+    pub fn place_for_fill(&self, job: &FillJob) -> Result<Flow, Stop> {
+        self.place(
+            &job.mapping,
+            job.from,
+            job.to,
+            job.fill,
+            usize::MAX,
+            Origin::Background,
+        )
+    }
+
     /// The ioctl loop: places `[from, to)` with `fill`, continuing after partial progress
     /// and present pages, waking the faulting page when someone else placed it.
     fn place(
@@ -252,6 +349,17 @@ impl Placer<'_> {
         fault: usize,
         origin: Origin,
     ) -> Result<Flow, Stop> {
+        if let (Events::Delegate, Some(desk)) = (self.events, &self.shared.desk) {
+            let job = FillJob {
+                mapping: *m,
+                from,
+                to,
+                fill,
+                epoch: self.epoch,
+                id: self.id,
+            };
+            return desk.submit(job, &self.shared.stopping);
+        }
         let ps = m.page_size;
         let state = &self.shared.pages[m.region];
         let addr_of = |page: usize| (m.addr + (page - m.first_page) * ps) as *mut c_void;
@@ -260,8 +368,11 @@ impl Placer<'_> {
         if self.shared.epoch.load(Ordering::Acquire) != self.epoch {
             return Ok(Flow::Restart); // unmapped or moved since the lookup
         }
-        // Contents that a discard since the decision would make stale: checked here, under
-        // the lock, so that an unrelated REMOVE does not restart the placement.
+        // Checked here, under the lock (so that an unrelated REMOVE does not restart the
+        // placement): no page of the range was discarded since the decision. Contents a
+        // discard makes stale (the source's, or a private mapping's file page) must not
+        // land on any of them; nor may anything land on a discarded page other than the
+        // faulting one (what the process gave back is placed again only when it faults).
         let stale_if_discarded = match fill {
             Fill::Copy(_) => !zero_fill,
             Fill::Zero => false,
@@ -269,13 +380,25 @@ impl Placer<'_> {
                 self.shared.regions[m.region].backend != (Backend::Continue { private: false })
             }
         };
-        if stale_if_discarded && state.discarded_run_end(from, to, false) != to {
+        let exempt = (origin == Origin::Fault && !stale_if_discarded).then_some(fault);
+        if state.any_discarded(from, to, exempt) {
             return Ok(Flow::Restart);
+        }
+        if let Fill::Copy(src) = fill {
+            if ps > self.shared.base_page {
+                // SAFETY: the bytes to copy: a chunk of the source (a `&[u8]` of this length)
+                // or the zero mapping (at least a block long).
+                unsafe { prefault(src, (to - from) * ps) };
+            }
         }
         let mut i = from;
         let mut idle = 0u32;
+        // Pages per ioctl: halved after an `ENOENT` (the range crosses the end of a VMA),
+        // reset after a success.
+        let mut limit = usize::MAX;
         while i < to {
-            let (dst, len) = (addr_of(i), (to - i) * ps);
+            let n = (to - i).min(limit);
+            let (dst, len) = (addr_of(i), n * ps);
             let result = match fill {
                 // SAFETY: the destination is a served region, whose contents belong to the
                 // source by the caller of `ServerBuilder::start`; the source bytes are
@@ -286,21 +409,17 @@ impl Placer<'_> {
                     } else {
                         src.add((i - from) * ps)
                     };
-                    self.shared.uffd.copy(src.cast(), dst, len, true)
+                    guard.uffd()?.copy(src.cast(), dst, len, true)
                 },
                 // SAFETY: as above; zeros are what the page holds.
                 // (`zeropage_with_mode`, not 0.9's `zeropage`: it keeps the count of a
                 // partial zeroing.)
                 Fill::Zero => unsafe {
-                    self.shared
-                        .uffd
+                    guard
+                        .uffd()?
                         .zeropage_with_mode(dst, len, crate::ZeropageMode::empty())
                 },
-                Fill::Continue => self
-                    .shared
-                    .uffd
-                    .r#continue(dst, len, true)
-                    .map(|n| n as usize),
+                Fill::Continue => guard.uffd()?.r#continue(dst, len, true).map(|n| n as usize),
             };
             let done = match result {
                 Ok(n) => n / ps,
@@ -313,20 +432,30 @@ impl Placer<'_> {
                                 // An event is pending: read it, then retry this very ioctl
                                 // (not the whole fault: under a stream of events, only a
                                 // quick retry lands between two of them).
-                                let Some(inbox) = self.inbox else {
-                                    return Ok(Flow::ReadEvents);
-                                };
                                 drop(guard);
-                                let read = inbox.borrow_mut().read(self.shared, self.counters)?;
-                                if read == 0 {
-                                    backoff(&mut idle);
-                                } else {
-                                    idle = 0; // a new event: its thread resumes soon
+                                match self.events {
+                                    Events::Leave | Events::Delegate => {
+                                        return Ok(Flow::ReadEvents)
+                                    }
+                                    Events::Read(inbox) => {
+                                        let read =
+                                            inbox.borrow_mut().read(self.shared, self.counters)?;
+                                        if read == 0 {
+                                            backoff(&mut idle);
+                                        } else {
+                                            idle = 0; // a new event: its thread resumes soon
+                                        }
+                                    }
+                                    Events::Wait => {
+                                        if self.shared.stopping.load(Ordering::Acquire) {
+                                            return Err(Stop::Exit(Exit::Stopped));
+                                        }
+                                        backoff(&mut idle);
+                                    }
                                 }
                                 guard = lock_read(&self.shared.map);
                                 if self.shared.epoch.load(Ordering::Acquire) != self.epoch
-                                    || (stale_if_discarded
-                                        && state.discarded_run_end(i, to, false) != to)
+                                    || state.any_discarded(i, to, exempt)
                                 {
                                     return Ok(Flow::Restart);
                                 }
@@ -339,19 +468,37 @@ impl Placer<'_> {
                         add(&self.counters.eexist, 1);
                         state.mark_placed(i, i + 1);
                         if i == fault && origin == Origin::Fault {
-                            self.shared
-                                .uffd
+                            guard
+                                .uffd()?
                                 .wake(dst, ps)
                                 .map_err(|e| uffd_error("waking a faulting thread", e))?;
                         }
                         i += 1;
                         continue;
                     }
-                    // Unmapped meanwhile (its UNMAP is being read): nothing to serve.
-                    Some(Errno::ENOENT) => return Ok(Flow::Done),
+                    // The range is not inside one registered VMA: it crosses a VMA
+                    // boundary made after registration (`mprotect`, `mlock`), or part of it
+                    // was unmapped (without `EVENT_UNMAP`, or its event not yet read). Try
+                    // fewer pages; a single page that is not registered is left out, and if
+                    // it is the faulting one, its thread is woken: it retries the access and
+                    // meets the kernel's verdict (a fault is never left unanswered).
+                    Some(Errno::ENOENT) if n > 1 => {
+                        limit = n / 2;
+                        continue;
+                    }
+                    Some(Errno::ENOENT) => {
+                        if i == fault && origin == Origin::Fault {
+                            guard
+                                .uffd()?
+                                .wake(dst, ps)
+                                .map_err(|e| uffd_error("waking a faulting thread", e))?;
+                        }
+                        i += 1;
+                        continue;
+                    }
                     // CONTINUE of a page the page cache lacks (a hole): a zero page.
                     Some(Errno::EFAULT) if matches!(fill, Fill::Continue) => {
-                        match self.zero_one(m, i, fault, origin)? {
+                        match self.zero_one(guard.uffd()?, m, i, fault, origin)? {
                             Flow::Done => {
                                 i += 1;
                                 continue;
@@ -372,6 +519,7 @@ impl Placer<'_> {
             self.count(i, i + done, fault, fill, zero_fill, origin, ps);
             state.mark_placed(i, i + done);
             i += done;
+            limit = usize::MAX;
         }
         drop(guard);
         Ok(Flow::Done)
@@ -381,6 +529,7 @@ impl Placer<'_> {
     /// under the shared lock the caller holds.
     fn zero_one(
         &self,
+        uffd: &Uffd,
         m: &Mapping,
         page: usize,
         fault: usize,
@@ -388,26 +537,29 @@ impl Placer<'_> {
     ) -> Result<Flow, Stop> {
         let ps = m.page_size;
         let dst = (m.addr + (page - m.first_page) * ps) as *mut c_void;
-        let result = if ps > super::source::page_size() {
+        let result = if ps > self.shared.base_page {
             // SAFETY: as in `place`: a served page, and the zero mapping is readable.
-            unsafe {
-                self.shared
-                    .uffd
-                    .copy(self.shared.zeros.ptr.cast(), dst, ps, true)
-            }
+            unsafe { uffd.copy(self.shared.zeros.ptr.cast(), dst, ps, true) }
         } else {
             // SAFETY: as in `place`.
-            unsafe { self.shared.uffd.zeropage(dst, ps, true) }
+            unsafe { uffd.zeropage(dst, ps, true) }
         };
         match result {
             Ok(_) => self.count(page, page + 1, fault, Fill::Zero, true, origin, ps),
             Err(e) => match e.errno() {
                 Some(Errno::EAGAIN) => return Ok(Flow::ReadEvents),
-                Some(Errno::EEXIST | Errno::ENOENT) => {
+                Some(Errno::EEXIST) => {
                     add(&self.counters.eexist, 1);
                     if page == fault && origin == Origin::Fault {
-                        let _ = self.shared.uffd.wake(dst, ps);
+                        let _ = uffd.wake(dst, ps);
                     }
+                }
+                // Not registered (see `place`): left out; its faulting thread is woken.
+                Some(Errno::ENOENT) => {
+                    if page == fault && origin == Origin::Fault {
+                        let _ = uffd.wake(dst, ps);
+                    }
+                    return Ok(Flow::Done);
                 }
                 _ => {
                     let op = "placing a zero page for a page-cache hole";

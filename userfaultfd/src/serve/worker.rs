@@ -1,23 +1,23 @@
-//! The worker thread: waits for messages, reads them (see `inbox`), serves the faults read
-//! (see `place`), until stopped.
+//! The server's threads: a worker that reads messages (see `inbox`) and serves the faults it
+//! read (see `place`), for sources that never block; or, for sources that may block, a
+//! reader that only reads messages and hands the faults to fetch workers, which only serve.
 
 use std::cell::RefCell;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use libc::c_void;
 
-use super::inbox::Inbox;
-use super::place::{backoff, Flow, Origin, Placer};
+use super::inbox::{Fault, Inbox};
+use super::place::{backoff, Events, Flow, Origin, Placer};
 use super::region::Backend;
 use super::server::Exit;
 use super::shared::{lock_read, uffd_error, Shared, Stop};
 use super::stats::add;
 use super::ServeError;
 
-/// One worker thread's state.
+/// One server thread's state.
 pub(crate) struct Worker {
     pub shared: Arc<Shared>,
     pub id: usize,
@@ -26,12 +26,13 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    pub fn new(shared: Arc<Shared>, id: usize) -> Worker {
+    /// Thread `id`; `serves`: whether it places pages (and so needs a scratch buffer).
+    pub fn new(shared: Arc<Shared>, id: usize, serves: bool) -> Worker {
         let batch = shared.config.batch;
         let block = shared
             .regions
             .iter()
-            .filter(|r| r.backend == Backend::Copy)
+            .filter(|r| serves && r.backend == Backend::Copy)
             .map(|r| r.block)
             .max()
             .unwrap_or(0);
@@ -43,22 +44,159 @@ impl Worker {
         }
     }
 
-    /// Serves until stopped.
+    /// A worker that reads the messages and serves the faults it read (the source never
+    /// blocks), until stopped; then answers every fault it read and did not serve (see
+    /// [`wake_outstanding`]).
     pub fn run(&mut self) -> Result<(), Stop> {
+        let result = self.serve_inline();
+        let pending = &mut self.inbox.get_mut().pending;
+        wake_outstanding(&self.shared, pending.drain(..).map(|f| f.addr));
+        result
+    }
+
+    fn serve_inline(&mut self) -> Result<(), Stop> {
         loop {
             loop {
                 let next = self.inbox.get_mut().pending.pop_front();
-                let Some((addr, read_at)) = next else { break };
-                self.serve_fault(addr, read_at)?;
+                let Some(fault) = next else { break };
+                if let Err(stop) = self.serve_fault(fault, true) {
+                    // Not served: answered with the other outstanding faults (see `run`).
+                    self.inbox.get_mut().pending.push_front(fault);
+                    return Err(stop);
+                }
             }
             if self.shared.stopping.load(Ordering::Acquire) {
                 return Ok(());
             }
-            self.wait()?;
+            let fill_job = self.wait()?;
             if self.shared.stopping.load(Ordering::Acquire) {
                 return Ok(());
+            }
+            if fill_job {
+                self.place_for_fill()?;
             }
             self.read_messages()?;
+        }
+    }
+
+    /// Makes the placement the background fill handed over, if one waits (see `FillDesk`).
+    fn place_for_fill(&mut self) -> Result<(), Stop> {
+        let shared = Arc::clone(&self.shared);
+        let Some(desk) = &shared.desk else {
+            return Ok(());
+        };
+        let Some(job) = desk.take() else {
+            return Ok(());
+        };
+        // Hands a result back even if the placement panics (the fill waits for it).
+        struct Answer<'d>(&'d super::shared::FillDesk, Option<Result<Flow, Stop>>);
+        impl Drop for Answer<'_> {
+            fn drop(&mut self) {
+                self.0
+                    .finish(self.1.take().unwrap_or(Err(Stop::Exit(Exit::Stopped))));
+            }
+        }
+        let mut answer = Answer(desk, None);
+        let placer = Placer {
+            shared: &shared,
+            events: Events::Read(&self.inbox),
+            counters: &shared.counters[job.id],
+            activity: &shared.activity[self.id],
+            epoch: job.epoch,
+            id: job.id,
+        };
+        answer.1 = Some(placer.place_for_fill(&job));
+        Ok(())
+    }
+
+    /// The reader (the source may block): reads the messages, applies the events, and hands
+    /// the faults to the fetch workers; never fetches. When it stops, the faults still
+    /// queued are answered (see [`wake_outstanding`]).
+    pub fn run_reader(&mut self) -> Result<(), Stop> {
+        let result = self.read_until_stopped();
+        let shared = &*self.shared;
+        if let Some(dispatch) = &shared.dispatch {
+            let mut queue = dispatch.queue.lock().unwrap_or_else(|e| e.into_inner());
+            wake_outstanding(shared, queue.drain(..).map(|f| f.addr));
+        }
+        result
+    }
+
+    fn read_until_stopped(&mut self) -> Result<(), Stop> {
+        let shared = Arc::clone(&self.shared);
+        let Some(dispatch) = &shared.dispatch else {
+            return Ok(());
+        };
+        loop {
+            if self.shared.stopping.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            let fill_job = self.wait()?;
+            if self.shared.stopping.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            // (Faults read while placing for the fill are handed over below.)
+            let read = match fill_job {
+                true => self.place_for_fill().and_then(|()| self.read_messages()),
+                false => self.read_messages(),
+            };
+            // Faults read are handed over even when the read ends in an error: they are
+            // then answered with the others when the reader stops.
+            let pending = &mut self.inbox.get_mut().pending;
+            let n = pending.len();
+            if n > 0 {
+                let mut queue = dispatch.queue.lock().unwrap_or_else(|e| e.into_inner());
+                queue.extend(pending.drain(..));
+                drop(queue);
+                if n == 1 {
+                    dispatch.ready.notify_one();
+                } else {
+                    dispatch.ready.notify_all();
+                }
+            }
+            read?;
+        }
+    }
+
+    /// A fetch worker (the source may block): serves the faults the reader hands over, until
+    /// stopped. On `EAGAIN` it waits for the reader to read the event. A fault it does not
+    /// finish is answered (see [`wake_outstanding`]); if `stop` leaves it behind in a fetch,
+    /// `stop` answers its fault.
+    pub fn run_fetcher(&mut self) -> Result<(), Stop> {
+        let shared = Arc::clone(&self.shared);
+        let activity = &shared.activity[self.id];
+        while let Some(fault) = self.next_fault() {
+            let addr = fault.addr;
+            activity.fault.store(addr, Ordering::Release);
+            let result = self.serve_fault(fault, false);
+            activity.fault.store(usize::MAX, Ordering::Release);
+            if let Err(stop) = result {
+                wake_outstanding(&shared, std::iter::once(addr));
+                return match stop {
+                    Stop::Exit(Exit::Stopped) => Ok(()),
+                    other => Err(other),
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// The next fault the reader handed over; `None` once the server stops.
+    fn next_fault(&self) -> Option<Fault> {
+        let shared = &*self.shared;
+        let dispatch = shared.dispatch.as_ref()?;
+        let mut queue = dispatch.queue.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if shared.stopping.load(Ordering::Acquire) {
+                return None;
+            }
+            if let Some(fault) = queue.pop_front() {
+                return Some(fault);
+            }
+            queue = dispatch
+                .ready
+                .wait(queue)
+                .unwrap_or_else(|e| e.into_inner());
         }
     }
 
@@ -67,7 +205,10 @@ impl Worker {
         self.inbox.get_mut().read(&self.shared, counters)
     }
 
-    fn serve_fault(&mut self, addr: usize, read_at: Instant) -> Result<(), Stop> {
+    /// Serves one fault; `inline`: this worker reads the messages itself.
+    #[inline]
+    fn serve_fault(&mut self, fault: Fault, inline: bool) -> Result<(), Stop> {
+        let addr = fault.addr;
         let mut idle = 0;
         loop {
             let flow = {
@@ -77,12 +218,12 @@ impl Worker {
                     scratch,
                     inbox,
                 } = &mut *self;
-                let placer = Placer {
-                    shared,
-                    inbox: Some(inbox),
-                    counters: &shared.counters[*id],
-                    epoch: shared.epoch.load(Ordering::Acquire),
+                let events = if inline {
+                    Events::Read(inbox)
+                } else {
+                    Events::Wait
                 };
+                let placer = Placer::new(shared, *id, events);
                 let found = lock_read(&shared.map).find(addr).copied();
                 match found {
                     Some(m) => {
@@ -103,12 +244,21 @@ impl Worker {
                             placer.block(&m, page, Origin::Fault, scratch)?
                         }
                     }
+                    // Outside the map, which has not changed since the fault was read: a
+                    // fault outside every region. Fatal, answered by the error policy (the
+                    // fault is woken with the other outstanding ones when the worker stops).
+                    None if shared.epoch.load(Ordering::Acquire) == fault.epoch => {
+                        return Err(Stop::Failed(ServeError::FaultOutsideRegions {
+                            addr: addr as u64,
+                        }));
+                    }
                     None => {
-                        // Not (or no longer) served: the range was unmapped. Wake the thread,
-                        // which retries the access and meets the kernel's verdict.
+                        // In the map when read, no longer: the range was unmapped or moved
+                        // since. Wake the thread, which retries the access and meets the
+                        // kernel's verdict.
                         let page = addr & !(super::source::page_size() - 1);
-                        shared
-                            .uffd
+                        lock_read(&shared.map)
+                            .uffd()?
                             .wake(page as *mut c_void, super::source::page_size())
                             .map_err(|e| uffd_error("waking a faulting thread", e))?;
                         Flow::Done
@@ -117,45 +267,71 @@ impl Worker {
             };
             match flow {
                 Flow::Done => break,
-                Flow::ReadEvents => {
+                Flow::ReadEvents if inline => {
                     if self.read_messages()? == 0 {
                         backoff(&mut idle);
                     } else {
                         idle = 0;
                     }
                 }
-                Flow::Restart => {}
+                // The reader reads the event: wait for it (or for the stop).
+                Flow::ReadEvents | Flow::Restart => {
+                    if !inline && self.shared.stopping.load(Ordering::Acquire) {
+                        return Err(Stop::Exit(Exit::Stopped));
+                    }
+                    if flow == Flow::ReadEvents {
+                        backoff(&mut idle);
+                    }
+                }
             }
         }
         let counters = &self.shared.counters[self.id];
         add(&counters.faults, 1);
-        counters.record_latency(read_at.elapsed());
+        counters.record_latency(fault.read_at.elapsed());
         Ok(())
     }
 
-    /// Waits until the userfaultfd is readable, the server stops, or the peer exits.
-    fn wait(&self) -> Result<(), Stop> {
+    /// Waits until the userfaultfd is readable, the server stops, the peer exits, or the
+    /// background fill hands over a placement (then returns `true`).
+    #[inline]
+    fn wait(&self) -> Result<bool, Stop> {
         let shared = &*self.shared;
         let mut fds = [
             libc::pollfd {
-                fd: shared.uffd.as_raw_fd(),
+                fd: shared.uffd_fd,
                 events: libc::POLLIN,
                 revents: 0,
             },
             libc::pollfd {
-                fd: shared.stop_fd.as_raw_fd(),
+                fd: std::os::fd::AsRawFd::as_raw_fd(&shared.stop_fd),
                 events: libc::POLLIN,
                 revents: 0,
             },
             libc::pollfd {
-                fd: shared.peer.as_ref().map_or(-1, |p| p.as_raw_fd()),
+                fd: shared
+                    .peer
+                    .as_ref()
+                    .map_or(-1, std::os::fd::AsRawFd::as_raw_fd),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: shared
+                    .desk
+                    .as_ref()
+                    .map_or(-1, |d| std::os::fd::AsRawFd::as_raw_fd(&d.fd)),
                 events: libc::POLLIN,
                 revents: 0,
             },
         ];
-        let spin_until = Instant::now() + shared.config.busy_poll;
+        // (No clock read without busy-polling, the default.)
+        let busy = shared.config.busy_poll;
+        let spin_until = (!busy.is_zero()).then(|| Instant::now() + busy);
         loop {
-            let timeout = if Instant::now() < spin_until { 0 } else { -1 };
+            let timeout = match spin_until {
+                Some(until) if Instant::now() < until => 0,
+                _ => -1,
+            };
             // SAFETY: `fds` is an array of valid pollfds (a negative fd is ignored).
             let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
             if r < 0 {
@@ -181,7 +357,22 @@ impl Worker {
                     source: std::io::Error::other("POLLERR: the descriptor is not usable"),
                 }));
             }
-            return Ok(());
+            return Ok(fds[3].revents != 0);
         }
+    }
+}
+
+/// Wakes the threads of faults that were read and will not be served (the server stops):
+/// each retries its access, which faults again, so that its fault is pending on the
+/// descriptor for whoever reads it next (another worker, or the owner of
+/// [`Finished::uffd`](super::Finished::uffd)) instead of being lost with the server; a page
+/// poisoned meanwhile raises `SIGBUS` instead. A base page at the reported address covers a
+/// huge page's waiters too (the kernel reports the huge page's address).
+pub(crate) fn wake_outstanding(shared: &Shared, addrs: impl Iterator<Item = usize>) {
+    let ps = super::source::page_size();
+    let guard = lock_read(&shared.map);
+    let Ok(uffd) = guard.uffd() else { return };
+    for addr in addrs {
+        let _ = uffd.wake((addr & !(ps - 1)) as *mut c_void, ps);
     }
 }
