@@ -68,7 +68,8 @@ impl Shared {
             ready_lock: Mutex::new(()),
             ready: Condvar::new(),
             closed: AtomicBool::new(false),
-            last_demand: AtomicUsize::new(usize::MAX),
+            // No chunk before the first: read-ahead starts at the second consecutive chunk.
+            last_demand: AtomicUsize::new(usize::MAX - 1),
             counters: Counters::default(),
             remote,
             page,
