@@ -73,6 +73,7 @@
 //! ([`ObjectSource::complete`]) or the server stopped.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod cache;
 mod error;
 mod memory;
 mod options;
@@ -176,7 +177,21 @@ fn start(store: Arc<dyn Store>, options: &Options) -> Result<Arc<ObjectSource>, 
         etag,
         hedge_after: options.hedge_after,
     };
-    let shared = source::Shared::new(remote, options.clone())
+    let cache = match (&options.cache_dir, &remote.etag) {
+        (Some(dir), Some(etag)) => Some(
+            cache::DiskCache::open(
+                dir,
+                remote.store.name(),
+                etag,
+                len,
+                options.chunk_size as u64,
+                options.cache_budget,
+            )
+            .map_err(|e| OpenError::Io(format!("opening the cache in {}", dir.display()), e))?,
+        ),
+        _ => None,
+    };
+    let shared = source::Shared::new(remote, options.clone(), cache)
         .map_err(|e| OpenError::Io(format!("mapping {len} bytes for the object"), e))?;
     let source = ObjectSource::start(shared)
         .map_err(|e| OpenError::Io("starting the fetch threads".into(), e))?;

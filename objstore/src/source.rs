@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use userfaultfd::serve::{Chunk, PageSource};
 
+use crate::cache::DiskCache;
 use crate::error::{Cause, FetchError};
 use crate::memory::{Arrived, Buffer};
 use crate::queue::{Priority, Task, WorkQueue};
@@ -28,6 +29,16 @@ const FAILED: u8 = 4;
 
 /// Bytes asked of the body per `read`: pages are marked arrived after each.
 const READ_STEP: usize = 256 << 10;
+
+/// What [`Shared::read_cached`] read.
+enum CacheRead {
+    /// Nothing: not cached, or the first read failed.
+    Nothing,
+    /// The pages from the faulting one to the chunk's end; those before failed.
+    Tail,
+    /// The whole chunk.
+    Whole,
+}
 
 /// Everything the fetch threads and the page server's workers share.
 pub(crate) struct Shared {
@@ -49,11 +60,18 @@ pub(crate) struct Shared {
     ready: Condvar,
     closed: AtomicBool,
     last_demand: AtomicUsize,
+    /// Chunks whose every page has arrived.
+    done: AtomicUsize,
+    pub cache: Option<DiskCache>,
     pub counters: Counters,
 }
 
 impl Shared {
-    pub(crate) fn new(remote: Remote, opts: Options) -> io::Result<Shared> {
+    pub(crate) fn new(
+        remote: Remote,
+        opts: Options,
+        cache: Option<DiskCache>,
+    ) -> io::Result<Shared> {
         let page = opts.page_size;
         let pages_per_chunk = opts.chunk_size / page;
         let pages = remote.len.div_ceil(page as u64) as usize;
@@ -70,6 +88,8 @@ impl Shared {
             closed: AtomicBool::new(false),
             // No chunk before the first: read-ahead starts at the second consecutive chunk.
             last_demand: AtomicUsize::new(usize::MAX - 1),
+            done: AtomicUsize::new(0),
+            cache,
             counters: Counters::default(),
             remote,
             page,
@@ -197,26 +217,38 @@ impl Shared {
                 return;
             }
             let start = task.from.clamp(first, end - 1);
-            if start > first {
-                self.parts_left[k].store(2, Ordering::Release);
-                // The part before the faulting page: next in line, on any free thread.
-                self.queue.push(Task {
-                    chunk: k,
-                    from: first,
-                    to: start,
-                    claimed: true,
-                    priority: Priority::Demand,
-                });
-            } else {
-                self.parts_left[k].store(1, Ordering::Release);
+            match self.read_cached(k, start) {
+                CacheRead::Whole => {
+                    self.chunk_done(k, false);
+                    return;
+                }
+                CacheRead::Tail => {
+                    // `[start, end)` came from the disk; the rest from the store.
+                    self.parts_left[k].store(1, Ordering::Release);
+                    first..start
+                }
+                CacheRead::Nothing if start > first => {
+                    self.parts_left[k].store(2, Ordering::Release);
+                    // The part before the faulting page: next in line, on any free thread.
+                    self.queue.push(Task {
+                        chunk: k,
+                        from: first,
+                        to: start,
+                        claimed: true,
+                        priority: Priority::Demand,
+                    });
+                    start..end
+                }
+                CacheRead::Nothing => {
+                    self.parts_left[k].store(1, Ordering::Release);
+                    start..end
+                }
             }
-            start..end
         };
         match self.fetch_part(part.start, part.end) {
             Ok(()) => {
                 if self.parts_left[k].fetch_sub(1, Ordering::AcqRel) == 1 {
-                    self.state[k].store(DONE, Ordering::Release);
-                    self.counters.chunk_done();
+                    self.chunk_done(k, true);
                 }
             }
             Err(e) => {
@@ -225,6 +257,59 @@ impl Shared {
                 self.notify();
             }
         }
+    }
+
+    /// Chunk `k` has arrived whole. Fetched from the store in part or whole (`fetched`), it
+    /// is written to the disk cache.
+    fn chunk_done(&self, k: usize, fetched: bool) {
+        self.state[k].store(DONE, Ordering::Release);
+        if fetched {
+            self.counters.chunk_done();
+            if let Some(cache) = &self.cache {
+                let (a, b) = self.chunk_pages(k);
+                let bytes = (b * self.page).min(self.remote.len as usize) - a * self.page;
+                // SAFETY: every page of the chunk has arrived: its bytes are final.
+                cache.store(k, unsafe { self.buffer.read_slice(a * self.page, bytes) });
+            }
+        }
+        if self.done.fetch_add(1, Ordering::AcqRel) + 1 == self.chunks {
+            if let Some(cache) = &self.cache {
+                cache.persist();
+            }
+        }
+    }
+
+    /// Reads claimed chunk `k` from the disk cache: the pages from `start` to the chunk's
+    /// end first (the faulting page's), then those before. A failed read turns the cache off
+    /// (the pages not read come from the store).
+    fn read_cached(&self, k: usize, start: usize) -> CacheRead {
+        let Some(cache) = self.cache.as_ref().filter(|c| c.has(k)) else {
+            return CacheRead::Nothing;
+        };
+        let (first, end) = self.chunk_pages(k);
+        let mut bytes = 0;
+        for (i, (a, b)) in [(start, end), (first, start)].into_iter().enumerate() {
+            if a >= b {
+                continue;
+            }
+            let from = a * self.page;
+            let to = (b * self.page).min(self.remote.len as usize);
+            // SAFETY: in the buffer; these pages are not marked and this thread owns the
+            // chunk (claimed).
+            let dst = unsafe { self.buffer.write_slice(from, to - from) };
+            if cache.read(from as u64, dst).is_err() {
+                return if i == 0 {
+                    CacheRead::Nothing
+                } else {
+                    CacheRead::Tail
+                };
+            }
+            self.arrived.set(a, b);
+            bytes += to - from;
+            self.notify();
+        }
+        self.counters.cache_hit(bytes as u64);
+        CacheRead::Whole
     }
 
     /// Fetches pages `[from, to)` into the buffer, marking them as their bytes arrive;
@@ -361,6 +446,12 @@ impl ObjectSource {
         self.shared.remote.store.name()
     }
 
+    /// The disk cache's first I/O error, after which it is no longer used (chunks then come
+    /// from the store; a restore never fails because of the cache).
+    pub fn cache_error(&self) -> Option<String> {
+        self.shared.cache.as_ref().and_then(DiskCache::error)
+    }
+
     /// Whether every page of the object has arrived.
     pub fn complete(&self) -> bool {
         self.shared.arrived.all(0, self.shared.pages)
@@ -380,6 +471,9 @@ impl std::fmt::Debug for ObjectSource {
 impl Drop for ObjectSource {
     fn drop(&mut self) {
         self.shared.close();
+        if let Some(cache) = &self.shared.cache {
+            cache.persist();
+        }
     }
 }
 
