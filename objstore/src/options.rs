@@ -80,6 +80,13 @@ impl Default for Options {
 }
 
 impl Options {
+    /// Sets [`working_set`](Self::working_set) from a recorded
+    /// [`WorkingSet`](userfaultfd::serve::WorkingSet) (its pages' offsets, in its order).
+    pub fn working_set_from(&mut self, ws: &userfaultfd::serve::WorkingSet) -> &mut Self {
+        self.working_set = ws.order().iter().map(|&p| p * ws.page_size()).collect();
+        self
+    }
+
     /// Checks the settings; the error says which one is wrong and why.
     pub(crate) fn validate(&self) -> Result<(), String> {
         let p = self.page_size;

@@ -452,6 +452,24 @@ impl ObjectSource {
         self.shared.cache.as_ref().and_then(DiskCache::error)
     }
 
+    /// Whether the page holding byte `offset` of the object has arrived.
+    pub fn arrived(&self, offset: u64) -> bool {
+        let page = (offset / self.shared.page as u64) as usize;
+        page < self.shared.pages && self.shared.arrived.is_set(page)
+    }
+
+    /// An identity for working-set records ([`userfaultfd::serve::SnapshotId`]) from the
+    /// object's length and ETag, read without fetching anything (`SnapshotId::sample` would
+    /// fetch 66 chunks); `None` when the store sent no ETag.
+    pub fn snapshot_id(&self) -> Option<userfaultfd::serve::SnapshotId> {
+        let etag = self.etag()?;
+        // FNV-1a of the ETag.
+        let tag = etag.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        Some(userfaultfd::serve::SnapshotId::new(self.len(), tag))
+    }
+
     /// Whether every page of the object has arrived.
     pub fn complete(&self) -> bool {
         self.shared.arrived.all(0, self.shared.pages)

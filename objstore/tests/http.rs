@@ -279,3 +279,44 @@ fn refusal_and_deadline() {
     assert!(open("s3://bucket", &opts).is_err());
     let _ = Arc::new(0);
 }
+
+/// A recorded working set is fetched from the start, in order, before any fault; nothing
+/// else without `background`; with it, the whole object, every byte right.
+#[test]
+fn working_set_prefetch_then_background() {
+    let Some(nginx) = Nginx::start() else { return };
+    let len = 16 * MIB;
+    write_snapshot(&nginx.www().join("mem"), 9, len);
+    let mut opts = options(1 << 20);
+    opts.hedge_after = None;
+    let ws = [5 * MIB + 8192, 2 * MIB, 9 * MIB + 4096 * 100, 2 * MIB + 4096];
+    opts.working_set = ws.to_vec();
+    let source = open(&nginx.url("mem"), &opts).unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    while !ws.iter().all(|&o| source.arrived(o)) {
+        assert!(Instant::now() < until, "the working set did not arrive");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let stats = source.stats();
+    assert_eq!(stats.chunks_fetched, 3, "{stats:?}");
+    assert_eq!(stats.waits, 0, "{stats:?}");
+    assert!(!source.arrived(0) && !source.arrived(15 * MIB));
+    drop(source);
+
+    opts.background = true;
+    let source = open(&nginx.url("mem"), &opts).unwrap();
+    let until = Instant::now() + Duration::from_secs(60);
+    while !source.complete() {
+        assert!(Instant::now() < until, "the background fetch did not finish");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let restore = Restore::start(source.clone(), len as usize, 1);
+    restore
+        .touch(&shuffled(len as usize / PAGE, 3), 2, Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(restore.mismatches(9), Vec::<usize>::new());
+    let stats = source.stats();
+    assert_eq!(stats.waits, 0, "{stats:?}");
+    assert_eq!(stats.bytes_fetched, len, "{stats:?}");
+}
