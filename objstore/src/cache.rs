@@ -56,8 +56,7 @@ impl DiskCache {
     ) -> io::Result<DiskCache> {
         fs::create_dir_all(dir)?;
         let object_hash = &sha256_hex(object.as_bytes())[..24];
-        let version_hash =
-            &sha256_hex(format!("{etag}\n{len}\n{chunk_size}").as_bytes())[..24];
+        let version_hash = &sha256_hex(format!("{etag}\n{len}\n{chunk_size}").as_bytes())[..24];
         let stem = format!("{object_hash}-{version_hash}");
         let data_path = dir.join(format!("{stem}.data"));
         let map_path = dir.join(format!("{stem}.map"));
@@ -172,7 +171,9 @@ impl DiskCache {
         let bytes = self.chunk_size;
         if self
             .room
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| r.checked_sub(bytes))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
+                r.checked_sub(bytes)
+            })
             .is_err()
         {
             return;

@@ -34,6 +34,10 @@ impl Buffer {
         if base == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
+        // Transparent huge pages where the system allows them on request: a fetch then
+        // faults in 2 MiB at a time instead of 4 KiB (advice only; failure changes nothing).
+        // SAFETY: advice on our own new mapping.
+        unsafe { libc::madvise(base, len.max(1), libc::MADV_HUGEPAGE) };
         Ok(Buffer {
             base: NonNull::new(base.cast()).expect("mmap returned a non-null mapping"),
             len,

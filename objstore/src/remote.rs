@@ -53,9 +53,7 @@ fn classify(err: ureq::Error) -> Failure {
         ureq::Error::Status(code, resp) => {
             let text = resp.status_text().to_string();
             match code {
-                412 => Failure::Fatal(Cause::Changed(format!(
-                    "If-Match refused: HTTP 412 {text}"
-                ))),
+                412 => Failure::Fatal(Cause::Changed(format!("If-Match refused: HTTP 412 {text}"))),
                 416 => Failure::Fatal(Cause::Changed(format!(
                     "range not satisfiable: HTTP 416 {text}; the object is shorter"
                 ))),
@@ -83,12 +81,14 @@ impl Remote {
         store: &dyn Store,
         agent: &ureq::Agent,
     ) -> Result<(u64, Option<String>), Failure> {
-        let resp = store.get(agent, &(0..1), None).map_err(|e| match classify(e) {
-            Failure::Fatal(Cause::Changed(_)) => {
-                Failure::Fatal(Cause::Invalid("range 0-0 not satisfiable: the object is empty".into()))
-            }
-            other => other,
-        })?;
+        let resp = store
+            .get(agent, &(0..1), None)
+            .map_err(|e| match classify(e) {
+                Failure::Fatal(Cause::Changed(_)) => Failure::Fatal(Cause::Invalid(
+                    "range 0-0 not satisfiable: the object is empty".into(),
+                )),
+                other => other,
+            })?;
         if resp.status() != 206 {
             return Err(Failure::Fatal(Cause::Invalid(format!(
                 "HTTP {} to a Range request: the server does not serve ranges",
@@ -96,9 +96,8 @@ impl Remote {
             ))));
         }
         let range = resp.header("Content-Range").unwrap_or("");
-        let (_, _, total) = content_range(range).ok_or_else(|| {
-            Failure::Fatal(Cause::Invalid(format!("Content-Range {range:?}")))
-        })?;
+        let (_, _, total) = content_range(range)
+            .ok_or_else(|| Failure::Fatal(Cause::Invalid(format!("Content-Range {range:?}"))))?;
         let etag = etag_of(&resp);
         let mut sink = Vec::new();
         resp.into_reader()

@@ -53,7 +53,10 @@ pub(crate) struct Scope<'a> {
 
 impl Scope<'_> {
     fn string(&self) -> String {
-        format!("{}/{}/{}/aws4_request", self.date, self.region, self.service)
+        format!(
+            "{}/{}/{}/aws4_request",
+            self.date, self.region, self.service
+        )
     }
 }
 

@@ -154,7 +154,10 @@ impl Shared {
     }
 
     fn notify(&self) {
-        let _guard = self.ready_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _guard = self
+            .ready_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         self.ready.notify_all();
     }
 
@@ -167,7 +170,10 @@ impl Shared {
     /// Waits until `page` has arrived, or its chunk failed.
     fn wait_for(&self, page: usize) -> io::Result<()> {
         let chunk = page / self.pages_per_chunk;
-        let mut guard = self.ready_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut guard = self
+            .ready_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         loop {
             if self.arrived.is_set(page) {
                 return Ok(());
@@ -343,7 +349,9 @@ impl Shared {
                 backoff = self.backoff(deadline);
             }
             if !backoff.wait() {
-                return Err(self.remote.error(start..end, Cause::Deadline(last), attempts));
+                return Err(self
+                    .remote
+                    .error(start..end, Cause::Deadline(last), attempts));
             }
         }
     }

@@ -13,7 +13,9 @@ pub(crate) trait Store: Send + Sync {
     /// The object's name in errors and progress lines (the URL, `s3://bucket/key`).
     fn name(&self) -> &str;
 
-    /// `GET` of `range` (`Range: bytes=a-b`), with `If-Match: etag` when given.
+    /// `GET` of `range` (`Range: bytes=a-b`), with `If-Match: etag` when given. (ureq's
+    /// error is large; it is classified at once, one per request.)
+    #[allow(clippy::result_large_err)]
     fn get(
         &self,
         agent: &ureq::Agent,
@@ -44,6 +46,7 @@ impl Store for HttpStore {
         self.url.split('?').next().unwrap_or(&self.url)
     }
 
+    #[allow(clippy::result_large_err)]
     fn get(
         &self,
         agent: &ureq::Agent,
@@ -163,6 +166,7 @@ impl Store for S3Store {
         &self.name
     }
 
+    #[allow(clippy::result_large_err)]
     fn get(
         &self,
         agent: &ureq::Agent,

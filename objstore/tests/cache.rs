@@ -27,8 +27,12 @@ fn options(cache: &TempDir) -> Options {
 fn restore(url: &str, opts: &Options, version: u64) -> userfaultfd_objstore::Stats {
     let source = open(url, opts).unwrap();
     let r = Restore::start(source.clone(), LEN as usize, 2);
-    r.touch(&shuffled(LEN as usize / PAGE, version), 2, Duration::from_secs(60))
-        .unwrap();
+    r.touch(
+        &shuffled(LEN as usize / PAGE, version),
+        2,
+        Duration::from_secs(60),
+    )
+    .unwrap();
     assert_eq!(r.mismatches(version), Vec::<usize>::new());
     assert_eq!(source.cache_error(), None);
     source.stats()
@@ -107,8 +111,12 @@ fn damaged_cache_falls_back_to_the_network() {
     let source = open(&nginx.url("mem"), &opts).unwrap();
     cut(LEN / 2);
     let r = Restore::start(source.clone(), LEN as usize, 2);
-    r.touch(&shuffled(LEN as usize / PAGE, 9), 2, Duration::from_secs(60))
-        .unwrap();
+    r.touch(
+        &shuffled(LEN as usize / PAGE, 9),
+        2,
+        Duration::from_secs(60),
+    )
+    .unwrap();
     assert_eq!(r.mismatches(4), Vec::<usize>::new());
     let error = source.cache_error().expect("a cache read error");
     assert!(error.contains("reading the cache"), "{error}");

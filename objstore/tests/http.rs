@@ -231,7 +231,11 @@ fn object_replaced_mid_restore() {
             Ok(Chunk::Data(d)) => {
                 // Only bytes of the version opened, never of the new one.
                 expected(6, chunk * MIB, &mut want[..d.len()]);
-                assert_eq!(d, &want[..d.len()], "chunk {chunk}: bytes of another version");
+                assert_eq!(
+                    d,
+                    &want[..d.len()],
+                    "chunk {chunk}: bytes of another version"
+                );
             }
             Ok(Chunk::Zeros(_)) => panic!("zeros served"),
             Err(e) => {
@@ -240,7 +244,10 @@ fn object_replaced_mid_restore() {
                 assert!(matches!(f.cause, Cause::Changed(_)), "{f}");
                 assert_eq!(f.object, nginx.url("mem"));
                 let text = e.to_string();
-                assert!(text.contains(&nginx.url("mem")) && text.contains("changed"), "{text}");
+                assert!(
+                    text.contains(&nginx.url("mem")) && text.contains("changed"),
+                    "{text}"
+                );
                 assert!(text.contains(&format!("bytes {}-", chunk * MIB)), "{text}");
             }
         }
@@ -275,7 +282,10 @@ fn refusal_and_deadline() {
     assert!(text.contains("deadline passed"), "{text}");
     assert!(started.elapsed() < Duration::from_secs(30));
 
-    assert!(open("ftp://x/y", &opts).unwrap_err().to_string().contains("not an http"));
+    assert!(open("ftp://x/y", &opts)
+        .unwrap_err()
+        .to_string()
+        .contains("not an http"));
     assert!(open("s3://bucket", &opts).is_err());
     let _ = Arc::new(0);
 }
@@ -289,7 +299,12 @@ fn working_set_prefetch_then_background() {
     write_snapshot(&nginx.www().join("mem"), 9, len);
     let mut opts = options(1 << 20);
     opts.hedge_after = None;
-    let ws = [5 * MIB + 8192, 2 * MIB, 9 * MIB + 4096 * 100, 2 * MIB + 4096];
+    let ws = [
+        5 * MIB + 8192,
+        2 * MIB,
+        9 * MIB + 4096 * 100,
+        2 * MIB + 4096,
+    ];
     opts.working_set = ws.to_vec();
     let source = open(&nginx.url("mem"), &opts).unwrap();
     let until = Instant::now() + Duration::from_secs(30);
@@ -308,12 +323,19 @@ fn working_set_prefetch_then_background() {
     let source = open(&nginx.url("mem"), &opts).unwrap();
     let until = Instant::now() + Duration::from_secs(60);
     while !source.complete() {
-        assert!(Instant::now() < until, "the background fetch did not finish");
+        assert!(
+            Instant::now() < until,
+            "the background fetch did not finish"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let restore = Restore::start(source.clone(), len as usize, 1);
     restore
-        .touch(&shuffled(len as usize / PAGE, 3), 2, Duration::from_secs(60))
+        .touch(
+            &shuffled(len as usize / PAGE, 3),
+            2,
+            Duration::from_secs(60),
+        )
         .unwrap();
     assert_eq!(restore.mismatches(9), Vec::<usize>::new());
     let stats = source.stats();

@@ -85,10 +85,20 @@ fn restore_from_s3_under_injected_failures() {
     let mut opts = options();
     opts.chunk_size = 128 << 10;
     let endpoint = format!("http://127.0.0.1:{}", proxy.port);
-    let source = open_s3(BUCKET, "vm/memory", &config(endpoint, &s3.key_id, &s3.secret), &opts).unwrap();
+    let source = open_s3(
+        BUCKET,
+        "vm/memory",
+        &config(endpoint, &s3.key_id, &s3.secret),
+        &opts,
+    )
+    .unwrap();
     let restore = Restore::start(source.clone(), len as usize, 2);
     restore
-        .touch(&shuffled(len as usize / PAGE, 4), 4, Duration::from_secs(90))
+        .touch(
+            &shuffled(len as usize / PAGE, 4),
+            4,
+            Duration::from_secs(90),
+        )
         .unwrap();
     assert_eq!(restore.mismatches(2), Vec::<usize>::new());
     assert!(source.stats().retries > 0, "{}", source.progress_line());
@@ -132,7 +142,10 @@ fn s3_url_from_environment() {
     let mut scratch = vec![0u8; PAGE];
     let mut want = vec![0u8; PAGE];
     for page in [0u64, 300, 511] {
-        let got = match source.fetch(page * PAGE as u64, PAGE, &mut scratch).unwrap() {
+        let got = match source
+            .fetch(page * PAGE as u64, PAGE, &mut scratch)
+            .unwrap()
+        {
             userfaultfd::serve::Chunk::Data(d) => d.to_vec(),
             userfaultfd::serve::Chunk::Zeros(_) => panic!("zeros"),
         };

@@ -52,7 +52,7 @@ impl Nginx {
              error_log {d}/error.log;\nevents {{ worker_connections 512; }}\n\
              http {{\n access_log off;\n client_body_temp_path {d}/tmp;\n proxy_temp_path {d}/tmp;\n\
              fastcgi_temp_path {d}/tmp;\n uwsgi_temp_path {d}/tmp;\n scgi_temp_path {d}/tmp;\n\
-             keepalive_requests 100000;\n\
+             keepalive_requests 100000;\n sendfile on;\n\
              server {{ listen 127.0.0.1:{}; root {d}/www; location / {{ }} }}\n}}\n",
             self.port
         );

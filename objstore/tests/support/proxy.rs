@@ -176,9 +176,7 @@ fn serve(s: &State, conn: TcpStream) -> std::io::Result<()> {
         match fault {
             Fault::Status503 => {
                 s.injected.status_503.fetch_add(1, Relaxed);
-                conn.write_all(
-                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
-                )?;
+                conn.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")?;
                 continue;
             }
             Fault::Reset => {

@@ -21,6 +21,17 @@ pub struct Restore {
 impl Restore {
     /// Starts a page server with `workers` over `len` bytes of fresh anonymous memory.
     pub fn start(source: Arc<dyn PageSource>, len: usize, workers: usize) -> Restore {
+        Restore::start_with(source, len, workers, None)
+    }
+
+    /// As [`start`](Self::start), with the server's fault-around block (`Some(0)`: one page
+    /// per fault).
+    pub fn start_with(
+        source: Arc<dyn PageSource>,
+        len: usize,
+        workers: usize,
+        fault_around: Option<usize>,
+    ) -> Restore {
         let uffd = UffdBuilder::new()
             .close_on_exec(true)
             .non_blocking(true)
@@ -42,11 +53,14 @@ impl Restore {
         // Base pages: with THP "always", a fault would otherwise be served 2 MiB at a time.
         // SAFETY: advice on our own mapping.
         unsafe { libc::madvise(addr, len, libc::MADV_NOHUGEPAGE) };
+        let mut builder = Server::builder();
+        builder.region(Region::new(addr, len)).workers(workers);
+        if let Some(bytes) = fault_around {
+            builder.fault_around(bytes);
+        }
         // SAFETY: the region holds no Rust object; it is unmapped only after the server stops.
         let server = unsafe {
-            Server::builder()
-                .region(Region::new(addr, len))
-                .workers(workers)
+            builder
                 .start(uffd, source)
                 .expect("starting the page server")
         };
@@ -88,7 +102,7 @@ impl Restore {
                 self.leak.set(true);
                 return Err(format!("the touches did not finish within {limit:?}"));
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_micros(500));
         }
         Ok(())
     }

@@ -19,7 +19,10 @@ pub struct Moto {
 
 fn program() -> PathBuf {
     std::env::var_os("OBJSTORE_MOTO_SERVER").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/objstore/venv/bin/moto_server"),
+        || {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/objstore/venv/bin/moto_server")
+        },
         PathBuf::from,
     )
 }
@@ -38,7 +41,10 @@ impl Moto {
     pub fn start(key: &str, bytes: &[u8]) -> Option<Moto> {
         let program = program();
         if !program.exists() {
-            machine_lacks(&format!("moto_server (PyPI moto[server]) at {}", program.display()));
+            machine_lacks(&format!(
+                "moto_server (PyPI moto[server]) at {}",
+                program.display()
+            ));
             return None;
         }
         let port = free_port();
