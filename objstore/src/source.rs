@@ -30,16 +30,6 @@ const FAILED: u8 = 4;
 /// Bytes asked of the body per `read`: pages are marked arrived after each.
 const READ_STEP: usize = 256 << 10;
 
-/// What [`Shared::read_cached`] read.
-enum CacheRead {
-    /// Nothing: not cached, or the first read failed.
-    Nothing,
-    /// The pages from the faulting one to the chunk's end; those before failed.
-    Tail,
-    /// The whole chunk.
-    Whole,
-}
-
 /// Everything the fetch threads and the page server's workers share.
 pub(crate) struct Shared {
     pub remote: Remote,
@@ -105,8 +95,40 @@ impl Shared {
         (from, (from + self.pages_per_chunk).min(self.pages))
     }
 
+    /// Whether chunk `k` is in the disk cache (and the cache works).
+    fn cached(&self, k: usize) -> bool {
+        self.cache.as_ref().is_some_and(|c| c.has(k))
+    }
+
+    /// Whether `page` can be served now: arrived, or in the disk cache.
+    fn local(&self, page: usize) -> bool {
+        self.arrived.is_set(page) || self.cached(page / self.pages_per_chunk)
+    }
+
+    /// Answers a fault on `page` from the disk cache, into `scratch`: `None` when its chunk
+    /// is not there or the read failed (the cache is then off).
+    fn read_cached<'a>(&self, page: usize, len: usize, scratch: &'a mut [u8]) -> Option<&'a [u8]> {
+        let k = page / self.pages_per_chunk;
+        if !self.cached(k) {
+            return None;
+        }
+        let (_, end) = self.chunk_pages(k);
+        let n = len.min((end - page) * self.page);
+        let offset = (page * self.page) as u64;
+        // The last page of the object may be partial: its tail is zeros.
+        let data = n.min((self.remote.len - offset) as usize);
+        let buf = &mut scratch[..n];
+        self.cache.as_ref()?.read(offset, &mut buf[..data]).ok()?;
+        buf[data..].fill(0);
+        self.counters.cache_hit(n as u64);
+        Some(buf)
+    }
+
     /// Queues `chunk` (from `page`) with `priority` unless it is already running or done.
     fn want(&self, chunk: usize, page: usize, priority: Priority) {
+        if self.cached(chunk) {
+            return; // read straight from the disk when asked
+        }
         let state = &self.state[chunk];
         let s = state.load(Ordering::Acquire);
         if s != IDLE && s != QUEUED {
@@ -223,38 +245,25 @@ impl Shared {
                 return;
             }
             let start = task.from.clamp(first, end - 1);
-            match self.read_cached(k, start) {
-                CacheRead::Whole => {
-                    self.chunk_done(k, false);
-                    return;
-                }
-                CacheRead::Tail => {
-                    // `[start, end)` came from the disk; the rest from the store.
-                    self.parts_left[k].store(1, Ordering::Release);
-                    first..start
-                }
-                CacheRead::Nothing if start > first => {
-                    self.parts_left[k].store(2, Ordering::Release);
-                    // The part before the faulting page: next in line, on any free thread.
-                    self.queue.push(Task {
-                        chunk: k,
-                        from: first,
-                        to: start,
-                        claimed: true,
-                        priority: Priority::Demand,
-                    });
-                    start..end
-                }
-                CacheRead::Nothing => {
-                    self.parts_left[k].store(1, Ordering::Release);
-                    start..end
-                }
+            if start > first {
+                self.parts_left[k].store(2, Ordering::Release);
+                // The part before the faulting page: next in line, on any free thread.
+                self.queue.push(Task {
+                    chunk: k,
+                    from: first,
+                    to: start,
+                    claimed: true,
+                    priority: Priority::Demand,
+                });
+            } else {
+                self.parts_left[k].store(1, Ordering::Release);
             }
+            start..end
         };
         match self.fetch_part(part.start, part.end) {
             Ok(()) => {
                 if self.parts_left[k].fetch_sub(1, Ordering::AcqRel) == 1 {
-                    self.chunk_done(k, true);
+                    self.chunk_done(k);
                 }
             }
             Err(e) => {
@@ -265,57 +274,21 @@ impl Shared {
         }
     }
 
-    /// Chunk `k` has arrived whole. Fetched from the store in part or whole (`fetched`), it
-    /// is written to the disk cache.
-    fn chunk_done(&self, k: usize, fetched: bool) {
+    /// Chunk `k` has arrived whole from the store: it is written to the disk cache.
+    fn chunk_done(&self, k: usize) {
         self.state[k].store(DONE, Ordering::Release);
-        if fetched {
-            self.counters.chunk_done();
-            if let Some(cache) = &self.cache {
-                let (a, b) = self.chunk_pages(k);
-                let bytes = (b * self.page).min(self.remote.len as usize) - a * self.page;
-                // SAFETY: every page of the chunk has arrived: its bytes are final.
-                cache.store(k, unsafe { self.buffer.read_slice(a * self.page, bytes) });
-            }
+        self.counters.chunk_done();
+        if let Some(cache) = &self.cache {
+            let (a, b) = self.chunk_pages(k);
+            let bytes = (b * self.page).min(self.remote.len as usize) - a * self.page;
+            // SAFETY: every page of the chunk has arrived: its bytes are final.
+            cache.store(k, unsafe { self.buffer.read_slice(a * self.page, bytes) });
         }
         if self.done.fetch_add(1, Ordering::AcqRel) + 1 == self.chunks {
             if let Some(cache) = &self.cache {
                 cache.persist();
             }
         }
-    }
-
-    /// Reads claimed chunk `k` from the disk cache: the pages from `start` to the chunk's
-    /// end first (the faulting page's), then those before. A failed read turns the cache off
-    /// (the pages not read come from the store).
-    fn read_cached(&self, k: usize, start: usize) -> CacheRead {
-        let Some(cache) = self.cache.as_ref().filter(|c| c.has(k)) else {
-            return CacheRead::Nothing;
-        };
-        let (first, end) = self.chunk_pages(k);
-        let mut bytes = 0;
-        for (i, (a, b)) in [(start, end), (first, start)].into_iter().enumerate() {
-            if a >= b {
-                continue;
-            }
-            let from = a * self.page;
-            let to = (b * self.page).min(self.remote.len as usize);
-            // SAFETY: in the buffer; these pages are not marked and this thread owns the
-            // chunk (claimed).
-            let dst = unsafe { self.buffer.write_slice(from, to - from) };
-            if cache.read(from as u64, dst).is_err() {
-                return if i == 0 {
-                    CacheRead::Nothing
-                } else {
-                    CacheRead::Tail
-                };
-            }
-            self.arrived.set(a, b);
-            bytes += to - from;
-            self.notify();
-        }
-        self.counters.cache_hit(bytes as u64);
-        CacheRead::Whole
     }
 
     /// Fetches pages `[from, to)` into the buffer, marking them as their bytes arrive;
@@ -463,7 +436,7 @@ impl ObjectSource {
     /// Whether the page holding byte `offset` of the object has arrived.
     pub fn arrived(&self, offset: u64) -> bool {
         let page = (offset / self.shared.page as u64) as usize;
-        page < self.shared.pages && self.shared.arrived.is_set(page)
+        page < self.shared.pages && self.shared.local(page)
     }
 
     /// An identity for working-set records ([`userfaultfd::serve::SnapshotId`]) from the
@@ -480,7 +453,11 @@ impl ObjectSource {
 
     /// Whether every page of the object has arrived.
     pub fn complete(&self) -> bool {
-        self.shared.arrived.all(0, self.shared.pages)
+        let s = &*self.shared;
+        (0..s.chunks).all(|k| {
+            let (a, b) = s.chunk_pages(k);
+            s.cached(k) || s.arrived.all(a, b)
+        })
     }
 }
 
@@ -524,7 +501,12 @@ impl PageSource for ObjectSource {
         self.shared.remote.len
     }
 
-    fn fetch<'a>(&'a self, offset: u64, len: usize, _: &'a mut [u8]) -> io::Result<Chunk<'a>> {
+    fn fetch<'a>(
+        &'a self,
+        offset: u64,
+        len: usize,
+        scratch: &'a mut [u8],
+    ) -> io::Result<Chunk<'a>> {
         let s = &*self.shared;
         let page = offset / s.page as u64;
         if offset % s.page as u64 != 0 || len == 0 || page >= s.pages as u64 {
@@ -541,6 +523,9 @@ impl PageSource for ObjectSource {
         }
         let page = page as usize;
         if !s.arrived.is_set(page) {
+            if let Some(bytes) = s.read_cached(page, len, scratch) {
+                return Ok(Chunk::Data(bytes));
+            }
             s.counters.wait();
             s.demand(page);
             s.wait_for(page)?;

@@ -11,7 +11,7 @@ pub(crate) struct Counters {
     bytes_fetched: AtomicU64,
     retries: AtomicU64,
     hedges: AtomicU64,
-    cache_chunks: AtomicU64,
+    cache_reads: AtomicU64,
     cache_bytes: AtomicU64,
     waits: AtomicU64,
     chunks_fetched: AtomicU64,
@@ -31,7 +31,7 @@ impl Counters {
         self.hedges.fetch_add(1, Relaxed);
     }
     pub(crate) fn cache_hit(&self, bytes: u64) {
-        self.cache_chunks.fetch_add(1, Relaxed);
+        self.cache_reads.fetch_add(1, Relaxed);
         self.cache_bytes.fetch_add(bytes, Relaxed);
     }
     pub(crate) fn wait(&self) {
@@ -47,7 +47,7 @@ impl Counters {
             bytes_fetched: self.bytes_fetched.load(Relaxed),
             retries: self.retries.load(Relaxed),
             hedges: self.hedges.load(Relaxed),
-            cache_chunks: self.cache_chunks.load(Relaxed),
+            cache_reads: self.cache_reads.load(Relaxed),
             cache_bytes: self.cache_bytes.load(Relaxed),
             waits: self.waits.load(Relaxed),
             chunks_fetched: self.chunks_fetched.load(Relaxed),
@@ -67,8 +67,8 @@ pub struct Stats {
     pub retries: u64,
     /// Hedged requests sent.
     pub hedges: u64,
-    /// Chunks read from the disk cache instead of the network.
-    pub cache_chunks: u64,
+    /// Page-server reads answered from the disk cache (`pread` into the worker's buffer).
+    pub cache_reads: u64,
     /// Bytes read from the disk cache.
     pub cache_bytes: u64,
     /// Page requests that had to wait for bytes in flight or not yet asked for.
@@ -105,12 +105,12 @@ impl fmt::Display for Line<'_> {
         write!(
             f,
             "objstore: {mib:.1} MiB fetched in {secs:.1} s ({:.1} MiB/s), {} requests, {} retries, \
-             {} hedged, cache: {} chunks ({:.1} MiB) hit",
+             {} hedged, cache: {} reads ({:.1} MiB)",
             mib / secs,
             s.requests,
             s.retries,
             s.hedges,
-            s.cache_chunks,
+            s.cache_reads,
             s.cache_bytes as f64 / (1 << 20) as f64
         )
     }
