@@ -66,11 +66,50 @@
 //! could not be fetched. Every error's text names the object, the byte range, the attempts
 //! and the cause.
 //!
+//! # The disk cache
+//!
+//! With [`Options::cache_dir`], each chunk fetched whole is also written to a sparse file in
+//! that directory, keyed by the object's name, ETag, length and the chunk size, with a map of
+//! the chunks present (made durable with `fdatasync` before it is written, when the object is
+//! complete and when the source is dropped). The next restore of the same object version on
+//! this host answers faults on those chunks with `pread` from the file straight into the
+//! worker's buffer: nothing from the network but the first 1-byte request that checks the
+//! ETag. A changed object (another ETag) deletes the old version's files. The directory
+//! holds at most [`Options::cache_budget`] bytes: opening an object deletes the least
+//! recently opened objects' files to make room, and chunks past the budget are not written.
+//! The cache is read with `pread`, never mapped: a failing cache disk turns the cache off
+//! ([`ObjectSource::cache_error`]) and the chunks come from the network, never `SIGBUS`.
+//!
 //! # Memory
 //!
-//! Fetched bytes stay in the source's mapping while it lives (the guest's copy is the page
-//! server's placement): drop the source when the restore is complete
-//! ([`ObjectSource::complete`]) or the server stopped.
+//! Bytes fetched from the network stay in the source's mapping while it lives (the guest's
+//! copy is the page server's placement): drop the source when the restore is complete
+//! ([`ObjectSource::complete`]) or the server stopped. Bytes read from the disk cache are
+//! not kept.
+//!
+//! # Wiring into a handler
+//!
+//! A handler that takes a memory file takes a URL the same way: [`open`] for `http://`,
+//! `https://` and `s3://bucket/key`, the result passed where a
+//! [`MappedFile`](userfaultfd::serve::MappedFile) would be. Its options map to flags:
+//!
+//! | flag (suggested) | [`Options`] field | default |
+//! |---|---|---|
+//! | `--chunk-size BYTES` | [`chunk_size`](Options::chunk_size) | 4 MiB |
+//! | `--parallelism N` | [`parallelism`](Options::parallelism) | 4 |
+//! | `--cache-dir DIR` | [`cache_dir`](Options::cache_dir) | none |
+//! | `--cache-budget BYTES` | [`cache_budget`](Options::cache_budget) | 64 GiB |
+//! | `--fetch-timeout SECS` | [`request_timeout`](Options::request_timeout) | 10 s |
+//! | `--fetch-deadline SECS` | [`deadline`](Options::deadline) | 120 s |
+//! | `--background-fill` | [`background`](Options::background) | off |
+//! | `--replay FILE` | [`Options::working_set_from`] (and the server's `replay`) | none |
+//! | (every N s on stderr) | [`progress`](Options::progress), or [`ObjectSource::progress_line`] | none |
+//!
+//! Two things differ from a local file. Guest memory on hugetlbfs needs
+//! [`page_size`](Options::page_size) set to 2 MiB (answers to the server are whole pages).
+//! And a working-set record's identity should come from [`ObjectSource::snapshot_id`]
+//! (length and ETag) rather than `SnapshotId::sample`, which would fetch 66 chunks to hash
+//! them.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod cache;
