@@ -125,6 +125,26 @@ fn main() {
             None,
             all,
         );
+        if name == "sequential" {
+            // What the store delivers at all: the whole object in one GET, read and discarded.
+            let runs = (0..reps)
+                .map(|_| {
+                    let start = Instant::now();
+                    let resp = ureq::get(&url).call().unwrap();
+                    std::io::copy(&mut resp.into_reader(), &mut std::io::sink()).unwrap();
+                    Run {
+                        time: start.elapsed(),
+                        requests: 1,
+                    }
+                })
+                .collect();
+            row(
+                "(the store's ceiling: one GET of the whole object, discarded)",
+                runs,
+                Some(base),
+                all,
+            );
+        }
         row(
             "objstore cold (4 MiB chunks, 4 in flight)",
             (0..reps)

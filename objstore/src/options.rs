@@ -116,3 +116,26 @@ pub(crate) fn base_page_size() -> usize {
     // SAFETY: sysconf has no memory effects.
     (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }) as usize
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_the_setting() {
+        assert_eq!(Options::default().validate(), Ok(()));
+        let mut o = Options::default();
+        o.chunk_size = 4097;
+        assert!(o.validate().unwrap_err().contains("chunk_size 4097"));
+        let mut o = Options::default();
+        o.page_size = 3000;
+        assert!(o.validate().unwrap_err().contains("page_size 3000"));
+        let mut o = Options::default();
+        o.parallelism = 0;
+        assert!(o.validate().unwrap_err().contains("parallelism"));
+        let mut o = Options::default();
+        o.page_size = 2 << 20;
+        o.chunk_size = 4 << 20;
+        assert_eq!(o.validate(), Ok(()));
+    }
+}

@@ -115,3 +115,27 @@ impl fmt::Display for Line<'_> {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_line() {
+        let s = Stats {
+            requests: 12,
+            bytes_fetched: 48 << 20,
+            retries: 2,
+            hedges: 1,
+            cache_reads: 3,
+            cache_bytes: 1 << 20,
+            waits: 5,
+            chunks_fetched: 12,
+        };
+        assert_eq!(
+            s.line(Duration::from_secs(2)),
+            "objstore: 48.0 MiB fetched in 2.0 s (24.0 MiB/s), 12 requests, 2 retries, \
+             1 hedged, cache: 3 reads (1.0 MiB)"
+        );
+    }
+}

@@ -215,3 +215,53 @@ impl Store for S3Store {
         req.call()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(endpoint: Option<&str>, path_style: Option<bool>) -> S3Config {
+        S3Config {
+            endpoint: endpoint.map(str::to_string),
+            region: "eu-west-1".into(),
+            access_key_id: Some("AKID".into()),
+            secret_access_key: Some("SECRET".into()),
+            session_token: None,
+            path_style,
+        }
+    }
+
+    #[test]
+    fn addressing() {
+        let s = S3Store::new("b", "vm 1/mem", &config(None, None)).unwrap();
+        assert_eq!(s.url, "https://b.s3.eu-west-1.amazonaws.com/vm%201/mem");
+        assert_eq!(s.host, "b.s3.eu-west-1.amazonaws.com");
+        assert_eq!(s.name(), "s3://b/vm 1/mem");
+        let s = S3Store::new("b", "k", &config(Some("http://127.0.0.1:9000/"), None)).unwrap();
+        assert_eq!(s.url, "http://127.0.0.1:9000/b/k");
+        assert_eq!(s.host, "127.0.0.1:9000");
+        let s = S3Store::new("b", "k", &config(Some("https://minio.lan"), Some(true))).unwrap();
+        assert_eq!(s.url, "https://minio.lan/b/k");
+        let s = S3Store::new("b", "k", &config(Some("http://localhost:9000"), Some(false)))
+            .unwrap();
+        assert_eq!(s.url, "http://b.localhost:9000/k");
+    }
+
+    #[test]
+    fn bad_configuration_is_named() {
+        let e = S3Store::new("b", "k", &config(Some("127.0.0.1:9000"), None)).unwrap_err();
+        assert!(e.to_string().contains("has no scheme"), "{e}");
+        let e = S3Store::new("b", "k", &config(Some("ftp://x"), None)).unwrap_err();
+        assert!(e.to_string().contains("not http(s)://host[:port]"), "{e}");
+        let mut c = config(None, None);
+        c.secret_access_key = None;
+        let e = S3Store::new("b", "k", &c).unwrap_err();
+        assert!(e.to_string().contains("must be set together"), "{e}");
+    }
+
+    #[test]
+    fn presigned_url_name_hides_the_signature() {
+        let h = HttpStore::new("https://b.s3.amazonaws.com/k?X-Amz-Signature=abc");
+        assert_eq!(h.name(), "https://b.s3.amazonaws.com/k");
+    }
+}
