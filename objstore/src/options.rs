@@ -123,19 +123,27 @@ mod tests {
 
     #[test]
     fn validation_names_the_setting() {
+        let with = |f: fn(&mut Options)| {
+            let mut o = Options::default();
+            f(&mut o);
+            o.validate()
+        };
         assert_eq!(Options::default().validate(), Ok(()));
-        let mut o = Options::default();
-        o.chunk_size = 4097;
-        assert!(o.validate().unwrap_err().contains("chunk_size 4097"));
-        let mut o = Options::default();
-        o.page_size = 3000;
-        assert!(o.validate().unwrap_err().contains("page_size 3000"));
-        let mut o = Options::default();
-        o.parallelism = 0;
-        assert!(o.validate().unwrap_err().contains("parallelism"));
-        let mut o = Options::default();
-        o.page_size = 2 << 20;
-        o.chunk_size = 4 << 20;
-        assert_eq!(o.validate(), Ok(()));
+        assert!(with(|o| o.chunk_size = 4097)
+            .unwrap_err()
+            .contains("chunk_size 4097"));
+        assert!(with(|o| o.page_size = 3000)
+            .unwrap_err()
+            .contains("page_size 3000"));
+        assert!(with(|o| o.parallelism = 0)
+            .unwrap_err()
+            .contains("parallelism"));
+        assert_eq!(
+            with(|o| {
+                o.page_size = 2 << 20;
+                o.chunk_size = 4 << 20;
+            }),
+            Ok(())
+        );
     }
 }

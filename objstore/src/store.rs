@@ -242,8 +242,12 @@ mod tests {
         assert_eq!(s.host, "127.0.0.1:9000");
         let s = S3Store::new("b", "k", &config(Some("https://minio.lan"), Some(true))).unwrap();
         assert_eq!(s.url, "https://minio.lan/b/k");
-        let s = S3Store::new("b", "k", &config(Some("http://localhost:9000"), Some(false)))
-            .unwrap();
+        let s = S3Store::new(
+            "b",
+            "k",
+            &config(Some("http://localhost:9000"), Some(false)),
+        )
+        .unwrap();
         assert_eq!(s.url, "http://b.localhost:9000/k");
     }
 
