@@ -153,3 +153,31 @@ fn s3_url_from_environment() {
         assert_eq!(got, want);
     }
 }
+
+/// Temporary credentials (an assumed role's key, secret and session token): the token is
+/// sent and signed; with another token moto refuses, and the error says so.
+#[test]
+fn session_token() {
+    let len = MIB;
+    let Some(s3) = Moto::start("vm/memory", &snapshot(5, len)) else {
+        return;
+    };
+    let (key, secret, token) = s3.session.clone();
+    let mut c = config(s3.endpoint(), &key, &secret);
+    c.session_token = Some(token);
+    let source = open_s3(BUCKET, "vm/memory", &c, &options()).unwrap();
+    let mut scratch = vec![0u8; PAGE];
+    let mut want = vec![0u8; PAGE];
+    let got = match source.fetch(8 * PAGE as u64, PAGE, &mut scratch).unwrap() {
+        userfaultfd::serve::Chunk::Data(d) => d.to_vec(),
+        userfaultfd::serve::Chunk::Zeros(_) => panic!("zeros"),
+    };
+    support::expected(5, 8 * PAGE as u64, &mut want);
+    assert_eq!(got, want);
+
+    c.session_token = Some("another-token".into());
+    let e = open_s3(BUCKET, "vm/memory", &c, &options())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("InvalidToken") && e.contains("s3://"), "{e}");
+}

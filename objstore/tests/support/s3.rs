@@ -15,6 +15,8 @@ pub struct Moto {
     pub port: u16,
     pub key_id: String,
     pub secret: String,
+    /// Temporary credentials of an assumed role (STS): key id, secret, session token.
+    pub session: (String, String, String),
 }
 
 fn program() -> PathBuf {
@@ -34,9 +36,10 @@ fn between<'a>(text: &'a str, open: &str, close: &str) -> &'a str {
 }
 
 impl Moto {
-    /// moto with a bucket holding `bytes` as `key`, and an IAM user allowed `s3:*` whose
-    /// access key the tests sign with. The five set-up calls are the unauthenticated ones
-    /// moto allows (INITIAL_NO_AUTH_ACTION_COUNT); every later request must be signed.
+    /// moto with a bucket holding `bytes` as `key`, an IAM user allowed `s3:*` whose access
+    /// key the tests sign with, and temporary credentials of a role allowed the same. The
+    /// eight set-up calls are the unauthenticated ones moto allows
+    /// (INITIAL_NO_AUTH_ACTION_COUNT); every later request must be signed.
     #[track_caller]
     pub fn start(key: &str, bytes: &[u8]) -> Option<Moto> {
         let program = program();
@@ -50,7 +53,7 @@ impl Moto {
         let port = free_port();
         let child = Command::new(&program)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .env("INITIAL_NO_AUTH_ACTION_COUNT", "5")
+            .env("INITIAL_NO_AUTH_ACTION_COUNT", "8")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -61,23 +64,28 @@ impl Moto {
             port,
             key_id: String::new(),
             secret: String::new(),
+            session: Default::default(),
         };
         assert!(wait_listening(port), "moto_server did not listen on {port}");
         // Unsigned set-up calls; the Authorization header only routes them to IAM.
         let endpoint = moto.endpoint();
-        let iam = |form: &[(&str, &str)]| {
+        let call = |service: &str, form: &[(&str, &str)]| {
             ureq::post(&endpoint)
                 .set(
                     "Authorization",
-                    "AWS4-HMAC-SHA256 Credential=setup/20250101/us-east-1/iam/aws4_request, \
-                     SignedHeaders=host, Signature=none",
+                    &format!(
+                        "AWS4-HMAC-SHA256 Credential=setup/20250101/us-east-1/{service}/\
+                         aws4_request, SignedHeaders=host, Signature=none"
+                    ),
                 )
                 .send_form(form)
                 .expect("an IAM call to moto")
                 .into_string()
                 .unwrap()
         };
+        let iam = |form: &[(&str, &str)]| call("iam", form);
         let v = ("Version", "2010-05-08");
+        let allow_s3 = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*","Resource":"*"}]}"#;
         iam(&[("Action", "CreateUser"), ("UserName", "restorer"), v]);
         let key_xml = iam(&[("Action", "CreateAccessKey"), ("UserName", "restorer"), v]);
         moto.key_id = between(&key_xml, "<AccessKeyId>", "</AccessKeyId>").into();
@@ -86,12 +94,37 @@ impl Moto {
             ("Action", "PutUserPolicy"),
             ("UserName", "restorer"),
             ("PolicyName", "s3"),
-            (
-                "PolicyDocument",
-                r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*","Resource":"*"}]}"#,
-            ),
+            ("PolicyDocument", allow_s3),
             v,
         ]);
+        let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"*"},"Action":"sts:AssumeRole"}]}"#;
+        iam(&[
+            ("Action", "CreateRole"),
+            ("RoleName", "restore"),
+            ("AssumeRolePolicyDocument", trust),
+            v,
+        ]);
+        iam(&[
+            ("Action", "PutRolePolicy"),
+            ("RoleName", "restore"),
+            ("PolicyName", "s3"),
+            ("PolicyDocument", allow_s3),
+            v,
+        ]);
+        let creds = call(
+            "sts",
+            &[
+                ("Action", "AssumeRole"),
+                ("RoleArn", "arn:aws:iam::123456789012:role/restore"),
+                ("RoleSessionName", "restore"),
+                ("Version", "2011-06-15"),
+            ],
+        );
+        moto.session = (
+            between(&creds, "<AccessKeyId>", "</AccessKeyId>").into(),
+            between(&creds, "<SecretAccessKey>", "</SecretAccessKey>").into(),
+            between(&creds, "<SessionToken>", "</SessionToken>").into(),
+        );
         ureq::put(&format!("{}/{BUCKET}", moto.endpoint()))
             .call()
             .expect("creating the bucket");
