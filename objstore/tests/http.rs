@@ -345,3 +345,34 @@ fn working_set_prefetch_then_background() {
     assert_eq!(stats.waits, 0, "{stats:?}");
     assert_eq!(stats.bytes_fetched, len, "{stats:?}");
 }
+
+/// The store goes down for good mid-restore: the faulting thread waits (no zeros), and when
+/// the deadline passes the server stops with the error, which names the object, the range
+/// and the last failure; the faulting thread is still blocked (ErrorPolicy::Stop).
+#[test]
+fn deadline_mid_restore_stops_the_server() {
+    let Some(mut nginx) = Nginx::start() else {
+        return;
+    };
+    let len = 8 * MIB;
+    write_snapshot(&nginx.www().join("mem"), 10, len);
+    let mut opts = options(1 << 20);
+    opts.deadline = Duration::from_secs(2);
+    let source = open(&nginx.url("mem"), &opts).unwrap();
+    let restore = Restore::start(source.clone(), len as usize, 1);
+    restore.touch(&[0], 1, Duration::from_secs(30)).unwrap();
+    nginx.stop();
+    let started = Instant::now();
+    let e = restore
+        .touch(&[(len as usize / PAGE) - 1], 1, Duration::from_secs(60))
+        .unwrap_err();
+    assert!(started.elapsed() >= Duration::from_secs(2), "{e}");
+    assert!(e.contains("deadline passed") && e.contains("/mem"), "{e}");
+    // Chunk 7: the part from the faulting (last) page, or the part before it.
+    let last = len - PAGE as u64;
+    assert!(
+        e.contains(&format!("bytes {last}-")) || e.contains(&format!("bytes {}-", 7 * MIB)),
+        "{e}"
+    );
+    assert!(restore.server().is_stopped());
+}
