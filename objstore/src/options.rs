@@ -95,7 +95,7 @@ impl Options {
                 "page_size {p} is not a power of two of at least the base page size"
             ));
         }
-        if self.chunk_size == 0 || self.chunk_size % p != 0 {
+        if self.chunk_size == 0 || !self.chunk_size.is_multiple_of(p) {
             return Err(format!(
                 "chunk_size {} is not a non-zero multiple of page_size {p}",
                 self.chunk_size

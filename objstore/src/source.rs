@@ -509,7 +509,7 @@ impl PageSource for ObjectSource {
     ) -> io::Result<Chunk<'a>> {
         let s = &*self.shared;
         let page = offset / s.page as u64;
-        if offset % s.page as u64 != 0 || len == 0 || page >= s.pages as u64 {
+        if !offset.is_multiple_of(s.page as u64) || len == 0 || page >= s.pages as u64 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
