@@ -1,7 +1,8 @@
 //! moto's S3-compatible server (PyPI `moto[server]`) on 127.0.0.1, with its own port, with
 //! authentication on: it checks every request's SigV4 signature (botocore's implementation)
 //! against an access key created in its IAM. ci/objstore installs it in a venv under
-//! target/objstore; `OBJSTORE_MOTO_SERVER` names another `moto_server`. Killed on drop.
+//! ~/.cache/userfaultfd-rs; `OBJSTORE_MOTO_SERVER` names another `moto_server`. Killed on
+//! drop.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -19,11 +20,12 @@ pub struct Moto {
     pub session: (String, String, String),
 }
 
+/// `OBJSTORE_MOTO_SERVER`, or where ci/objstore installs it.
 fn program() -> PathBuf {
     std::env::var_os("OBJSTORE_MOTO_SERVER").map_or_else(
         || {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../target/objstore/venv/bin/moto_server")
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/userfaultfd-rs/moto-5.2.5/bin/moto_server")
         },
         PathBuf::from,
     )
