@@ -114,10 +114,12 @@
 
 mod cache;
 mod error;
+mod fetch;
 mod memory;
 mod options;
 mod queue;
 mod remote;
+mod shared;
 mod sigv4;
 mod source;
 mod stats;
@@ -230,7 +232,7 @@ fn start(store: Arc<dyn Store>, options: &Options) -> Result<Arc<ObjectSource>, 
         ),
         _ => None,
     };
-    let shared = source::Shared::new(remote, options.clone(), cache)
+    let shared = shared::Shared::new(remote, options.clone(), cache)
         .map_err(|e| OpenError::Io(format!("mapping {len} bytes for the object"), e))?;
     let source = ObjectSource::start(shared)
         .map_err(|e| OpenError::Io("starting the fetch threads".into(), e))?;
