@@ -55,7 +55,7 @@ impl ObjectSource {
         self.shared.counters.snapshot()
     }
 
-    /// The progress line for now (what [`Options::progress`] prints).
+    /// The progress line for now (what [`Options::progress`](crate::Options::progress) prints).
     pub fn progress_line(&self) -> String {
         self.stats().line(self.opened.elapsed())
     }
