@@ -34,6 +34,8 @@ struct State {
     rates: Mutex<Rates>,
     stall: Duration,
     down: AtomicBool,
+    /// The next this many requests stall before their answer (whatever the rates).
+    stall_next: AtomicU64,
     injected: Injected,
     rng: Mutex<u64>,
     stop: AtomicBool,
@@ -54,6 +56,7 @@ impl Proxy {
             rates: Mutex::new(rates),
             stall,
             down: AtomicBool::new(false),
+            stall_next: AtomicU64::new(0),
             injected: Injected::default(),
             rng: Mutex::new(seed | 1),
             stop: AtomicBool::new(false),
@@ -81,6 +84,11 @@ impl Proxy {
     /// The store is down (every connection reset at once) or up.
     pub fn set_down(&self, down: bool) {
         self.state.down.store(down, Relaxed);
+    }
+
+    /// The next `n` requests stall (before their answer) for the stall time.
+    pub fn stall_next(&self, n: u64) {
+        self.state.stall_next.store(n, Relaxed);
     }
 
     pub fn set_rates(&self, rates: Rates) {
@@ -131,6 +139,7 @@ enum Fault {
     Status503,
     Reset,
     Stall,
+    StallHeaders,
     Truncate,
 }
 
@@ -162,7 +171,13 @@ fn serve(s: &State, conn: TcpStream) -> std::io::Result<()> {
         }
         let rates = *s.rates.lock().unwrap();
         let r = random(s);
-        let fault = if r < rates.status_503 {
+        let forced = s
+            .stall_next
+            .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        let fault = if forced {
+            Fault::StallHeaders
+        } else if r < rates.status_503 {
             Fault::Status503
         } else if r < rates.status_503 + rates.reset {
             Fault::Reset
@@ -195,6 +210,11 @@ fn serve(s: &State, conn: TcpStream) -> std::io::Result<()> {
             .position(|w| w == b"\r\n\r\n")
             .map_or(answer.len(), |p| p + 4);
         match fault {
+            Fault::StallHeaders => {
+                s.injected.stalls.fetch_add(1, Relaxed);
+                std::thread::sleep(s.stall);
+                conn.write_all(&answer)?;
+            }
             Fault::Stall => {
                 s.injected.stalls.fetch_add(1, Relaxed);
                 // Half the stalls before the answer, half in the middle of the body.
