@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use support::nginx::Nginx;
 use support::proxy::{Proxy, Rates};
-use support::restore::{shuffled, Restore, PAGE};
+use support::restore::{shuffled, Memory, Restore, PAGE};
 use support::{expected, write_snapshot};
 use userfaultfd::serve::{Chunk, PageSource};
 use userfaultfd_objstore::{open, Cause, FetchError, Options};
@@ -403,4 +403,29 @@ fn slow_request_is_hedged() {
     );
     let stats = source.stats();
     assert_eq!((stats.hedges, stats.requests), (1, 2), "{stats:?}");
+}
+
+/// A restore into each memory type: private anonymous, shmem, and hugetlbfs (2 MiB pages:
+/// `Options::page_size`, so that every answer is whole huge pages); every byte right.
+#[test]
+fn restore_on_every_memory_type() {
+    let Some(nginx) = Nginx::start() else { return };
+    let len = 16 * MIB;
+    write_snapshot(&nginx.www().join("mem"), 12, len);
+    for memory in Memory::ALL {
+        let mut opts = options(4 << 20);
+        opts.page_size = memory.page_size();
+        let source = open(&nginx.url("mem"), &opts).unwrap();
+        let Some(restore) = Restore::start_on(memory, source, len as usize, 2, None) else {
+            continue;
+        };
+        restore
+            .touch(
+                &shuffled(len as usize / PAGE, 12),
+                2,
+                Duration::from_secs(60),
+            )
+            .unwrap_or_else(|e| panic!("{memory:?}: {e}"));
+        assert_eq!(restore.mismatches(12), Vec::<usize>::new(), "{memory:?}");
+    }
 }

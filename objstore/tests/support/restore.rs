@@ -10,10 +10,36 @@ use userfaultfd::UffdBuilder;
 
 pub const PAGE: usize = 4096;
 
+/// The memory a restore fills.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Memory {
+    /// `MAP_PRIVATE | MAP_ANONYMOUS`, base pages.
+    Anonymous,
+    /// A memfd (shmem), `MAP_SHARED`.
+    Shmem,
+    /// A hugetlbfs memfd (2 MiB pages), `MAP_SHARED`.
+    Hugetlb,
+}
+
+impl Memory {
+    pub const ALL: [Memory; 3] = [Memory::Anonymous, Memory::Shmem, Memory::Hugetlb];
+
+    /// Its page size.
+    pub fn page_size(self) -> usize {
+        if self == Memory::Hugetlb {
+            2 << 20
+        } else {
+            PAGE
+        }
+    }
+}
+
 pub struct Restore {
     addr: usize,
     len: usize,
     server: Option<Server>,
+    /// The memfd of shared memory.
+    _file: Option<std::os::fd::OwnedFd>,
     /// Touch threads may still be blocked in the region: never unmap it under them.
     leak: std::cell::Cell<bool>,
 }
@@ -32,29 +58,88 @@ impl Restore {
         workers: usize,
         fault_around: Option<usize>,
     ) -> Restore {
+        Restore::start_on(Memory::Anonymous, source, len, workers, fault_around)
+            .expect("anonymous memory")
+    }
+
+    /// A restore into `memory`; `None` (a skip notice printed, a failure in strict mode)
+    /// when no huge pages are free.
+    #[track_caller]
+    pub fn start_on(
+        memory: Memory,
+        source: Arc<dyn PageSource>,
+        len: usize,
+        workers: usize,
+        fault_around: Option<usize>,
+    ) -> Option<Restore> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        use userfaultfd::FeatureFlags;
+        let features = userfaultfd::serve::EVENTS
+            | match memory {
+                Memory::Anonymous => FeatureFlags::empty(),
+                Memory::Shmem => FeatureFlags::MISSING_SHMEM,
+                Memory::Hugetlb => FeatureFlags::MISSING_HUGETLBFS,
+            };
         let uffd = UffdBuilder::new()
             .close_on_exec(true)
             .non_blocking(true)
-            .require_features(userfaultfd::serve::EVENTS)
+            .require_features(features)
             .create()
             .expect("a userfaultfd with the page server's events (run as root, Linux 5.x+)");
-        // SAFETY: a new private anonymous mapping; nothing else lives there.
+        let file = match memory {
+            Memory::Anonymous => None,
+            Memory::Shmem | Memory::Hugetlb => {
+                let flags = libc::MFD_CLOEXEC
+                    | if memory == Memory::Hugetlb {
+                        libc::MFD_HUGETLB
+                    } else {
+                        0
+                    };
+                // SAFETY: the name is NUL-terminated.
+                let fd = unsafe { libc::memfd_create(c"objstore-test".as_ptr(), flags) };
+                assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+                // SAFETY: a new descriptor that only we own.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                // SAFETY: ftruncate only sizes the file.
+                let r = unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) };
+                assert_eq!(r, 0, "ftruncate: {}", std::io::Error::last_os_error());
+                Some(fd)
+            }
+        };
+        let (flags, fd) = match &file {
+            None => (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1),
+            Some(fd) => (libc::MAP_SHARED, fd.as_raw_fd()),
+        };
+        // SAFETY: a new mapping at an address of the kernel's choosing; nothing lives there.
         let addr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
+                flags,
+                fd,
                 0,
             )
         };
-        assert_ne!(addr, libc::MAP_FAILED);
-        // Base pages: with THP "always", a fault would otherwise be served 2 MiB at a time.
-        // SAFETY: advice on our own mapping.
-        unsafe { libc::madvise(addr, len, libc::MADV_NOHUGEPAGE) };
+        if addr == libc::MAP_FAILED {
+            assert_eq!(
+                memory,
+                Memory::Hugetlb,
+                "mmap: {}",
+                std::io::Error::last_os_error()
+            );
+            super::machine_lacks("free 2 MiB huge pages (/proc/sys/vm/nr_hugepages)");
+            return None;
+        }
+        if memory == Memory::Anonymous {
+            // Base pages: with THP "always", a fault would otherwise be served 2 MiB at a time.
+            // SAFETY: advice on our own mapping.
+            unsafe { libc::madvise(addr, len, libc::MADV_NOHUGEPAGE) };
+        }
         let mut builder = Server::builder();
-        builder.region(Region::new(addr, len)).workers(workers);
+        builder
+            .region(Region::new(addr, len).page_size(memory.page_size()))
+            .workers(workers);
         if let Some(bytes) = fault_around {
             builder.fault_around(bytes);
         }
@@ -64,12 +149,13 @@ impl Restore {
                 .start(uffd, source)
                 .expect("starting the page server")
         };
-        Restore {
+        Some(Restore {
             addr: addr as usize,
             len,
             server: Some(server),
+            _file: file,
             leak: std::cell::Cell::new(false),
-        }
+        })
     }
 
     pub fn server(&self) -> &Server {
