@@ -1,0 +1,253 @@
+//! Restoring a snapshot over loopback nginx, side by side in one run: `serve` from the local
+//! file, this crate cold (nothing cached), warm (from its disk cache), and a handler that
+//! sends one GET per 4 KiB fault; then a recorded working set. Numbers: BENCHMARKS.md.
+//!
+//!   cargo bench -p userfaultfd-objstore --bench restore
+//!
+//! OBJSTORE_BENCH_MIB (default 1024): snapshot size; OBJSTORE_BENCH_REPS (3): runs per
+//! scenario (the median is printed); OBJSTORE_BENCH_PER_FAULT_MIB (32): how much of the
+//! snapshot the one-GET-per-fault handler restores (its time is per MiB, scaled up).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::fs::File;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::nginx::Nginx;
+use support::restore::{shuffled, Restore, PAGE};
+use support::{write_snapshot, TempDir};
+use userfaultfd::serve::{MappedFile, PageSource};
+use userfaultfd_objstore::{open, Options};
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Makes a source, and a function that reads its request count.
+type Make<'a> = &'a dyn Fn() -> (Arc<dyn PageSource>, Box<dyn Fn() -> u64>);
+
+struct Run {
+    time: Duration,
+    requests: u64,
+}
+
+/// One restore: open (timed from here), serve, touch `order` from one thread.
+fn restore(make: Make<'_>, len: usize, order: &[usize], fault_around: Option<usize>) -> Run {
+    let start = Instant::now();
+    let (source, requests) = make();
+    let r = Restore::start_with(source, len, 1, fault_around);
+    r.touch(order, 1, Duration::from_secs(3600)).unwrap();
+    let time = start.elapsed();
+    Run {
+        time,
+        requests: requests(),
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1e3)
+}
+
+fn main() {
+    let mib = env_or("OBJSTORE_BENCH_MIB", 1024);
+    let reps = env_or("OBJSTORE_BENCH_REPS", 3);
+    let per_fault_mib = env_or("OBJSTORE_BENCH_PER_FAULT_MIB", 32).min(mib);
+    let len = mib << 20;
+    let pages = len / PAGE;
+    let Some(nginx) = Nginx::start() else {
+        eprintln!("nginx is missing: bash ci/objstore installs it");
+        std::process::exit(1);
+    };
+    let path = nginx.www().join("mem");
+    write_snapshot(&path, 1, len as u64);
+    let url = nginx.url("mem");
+    let cache = TempDir::new("bench-cache");
+    println!(
+        "{mib} MiB snapshot, nginx on 127.0.0.1, page server with 1 worker, one touching \
+         thread; median of {reps}"
+    );
+    println!();
+    println!("| touch | restore | time | vs local | GETs | GETs per MiB touched |");
+    println!("|---|---|---|---|---|---|");
+
+    let local = || -> (Arc<dyn PageSource>, Box<dyn Fn() -> u64>) {
+        let f = File::open(&path).unwrap();
+        // SAFETY: the benchmark's own snapshot file, which nothing truncates or rewrites
+        // while it is served.
+        let mapped = unsafe { MappedFile::new(&f) }.unwrap();
+        (Arc::new(mapped), Box::new(|| 0))
+    };
+    let object = |opts: Options| {
+        let url = url.clone();
+        move || -> (Arc<dyn PageSource>, Box<dyn Fn() -> u64>) {
+            let s = open(&url, &opts).unwrap();
+            let s2 = s.clone();
+            (s, Box::new(move || s2.stats().requests))
+        }
+    };
+    let cold = Options::default();
+    let mut cached = Options::default();
+    cached.cache_dir = Some(cache.path().to_path_buf());
+    let mut per_fault = Options::default();
+    per_fault.chunk_size = PAGE;
+    per_fault.parallelism = 1;
+
+    for (name, order) in [
+        ("sequential", (0..pages).collect::<Vec<_>>()),
+        ("random", shuffled(pages, 1)),
+    ] {
+        let row = |what: &str, runs: Vec<Run>, base: Option<Duration>, touched_mib: f64| {
+            let requests = runs.last().map_or(0, |r| r.requests);
+            let t = median(runs.into_iter().map(|r| r.time).collect());
+            let vs = base.map_or("1.00x".into(), |b| {
+                format!("{:.2}x", t.as_secs_f64() / b.as_secs_f64())
+            });
+            println!(
+                "| {name} | {what} | {} | {vs} | {requests} | {:.2} |",
+                ms(t),
+                requests as f64 / touched_mib
+            );
+            t
+        };
+        let all = mib as f64;
+        let base = row(
+            "serve from the local file (MappedFile)",
+            (0..reps)
+                .map(|_| restore(&local, len, &order, None))
+                .collect(),
+            None,
+            all,
+        );
+        if name == "sequential" {
+            // What the store delivers at all: the whole object in one GET, read and discarded.
+            let runs = (0..reps)
+                .map(|_| {
+                    let start = Instant::now();
+                    let resp = ureq::get(&url).call().unwrap();
+                    std::io::copy(&mut resp.into_reader(), &mut std::io::sink()).unwrap();
+                    Run {
+                        time: start.elapsed(),
+                        requests: 1,
+                    }
+                })
+                .collect();
+            row(
+                "(the store's ceiling: one GET of the whole object, discarded)",
+                runs,
+                Some(base),
+                all,
+            );
+        }
+        row(
+            "objstore cold (4 MiB chunks, 4 in flight)",
+            (0..reps)
+                .map(|_| restore(&object(cold.clone()), len, &order, None))
+                .collect(),
+            Some(base),
+            all,
+        );
+        // Fill the disk cache, then restore from it.
+        let _ = std::fs::remove_dir_all(cache.path());
+        restore(&object(cached.clone()), len, &order, None);
+        row(
+            "objstore warm (disk cache)",
+            (0..reps)
+                .map(|_| restore(&object(cached.clone()), len, &order, None))
+                .collect(),
+            Some(base),
+            all,
+        );
+        // One GET per fault: 4 KiB chunks, one in flight, one page per fault; a prefix of
+        // the snapshot, its time scaled to the whole.
+        let part: Vec<usize> = order
+            .iter()
+            .copied()
+            .filter(|&p| p < per_fault_mib * 256)
+            .collect();
+        let runs: Vec<Run> = (0..reps)
+            .map(|_| {
+                let r = restore(&object(per_fault.clone()), len, &part, Some(0));
+                Run {
+                    time: r.time.mul_f64(mib as f64 / per_fault_mib as f64),
+                    requests: r.requests,
+                }
+            })
+            .collect();
+        row(
+            &format!("one GET per 4 KiB fault ({per_fault_mib} MiB, time scaled)"),
+            runs,
+            Some(base),
+            per_fault_mib as f64,
+        );
+    }
+
+    // A recorded working set: 10% of the pages, in runs of 1 MiB (a guest's working set is
+    // clustered: kernel text, hot heaps, page cache of a few files) at random places, the
+    // runs in a random order.
+    println!();
+    println!(
+        "| working set ({} MiB of {mib} in 1 MiB runs, random order) | time to the last \
+         working-set page | GETs |",
+        mib / 10
+    );
+    println!("|---|---|---|");
+    let runs_of = 256;
+    let ws_pages: Vec<usize> = shuffled(pages / runs_of, 2)
+        .into_iter()
+        .take(pages / runs_of / 10)
+        .flat_map(|r| r * runs_of..(r + 1) * runs_of)
+        .collect();
+    let ws_row = |what: &str, runs: Vec<Run>| {
+        let requests = runs.last().map_or(0, |r| r.requests);
+        let t = median(runs.into_iter().map(|r| r.time).collect());
+        println!("| {what} | {} | {requests} |", ms(t));
+    };
+    ws_row(
+        "serve from the local file",
+        (0..reps)
+            .map(|_| restore(&local, len, &ws_pages, None))
+            .collect(),
+    );
+    ws_row(
+        "objstore cold, faults only",
+        (0..reps)
+            .map(|_| restore(&object(cold.clone()), len, &ws_pages, None))
+            .collect(),
+    );
+    let mut with_ws = Options::default();
+    with_ws.working_set = ws_pages.iter().map(|&p| (p * PAGE) as u64).collect();
+    ws_row(
+        "objstore cold, working set given (prefetch in its order)",
+        (0..reps)
+            .map(|_| restore(&object(with_ws.clone()), len, &ws_pages, None))
+            .collect(),
+    );
+    // The prefetch alone: open to every working-set page arrived, nothing touched.
+    let runs = (0..reps)
+        .map(|_| {
+            let start = Instant::now();
+            let s = open(&url, &with_ws).unwrap();
+            while !ws_pages.iter().all(|&p| s.arrived((p * PAGE) as u64)) {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Run {
+                time: start.elapsed(),
+                requests: s.stats().requests,
+            }
+        })
+        .collect();
+    ws_row(
+        "objstore, working set given, no touches (prefetch alone)",
+        runs,
+    );
+}

@@ -1,0 +1,171 @@
+//! The fetch threads: each takes the most urgent task, claims its chunk (single flight),
+//! splits it at the faulting page, and streams the range into the buffer, marking pages as
+//! their bytes arrive; transient failures are retried from the last byte received.
+
+use std::io::{self, Read};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
+use std::time::Instant;
+
+use crate::error::{Cause, FetchError};
+use crate::queue::{Priority, Task};
+use crate::remote::{Backoff, Body, Failure};
+use crate::shared::{Shared, DONE, FAILED, IDLE, QUEUED, RUNNING};
+
+/// Bytes asked of the body per `read`: pages are marked arrived after each.
+const READ_STEP: usize = 256 << 10;
+
+impl Shared {
+    /// A fetch thread: takes tasks until the source closes.
+    pub(crate) fn fetch_loop(self: Arc<Shared>) {
+        while let Some(task) = self.queue.pop() {
+            self.run(task);
+            if task.priority == Priority::Background && !task.claimed {
+                self.queue.background_done();
+            }
+        }
+    }
+
+    fn run(&self, task: Task) {
+        let k = task.chunk;
+        let (first, end) = self.chunk_pages(k);
+        let part = if task.claimed {
+            task.from..task.to
+        } else {
+            let claimed = [IDLE, QUEUED].iter().any(|&from| {
+                self.state[k]
+                    .compare_exchange(from, RUNNING, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            });
+            if !claimed {
+                return;
+            }
+            let start = task.from.clamp(first, end - 1);
+            if start > first {
+                self.parts_left[k].store(2, Ordering::Release);
+                // The part before the faulting page: next in line, on any free thread.
+                self.queue.push(Task {
+                    chunk: k,
+                    from: first,
+                    to: start,
+                    claimed: true,
+                    priority: Priority::Demand,
+                });
+            } else {
+                self.parts_left[k].store(1, Ordering::Release);
+            }
+            start..end
+        };
+        match self.fetch_part(part.start, part.end) {
+            Ok(()) => {
+                if self.parts_left[k].fetch_sub(1, Ordering::AcqRel) == 1 {
+                    self.chunk_done(k);
+                }
+            }
+            Err(e) => {
+                self.errors.lock().unwrap_or_else(PoisonError::into_inner)[k] = Some(e);
+                self.state[k].store(FAILED, Ordering::Release);
+                self.notify();
+            }
+        }
+    }
+
+    /// Chunk `k` has arrived whole from the store: it is written to the disk cache.
+    fn chunk_done(&self, k: usize) {
+        self.state[k].store(DONE, Ordering::Release);
+        self.counters.chunk_done();
+        if let Some(cache) = &self.cache {
+            let (a, b) = self.chunk_pages(k);
+            let bytes = (b * self.page).min(self.remote.len as usize) - a * self.page;
+            // SAFETY: every page of the chunk has arrived: its bytes are final.
+            cache.store(k, unsafe { self.buffer.read_slice(a * self.page, bytes) });
+        }
+        if self.done.fetch_add(1, Ordering::AcqRel) + 1 == self.chunks {
+            if let Some(cache) = &self.cache {
+                cache.persist();
+            }
+        }
+    }
+
+    /// Fetches pages `[from, to)` into the buffer, marking them as their bytes arrive;
+    /// retries transient failures from the last byte received until the deadline.
+    fn fetch_part(&self, from: usize, to: usize) -> Result<(), FetchError> {
+        let start = (from * self.page) as u64;
+        let end = ((to * self.page) as u64).min(self.remote.len);
+        let deadline = Instant::now() + self.opts.deadline;
+        let mut backoff = self.backoff(deadline);
+        let mut pos = start;
+        let mut attempts = 0;
+        loop {
+            if self.closed.load(Ordering::Acquire) {
+                return Err(self.remote.error(start..end, Cause::Closed, attempts));
+            }
+            attempts += 1;
+            let before = pos;
+            let last = match self.remote.open_range(&(pos..end), &self.counters) {
+                Ok(body) => match self.stream(body, start, &mut pos, end) {
+                    Ok(()) => return Ok(()),
+                    Err(why) => why,
+                },
+                Err(Failure::Fatal(cause)) => {
+                    return Err(self.remote.error(start..end, cause, attempts))
+                }
+                Err(Failure::Transient(why)) => why,
+            };
+            self.counters.retry();
+            if pos > before {
+                // Progress: the store is up; start the backoff over.
+                backoff = self.backoff(deadline);
+            }
+            if !backoff.wait() {
+                return Err(self
+                    .remote
+                    .error(start..end, Cause::Deadline(last), attempts));
+            }
+        }
+    }
+
+    fn backoff(&self, deadline: Instant) -> Backoff {
+        Backoff::new(self.opts.backoff_initial, self.opts.backoff_max, deadline)
+    }
+
+    /// Reads `body` (the bytes from `*pos` to `end`) into the buffer, marking each page
+    /// whose bytes have all arrived (a part starts at `start`, page-aligned).
+    fn stream(&self, mut body: Body, start: u64, pos: &mut u64, end: u64) -> Result<(), String> {
+        let page = self.page as u64;
+        let mut marked = (*pos / page).max(start / page) as usize;
+        while *pos < end {
+            let n = ((end - *pos) as usize).min(READ_STEP);
+            // SAFETY: `[pos, pos + n)` lies in the buffer (end <= len <= buffer length); its
+            // pages are not marked (they are marked below, once complete) and this thread
+            // owns this part of the chunk (single flight).
+            let dst = unsafe { self.buffer.write_slice(*pos as usize, n) };
+            match body.read(dst) {
+                Ok(0) => return Err(format!("body ended {} bytes short", end - *pos)),
+                Ok(got) => {
+                    *pos += got as u64;
+                    self.counters.fetched(got as u64);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("reading the body: {e}")),
+            }
+            let done = if *pos == end {
+                end.div_ceil(page) as usize
+            } else {
+                (*pos / page) as usize
+            };
+            if done > marked {
+                self.arrived.set(marked, done);
+                marked = done;
+                self.notify();
+            }
+            if self.closed.load(Ordering::Acquire) {
+                return Err("the source was closed".into());
+            }
+        }
+        // Read to the end, so that the connection goes back to the pool.
+        let mut rest = [0u8; 1];
+        let _ = body.read(&mut rest);
+        Ok(())
+    }
+}

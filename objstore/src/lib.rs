@@ -1,0 +1,271 @@
+//! Serve `userfaultfd` page-server snapshots straight from object storage.
+//!
+//! Fleets keep VM and process snapshots in object storage. This crate is the layer between
+//! the store and [`userfaultfd::serve`]: an [`ObjectSource`] is a
+//! [`PageSource`](userfaultfd::serve::PageSource) that fetches the object in large chunks
+//! with range requests, several in flight, one fetch per chunk however many faults land in
+//! it, and answers a fault as soon as *its page* has arrived.
+//!
+//! ```no_run
+//! use userfaultfd::serve::{Region, Server};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let (uffd, region): (userfaultfd::Uffd, Region) = unimplemented!();
+//! let mut options = userfaultfd_objstore::Options::default();
+//! options.chunk_size = 4 << 20;
+//! options.parallelism = 4;
+//! let source = userfaultfd_objstore::open("s3://snapshots/vm-42/memory", &options)?;
+//! // SAFETY: the region holds no Rust object.
+//! let server = unsafe { Server::builder().region(region).start(uffd, source.clone())? };
+//! // ... the guest runs ...
+//! let finished = server.stop();
+//! eprintln!("{}", source.progress_line());
+//! # Ok(()) }
+//! ```
+//!
+//! # Where the object lives
+//!
+//! | URL | store |
+//! |---|---|
+//! | `http://host[:port]/path`, `https://...` | any server that answers `Range` (nginx, a CDN, an S3 presigned URL) |
+//! | `s3://bucket/key` | an S3-compatible store, requests signed with SigV4, configured as the AWS tools are ([`S3Config::from_env`]: `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_S3_FORCE_PATH_STYLE`) |
+//!
+//! The HTTP client is `ureq`: blocking, pooled connections, no async runtime (the page
+//! server's workers are threads). `https` needs the default cargo feature `https` (rustls).
+//!
+//! # The chunk cache
+//!
+//! [`open`] first asks for byte 0 (`Range: bytes=0-0`) to learn the object's length and
+//! ETag. The object's bytes then land in an anonymous mapping of its size (`MAP_NORESERVE`:
+//! only what arrives takes memory, and the page server copies from it with `UFFDIO_COPY`),
+//! with a bitmap of the pages whose bytes have all arrived.
+//!
+//! - A fault on a page that has not arrived queues its chunk ([`Options::chunk_size`]) for
+//!   the [`Options::parallelism`] fetch threads, starting *at the faulting page*: the part
+//!   from the page to the chunk's end is one request, the part before it another, next in
+//!   line. The fault is answered as soon as its page's bytes are in (the server's
+//!   `PageSource::fetch` contract allows a shorter prefix; it asks again for the rest).
+//! - A chunk is fetched once (single flight): faults into a chunk in flight wait for their
+//!   page, they send nothing.
+//! - Faults in consecutive chunks read ahead [`Options::parallelism`] chunks.
+//! - A recorded working set ([`Options::working_set`]) is fetched in its order from the
+//!   start, ahead of everything but faults; [`Options::background`] fetches the rest
+//!   behind it, on all but one fetch thread (one stays free for faults).
+//!
+//! # Failures
+//!
+//! | what happens | what the source does |
+//! |---|---|
+//! | 5xx, 408, 429, a connection refused or reset, a body that ends early | retried from the last byte received, after an exponential backoff with full jitter ([`Options::backoff_initial`], [`Options::backoff_max`]) |
+//! | no response or no body bytes for [`Options::request_timeout`] | the request is abandoned and retried the same way |
+//! | no response after [`Options::hedge_after`] | a second, identical request on another connection; the first to answer wins |
+//! | still failing after [`Options::deadline`] from the range's first attempt | the fault fails with a [`FetchError`] (`Cause::Deadline`, the last failure): the page server's `ErrorPolicy` decides (stop with faults blocked, or `SIGBUS`). Until then faults wait: a store that is down and comes back costs time, not the guest |
+//! | the object was replaced (`If-Match` refused with 412, another ETag, another length) | fails at once with `Cause::Changed`: no byte of the new object is served, so the memory never mixes pages of two versions |
+//! | another 4xx (403, 404, ...), a wrong `Content-Range`, no `Range` support | fails at once (`Cause::Refused`, `Cause::Invalid`) |
+//!
+//! A page is served only from bytes that arrived for it: never zeros in place of data that
+//! could not be fetched. Every error's text names the object, the byte range, the attempts
+//! and the cause.
+//!
+//! # The disk cache
+//!
+//! With [`Options::cache_dir`], each chunk fetched whole is also written to a sparse file in
+//! that directory, keyed by the object's name, ETag, length and the chunk size, with a map of
+//! the chunks present (made durable with `fdatasync` before it is written, when the object is
+//! complete and when the source is dropped). The next restore of the same object version on
+//! this host answers faults on those chunks with `pread` from the file straight into the
+//! worker's buffer: nothing from the network but the first 1-byte request that checks the
+//! ETag. A changed object (another ETag) deletes the old version's files. The directory
+//! holds at most [`Options::cache_budget`] bytes: opening an object deletes the least
+//! recently opened objects' files to make room, and chunks past the budget are not written.
+//! The cache is read with `pread`, never mapped: a failing cache disk turns the cache off
+//! ([`ObjectSource::cache_error`]) and the chunks come from the network, never `SIGBUS`.
+//!
+//! # Memory
+//!
+//! Bytes fetched from the network stay in the source's mapping while it lives (the guest's
+//! copy is the page server's placement): drop the source when the restore is complete
+//! ([`ObjectSource::complete`]) or the server stopped. Bytes read from the disk cache are
+//! not kept.
+//!
+//! # Wiring into a handler
+//!
+//! A handler that takes a memory file takes a URL the same way: [`open`] for `http://`,
+//! `https://` and `s3://bucket/key`, the result passed where a
+//! [`MappedFile`](userfaultfd::serve::MappedFile) would be. Its options map to flags:
+//!
+//! | flag (suggested) | [`Options`] field | default |
+//! |---|---|---|
+//! | `--chunk-size BYTES` | [`chunk_size`](Options::chunk_size) | 4 MiB |
+//! | `--parallelism N` | [`parallelism`](Options::parallelism) | 4 |
+//! | `--cache-dir DIR` | [`cache_dir`](Options::cache_dir) | none |
+//! | `--cache-budget BYTES` | [`cache_budget`](Options::cache_budget) | 64 GiB |
+//! | `--fetch-timeout SECS` | [`request_timeout`](Options::request_timeout) | 10 s |
+//! | `--fetch-deadline SECS` | [`deadline`](Options::deadline) | 120 s |
+//! | `--background-fill` | [`background`](Options::background) | off |
+//! | `--replay FILE` | [`Options::working_set_from`] (and the server's `replay`) | none |
+//! | (every N s on stderr) | [`progress`](Options::progress), or [`ObjectSource::progress_line`] | none |
+//!
+//! Two things differ from a local file. Guest memory on hugetlbfs needs
+//! [`page_size`](Options::page_size) set to 2 MiB (answers to the server are whole pages).
+//! And a working-set record's identity should come from [`ObjectSource::snapshot_id`]
+//! (length and ETag) rather than `SnapshotId::sample`, which would fetch 66 chunks to hash
+//! them.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod cache;
+mod error;
+mod fetch;
+mod memory;
+mod options;
+mod queue;
+mod remote;
+mod shared;
+mod sigv4;
+mod source;
+mod stats;
+mod store;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+pub use error::{Cause, FetchError, OpenError};
+pub use options::Options;
+pub use source::ObjectSource;
+pub use stats::Stats;
+pub use store::S3Config;
+
+use remote::{Backoff, Failure, Remote};
+use store::{HttpStore, S3Store, Store};
+
+/// Opens the object at `url` (`http://`, `https://` or `s3://bucket/key`) for serving: one
+/// request learns its length and ETag, then the fetch threads start (and the working set,
+/// if given, starts arriving). `s3://` takes its configuration from the environment
+/// ([`S3Config::from_env`]); [`open_s3`] takes it explicitly.
+///
+/// The result is a [`PageSource`](userfaultfd::serve::PageSource) for
+/// [`ServerBuilder::start`](userfaultfd::serve::ServerBuilder::start) (an
+/// `Arc<ObjectSource>` coerces to `Arc<dyn PageSource>`).
+///
+/// # Errors
+///
+/// The URL or an option is invalid, the S3 configuration is incomplete, or the first
+/// request failed (retried until [`Options::deadline`] when transient).
+pub fn open(url: &str, options: &Options) -> Result<Arc<ObjectSource>, OpenError> {
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, key) = split_s3(rest, url)?;
+        return open_s3(bucket, key, &S3Config::from_env(), options);
+    }
+    let https = url.starts_with("https://");
+    if !(url.starts_with("http://") || https) {
+        return Err(OpenError::Url(format!(
+            "{url:?}: not an http://, https:// or s3://bucket/key URL"
+        )));
+    }
+    if https && !cfg!(feature = "https") {
+        return Err(OpenError::Url(format!(
+            "{url:?}: https needs the cargo feature `https`"
+        )));
+    }
+    start(Arc::new(HttpStore::new(url)), options)
+}
+
+/// Opens `key` in `bucket` of the S3-compatible store `config` describes.
+///
+/// # Errors
+///
+/// As [`open`].
+pub fn open_s3(
+    bucket: &str,
+    key: &str,
+    config: &S3Config,
+    options: &Options,
+) -> Result<Arc<ObjectSource>, OpenError> {
+    if config
+        .endpoint
+        .as_deref()
+        .is_some_and(|e| e.starts_with("https://"))
+        && !cfg!(feature = "https")
+    {
+        return Err(OpenError::Config(
+            "an https endpoint needs the cargo feature `https`".into(),
+        ));
+    }
+    start(Arc::new(S3Store::new(bucket, key, config)?), options)
+}
+
+fn split_s3<'a>(rest: &'a str, url: &str) -> Result<(&'a str, &'a str), OpenError> {
+    match rest.split_once('/') {
+        Some((bucket, key)) if !bucket.is_empty() && !key.is_empty() => Ok((bucket, key)),
+        _ => Err(OpenError::Url(format!("{url:?}: not s3://bucket/key"))),
+    }
+}
+
+fn start(store: Arc<dyn Store>, options: &Options) -> Result<Arc<ObjectSource>, OpenError> {
+    options.validate().map_err(OpenError::Options)?;
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(options.connect_timeout)
+        .timeout_read(options.request_timeout)
+        .timeout_write(options.request_timeout)
+        .max_idle_connections(4 * options.parallelism + 4)
+        .max_idle_connections_per_host(4 * options.parallelism + 4)
+        .user_agent(concat!("userfaultfd-objstore/", env!("CARGO_PKG_VERSION")))
+        .build();
+    let (len, etag) = probe(&*store, &agent, options)?;
+    let remote = Remote {
+        store,
+        agent,
+        len,
+        etag,
+        hedge_after: options.hedge_after,
+    };
+    let cache = match (&options.cache_dir, &remote.etag) {
+        (Some(dir), Some(etag)) => Some(
+            cache::DiskCache::open(
+                dir,
+                remote.store.name(),
+                etag,
+                len,
+                options.chunk_size as u64,
+                options.cache_budget,
+            )
+            .map_err(|e| OpenError::Io(format!("opening the cache in {}", dir.display()), e))?,
+        ),
+        _ => None,
+    };
+    let shared = shared::Shared::new(remote, options.clone(), cache)
+        .map_err(|e| OpenError::Io(format!("mapping {len} bytes for the object"), e))?;
+    let source = ObjectSource::start(shared)
+        .map_err(|e| OpenError::Io("starting the fetch threads".into(), e))?;
+    Ok(Arc::new(source))
+}
+
+/// The length and ETag, retried like any range.
+fn probe(
+    store: &dyn Store,
+    agent: &ureq::Agent,
+    options: &Options,
+) -> Result<(u64, Option<String>), OpenError> {
+    let deadline = Instant::now() + options.deadline;
+    let mut backoff = Backoff::new(options.backoff_initial, options.backoff_max, deadline);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let error = |cause| {
+            OpenError::Fetch(FetchError {
+                object: store.name().to_string(),
+                range: 0..1,
+                cause,
+                attempts,
+            })
+        };
+        match Remote::probe(store, agent) {
+            Ok(found) => return Ok(found),
+            Err(Failure::Fatal(cause)) => return Err(error(cause)),
+            Err(Failure::Transient(why)) => {
+                if !backoff.wait() {
+                    return Err(error(Cause::Deadline(why)));
+                }
+            }
+        }
+    }
+}

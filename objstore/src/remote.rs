@@ -1,0 +1,272 @@
+//! One object in a store, as of the version it was opened on: range requests checked
+//! against its length and ETag, hedged, and classified as transient (retry) or fatal.
+
+use std::io::Read;
+use std::ops::Range;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::{Cause, FetchError};
+use crate::stats::Counters;
+use crate::store::Store;
+
+/// A failed attempt.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// Worth retrying: 5xx, 408, 429, a reset, a timeout, a short body.
+    Transient(String),
+    /// Not: the object changed, a refusal, an unusable answer.
+    Fatal(Cause),
+}
+
+/// The body of a checked range response: exactly the range's bytes follow.
+pub(crate) type Body = Box<dyn Read + Send + Sync + 'static>;
+
+/// The object, its length and ETag, and how to ask for its bytes.
+pub(crate) struct Remote {
+    pub store: Arc<dyn Store>,
+    pub agent: ureq::Agent,
+    pub len: u64,
+    /// The ETag when opened: every later request carries `If-Match` with it, and an answer
+    /// with another ETag is refused.
+    pub etag: Option<String>,
+    pub hedge_after: Option<Duration>,
+}
+
+/// Reads the `ETag` of a response.
+fn etag_of(resp: &ureq::Response) -> Option<String> {
+    resp.header("ETag").map(str::to_string)
+}
+
+/// Parses `bytes a-b/total`.
+fn content_range(value: &str) -> Option<(u64, u64, u64)> {
+    let rest = value.trim().strip_prefix("bytes ")?;
+    let (span, total) = rest.split_once('/')?;
+    let (a, b) = span.split_once('-')?;
+    Some((a.parse().ok()?, b.parse().ok()?, total.parse().ok()?))
+}
+
+/// Classifies a `ureq` error.
+fn classify(err: ureq::Error) -> Failure {
+    match err {
+        ureq::Error::Status(code, resp) => {
+            let text = resp.status_text().to_string();
+            match code {
+                412 => Failure::Fatal(Cause::Changed(format!("If-Match refused: HTTP 412 {text}"))),
+                416 => Failure::Fatal(Cause::Changed(format!(
+                    "range not satisfiable: HTTP 416 {text}; the object is shorter"
+                ))),
+                408 | 429 | 500..=599 => Failure::Transient(format!("HTTP {code} {text}")),
+                _ => {
+                    // S3 explains a refusal in the body (an XML <Code>): keep its start.
+                    let mut body = String::new();
+                    let _ = resp.into_reader().take(512).read_to_string(&mut body);
+                    let why = match (body.find("<Code>"), body.find("</Code>")) {
+                        (Some(a), Some(b)) if a + 6 <= b => body[a + 6..b].to_string(),
+                        _ => text,
+                    };
+                    Failure::Fatal(Cause::Refused(code, why))
+                }
+            }
+        }
+        ureq::Error::Transport(t) => Failure::Transient(t.to_string()),
+    }
+}
+
+impl Remote {
+    /// The object's length and ETag, from `GET bytes=0-0` (a presigned URL allows `GET`
+    /// only, so no `HEAD`).
+    pub(crate) fn probe(
+        store: &dyn Store,
+        agent: &ureq::Agent,
+    ) -> Result<(u64, Option<String>), Failure> {
+        let resp = store
+            .get(agent, &(0..1), None)
+            .map_err(|e| match classify(e) {
+                Failure::Fatal(Cause::Changed(_)) => Failure::Fatal(Cause::Invalid(
+                    "range 0-0 not satisfiable: the object is empty".into(),
+                )),
+                other => other,
+            })?;
+        if resp.status() != 206 {
+            return Err(Failure::Fatal(Cause::Invalid(format!(
+                "HTTP {} to a Range request: the server does not serve ranges",
+                resp.status()
+            ))));
+        }
+        let range = resp.header("Content-Range").unwrap_or("");
+        let (_, _, total) = content_range(range)
+            .ok_or_else(|| Failure::Fatal(Cause::Invalid(format!("Content-Range {range:?}"))))?;
+        let etag = etag_of(&resp);
+        let mut sink = Vec::new();
+        resp.into_reader()
+            .take(2)
+            .read_to_end(&mut sink)
+            .map_err(|e| Failure::Transient(format!("reading: {e}")))?;
+        Ok((total, etag))
+    }
+
+    /// Sends the request for `range`, and a second one if the first has not answered after
+    /// `hedge_after`; the first answer is used, the other dropped (its connection closed).
+    fn send(&self, range: &Range<u64>, counters: &Counters) -> Result<ureq::Response, Failure> {
+        let Some(hedge_after) = self.hedge_after else {
+            counters.request();
+            return self
+                .store
+                .get(&self.agent, range, self.etag.as_deref())
+                .map_err(classify);
+        };
+        let (tx, rx) = mpsc::channel();
+        let spawn = |tx: mpsc::Sender<Result<ureq::Response, ureq::Error>>| {
+            counters.request();
+            let store = self.store.clone();
+            let agent = self.agent.clone();
+            let etag = self.etag.clone();
+            let range = range.clone();
+            std::thread::Builder::new()
+                .name("objstore-req".into())
+                .spawn(move || {
+                    let _ = tx.send(store.get(&agent, &range, etag.as_deref()));
+                })
+                .map_err(|e| Failure::Transient(format!("spawning a request thread: {e}")))
+        };
+        spawn(tx.clone())?;
+        let first = match rx.recv_timeout(hedge_after) {
+            Ok(answer) => answer,
+            Err(_) => {
+                counters.hedge();
+                spawn(tx)?;
+                // Both threads hold a sender (the timeouts of the agent end them), so this
+                // returns.
+                rx.recv()
+                    .map_err(|_| Failure::Transient("request thread vanished".into()))?
+            }
+        };
+        first.map_err(classify)
+    }
+
+    /// A checked response to `range`: 206 with exactly this `Content-Range` of an object of
+    /// the opened length, and the opened ETag.
+    pub(crate) fn open_range(
+        &self,
+        range: &Range<u64>,
+        counters: &Counters,
+    ) -> Result<Body, Failure> {
+        let resp = self.send(range, counters)?;
+        if let (Some(want), Some(got)) = (&self.etag, etag_of(&resp)) {
+            if *want != got {
+                return Err(Failure::Fatal(Cause::Changed(format!(
+                    "ETag {got}, opened as {want}"
+                ))));
+            }
+        }
+        match resp.status() {
+            206 => {
+                let value = resp.header("Content-Range").unwrap_or("").to_string();
+                match content_range(&value) {
+                    Some((a, b, total)) if total != self.len => {
+                        let _ = (a, b);
+                        Err(Failure::Fatal(Cause::Changed(format!(
+                            "length {total}, opened as {}",
+                            self.len
+                        ))))
+                    }
+                    Some((a, b, _)) if a == range.start && b + 1 == range.end => {
+                        Ok(resp.into_reader())
+                    }
+                    _ => Err(Failure::Fatal(Cause::Invalid(format!(
+                        "Content-Range {value:?} for bytes {}-{}",
+                        range.start,
+                        range.end - 1
+                    )))),
+                }
+            }
+            200 if range.start == 0 && range.end == self.len => Ok(resp.into_reader()),
+            status => Err(Failure::Fatal(Cause::Invalid(format!(
+                "HTTP {status} to a Range request"
+            )))),
+        }
+    }
+
+    /// A [`FetchError`] for `range`.
+    pub(crate) fn error(&self, range: Range<u64>, cause: Cause, attempts: u32) -> FetchError {
+        FetchError {
+            object: self.store.name().to_string(),
+            range,
+            cause,
+            attempts,
+        }
+    }
+}
+
+/// Exponential backoff with full jitter, bounded by a deadline.
+pub(crate) struct Backoff {
+    next: Duration,
+    max: Duration,
+    deadline: Instant,
+    rng: u64,
+}
+
+impl Backoff {
+    pub(crate) fn new(initial: Duration, max: Duration, deadline: Instant) -> Backoff {
+        use std::hash::{BuildHasher, Hasher};
+        let seed = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        Backoff {
+            next: initial,
+            max,
+            deadline,
+            rng: seed | 1,
+        }
+    }
+
+    /// Sleeps a random time up to the current bound (then doubles it), never past the
+    /// deadline; `false` when the deadline has passed.
+    pub(crate) fn wait(&mut self) -> bool {
+        let now = Instant::now();
+        if now >= self.deadline {
+            return false;
+        }
+        // xorshift64
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let bound = self.next.as_nanos() as u64;
+        let pause = Duration::from_nanos(if bound == 0 { 0 } else { self.rng % bound });
+        std::thread::sleep(pause.min(self.deadline - now));
+        self.next = (self.next * 2).min(self.max);
+        Instant::now() < self.deadline
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_content_range() {
+        assert_eq!(content_range("bytes 0-0/1234"), Some((0, 0, 1234)));
+        assert_eq!(content_range("bytes 10-19/20"), Some((10, 19, 20)));
+        assert_eq!(content_range("bytes */20"), None);
+        assert_eq!(content_range("items 0-1/2"), None);
+    }
+
+    #[test]
+    fn backoff_stops_at_the_deadline() {
+        let start = Instant::now();
+        let mut b = Backoff::new(
+            Duration::from_millis(1),
+            Duration::from_millis(20),
+            start + Duration::from_millis(100),
+        );
+        let mut n = 0;
+        while b.wait() {
+            n += 1;
+            assert!(n < 10_000);
+        }
+        assert!(start.elapsed() >= Duration::from_millis(100));
+        assert!(start.elapsed() < Duration::from_secs(10));
+    }
+}

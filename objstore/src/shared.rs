@@ -1,0 +1,219 @@
+//! [`Shared`]: the state the fetch threads and the page server's workers share — the buffer
+//! and its page bitmap, each chunk's state (single flight), the work queue, the disk cache —
+//! and what a fault does with it: queue its chunk (and read ahead), then wait for its page.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, PoisonError};
+use std::time::Duration;
+
+use crate::cache::DiskCache;
+use crate::error::{Cause, FetchError};
+use crate::memory::{Arrived, Buffer};
+use crate::queue::{Priority, Task, WorkQueue};
+use crate::remote::Remote;
+use crate::stats::Counters;
+use crate::Options;
+
+// A chunk's state: IDLE -> QUEUED -> RUNNING (claimed by one fetch thread) -> DONE or FAILED.
+pub(crate) const IDLE: u8 = 0;
+pub(crate) const QUEUED: u8 = 1;
+pub(crate) const RUNNING: u8 = 2;
+pub(crate) const DONE: u8 = 3;
+pub(crate) const FAILED: u8 = 4;
+
+/// Everything the fetch threads and the page server's workers share.
+pub(crate) struct Shared {
+    pub(crate) remote: Remote,
+    pub(crate) opts: Options,
+    pub(crate) page: usize,
+    pub(crate) pages_per_chunk: usize,
+    pub(crate) chunks: usize,
+    pub(crate) pages: usize,
+    pub(crate) buffer: Buffer,
+    pub(crate) arrived: Arrived,
+    pub(crate) state: Box<[AtomicU8]>,
+    /// Parts of a running chunk still being fetched (1 or 2).
+    pub(crate) parts_left: Box<[AtomicU8]>,
+    pub(crate) errors: Mutex<Vec<Option<FetchError>>>,
+    pub(crate) queue: WorkQueue,
+    /// Waiters for arrived pages.
+    pub(crate) ready_lock: Mutex<()>,
+    pub(crate) ready: Condvar,
+    pub(crate) closed: AtomicBool,
+    pub(crate) last_demand: AtomicUsize,
+    /// Chunks whose every page has arrived.
+    pub(crate) done: AtomicUsize,
+    pub(crate) cache: Option<DiskCache>,
+    pub(crate) counters: Counters,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        remote: Remote,
+        opts: Options,
+        cache: Option<DiskCache>,
+    ) -> io::Result<Shared> {
+        let page = opts.page_size;
+        let pages_per_chunk = opts.chunk_size / page;
+        let pages = remote.len.div_ceil(page as u64) as usize;
+        let chunks = pages.div_ceil(pages_per_chunk);
+        Ok(Shared {
+            buffer: Buffer::new(pages * page)?,
+            arrived: Arrived::new(pages),
+            state: (0..chunks).map(|_| AtomicU8::new(IDLE)).collect(),
+            parts_left: (0..chunks).map(|_| AtomicU8::new(0)).collect(),
+            errors: Mutex::new(vec![None; chunks]),
+            queue: WorkQueue::new(opts.parallelism),
+            ready_lock: Mutex::new(()),
+            ready: Condvar::new(),
+            closed: AtomicBool::new(false),
+            // No chunk before the first: read-ahead starts at the second consecutive chunk.
+            last_demand: AtomicUsize::new(usize::MAX - 1),
+            done: AtomicUsize::new(0),
+            cache,
+            counters: Counters::default(),
+            remote,
+            page,
+            pages_per_chunk,
+            chunks,
+            pages,
+            opts,
+        })
+    }
+
+    pub(crate) fn chunk_pages(&self, chunk: usize) -> (usize, usize) {
+        let from = chunk * self.pages_per_chunk;
+        (from, (from + self.pages_per_chunk).min(self.pages))
+    }
+
+    /// Whether chunk `k` is in the disk cache (and the cache works).
+    pub(crate) fn cached(&self, k: usize) -> bool {
+        self.cache.as_ref().is_some_and(|c| c.has(k))
+    }
+
+    /// Whether `page` can be served now: arrived, or in the disk cache.
+    pub(crate) fn local(&self, page: usize) -> bool {
+        self.arrived.is_set(page) || self.cached(page / self.pages_per_chunk)
+    }
+
+    /// Answers a fault on `page` from the disk cache, into `scratch`: `None` when its chunk
+    /// is not there or the read failed (the cache is then off).
+    pub(crate) fn read_cached<'a>(
+        &self,
+        page: usize,
+        len: usize,
+        scratch: &'a mut [u8],
+    ) -> Option<&'a [u8]> {
+        let k = page / self.pages_per_chunk;
+        if !self.cached(k) {
+            return None;
+        }
+        let (_, end) = self.chunk_pages(k);
+        let n = len.min((end - page) * self.page);
+        let offset = (page * self.page) as u64;
+        // The last page of the object may be partial: its tail is zeros.
+        let data = n.min((self.remote.len - offset) as usize);
+        let buf = &mut scratch[..n];
+        self.cache.as_ref()?.read(offset, &mut buf[..data]).ok()?;
+        buf[data..].fill(0);
+        self.counters.cache_hit(n as u64);
+        Some(buf)
+    }
+
+    /// Queues `chunk` (from `page`) with `priority` unless it is already running or done.
+    pub(crate) fn want(&self, chunk: usize, page: usize, priority: Priority) {
+        if self.cached(chunk) {
+            return; // read straight from the disk when asked
+        }
+        let state = &self.state[chunk];
+        let s = state.load(Ordering::Acquire);
+        if s != IDLE && s != QUEUED {
+            return;
+        }
+        if s == QUEUED && priority != Priority::Demand {
+            return; // already queued at this priority or above, or lower: a fault bumps it
+        }
+        let _ = state.compare_exchange(IDLE, QUEUED, Ordering::AcqRel, Ordering::Acquire);
+        self.queue.push(Task {
+            chunk,
+            from: page,
+            to: 0,
+            claimed: false,
+            priority,
+        });
+    }
+
+    /// A fault wants `page`: queue its chunk, and read ahead on sequential access.
+    pub(crate) fn demand(&self, page: usize) {
+        let chunk = page / self.pages_per_chunk;
+        self.want(chunk, page, Priority::Demand);
+        let prev = self.last_demand.swap(chunk, Ordering::Relaxed);
+        if prev.wrapping_add(1) == chunk {
+            let ahead = self.opts.parallelism;
+            for next in chunk + 1..(chunk + 1 + ahead).min(self.chunks) {
+                self.want(next, next * self.pages_per_chunk, Priority::Prefetch);
+            }
+        }
+    }
+
+    /// Queues the chunks of a working set in order, then (with `background`) the rest.
+    pub(crate) fn plan(&self) {
+        for &offset in &self.opts.working_set {
+            if offset < self.remote.len {
+                let page = (offset / self.page as u64) as usize;
+                self.want(page / self.pages_per_chunk, page, Priority::Prefetch);
+            }
+        }
+        if self.opts.background {
+            for chunk in 0..self.chunks {
+                self.want(chunk, chunk * self.pages_per_chunk, Priority::Background);
+            }
+        }
+    }
+
+    pub(crate) fn notify(&self) {
+        let _guard = self
+            .ready_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.ready.notify_all();
+    }
+
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.queue.close();
+        self.notify();
+    }
+
+    /// Waits until `page` has arrived, or its chunk failed.
+    pub(crate) fn wait_for(&self, page: usize) -> io::Result<()> {
+        let chunk = page / self.pages_per_chunk;
+        let mut guard = self
+            .ready_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if self.arrived.is_set(page) {
+                return Ok(());
+            }
+            if self.state[chunk].load(Ordering::Acquire) == FAILED {
+                let errors = self.errors.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(e) = &errors[chunk] {
+                    return Err(e.clone().into());
+                }
+            }
+            if self.closed.load(Ordering::Acquire) {
+                let (a, b) = self.chunk_pages(chunk);
+                let range = (a * self.page) as u64..(b * self.page) as u64;
+                return Err(self.remote.error(range, Cause::Closed, 0).into());
+            }
+            // The timeout only guards against a missed wake-up; fetches notify.
+            guard = self
+                .ready
+                .wait_timeout(guard, Duration::from_secs(1))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}

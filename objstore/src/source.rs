@@ -1,0 +1,185 @@
+//! [`ObjectSource`]: the page server's [`PageSource`] over a chunk cache in front of a store.
+//!
+//! A fault asks for a page; if its bytes have not arrived, the page's chunk is queued for the
+//! fetch threads (once, however many workers fault into it) starting at that page, and the
+//! worker waits only until that page's bytes are in — the rest of the chunk streams in
+//! behind it and later faults find it. A chunk that fails for good fails every fault that
+//! waits on it, with the error naming the object, the range and the cause.
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use userfaultfd::serve::{Chunk, PageSource};
+
+use crate::cache::DiskCache;
+use crate::shared::Shared;
+use crate::stats::Stats;
+
+/// A snapshot in object storage, served to the page server: see the [crate docs](crate).
+pub struct ObjectSource {
+    shared: Arc<Shared>,
+    opened: Instant,
+}
+
+impl ObjectSource {
+    pub(crate) fn start(shared: Shared) -> io::Result<ObjectSource> {
+        let shared = Arc::new(shared);
+        for i in 0..shared.opts.parallelism {
+            let s = shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("objstore-fetch-{i}"))
+                .spawn(move || s.fetch_loop());
+            if let Err(e) = spawned {
+                shared.close();
+                return Err(e);
+            }
+        }
+        shared.plan();
+        if let Some(every) = shared.opts.progress {
+            let weak = Arc::downgrade(&shared);
+            let opened = Instant::now();
+            let _ = std::thread::Builder::new()
+                .name("objstore-progress".into())
+                .spawn(move || progress_loop(weak, every, opened));
+        }
+        Ok(ObjectSource {
+            shared,
+            opened: Instant::now(),
+        })
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> Stats {
+        self.shared.counters.snapshot()
+    }
+
+    /// The progress line for now (what [`Options::progress`](crate::Options::progress) prints).
+    pub fn progress_line(&self) -> String {
+        self.stats().line(self.opened.elapsed())
+    }
+
+    /// The object's ETag when it was opened, if the store sent one.
+    pub fn etag(&self) -> Option<&str> {
+        self.shared.remote.etag.as_deref()
+    }
+
+    /// The object's name (URL, or `s3://bucket/key`).
+    pub fn name(&self) -> &str {
+        self.shared.remote.store.name()
+    }
+
+    /// The disk cache's first I/O error, after which it is no longer used (chunks then come
+    /// from the store; a restore never fails because of the cache).
+    pub fn cache_error(&self) -> Option<String> {
+        self.shared.cache.as_ref().and_then(DiskCache::error)
+    }
+
+    /// Whether the page holding byte `offset` of the object has arrived.
+    pub fn arrived(&self, offset: u64) -> bool {
+        let page = (offset / self.shared.page as u64) as usize;
+        page < self.shared.pages && self.shared.local(page)
+    }
+
+    /// An identity for working-set records ([`userfaultfd::serve::SnapshotId`]) from the
+    /// object's length and ETag, read without fetching anything (`SnapshotId::sample` would
+    /// fetch 66 chunks); `None` when the store sent no ETag.
+    pub fn snapshot_id(&self) -> Option<userfaultfd::serve::SnapshotId> {
+        let etag = self.etag()?;
+        // FNV-1a of the ETag.
+        let tag = etag.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        Some(userfaultfd::serve::SnapshotId::new(self.len(), tag))
+    }
+
+    /// Whether every page of the object has arrived.
+    pub fn complete(&self) -> bool {
+        let s = &*self.shared;
+        (0..s.chunks).all(|k| {
+            let (a, b) = s.chunk_pages(k);
+            s.cached(k) || s.arrived.all(a, b)
+        })
+    }
+}
+
+impl std::fmt::Debug for ObjectSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectSource")
+            .field("object", &self.name())
+            .field("len", &self.shared.remote.len)
+            .field("etag", &self.etag())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for ObjectSource {
+    fn drop(&mut self) {
+        self.shared.close();
+        if let Some(cache) = &self.shared.cache {
+            cache.persist();
+        }
+    }
+}
+
+fn progress_loop(shared: std::sync::Weak<Shared>, every: Duration, opened: Instant) {
+    let step = Duration::from_millis(100).min(every);
+    let mut next = Instant::now() + every;
+    loop {
+        std::thread::sleep(step);
+        let Some(s) = shared.upgrade() else { return };
+        if s.closed.load(Ordering::Acquire) {
+            return;
+        }
+        if Instant::now() >= next {
+            eprintln!("{}", s.counters.snapshot().line(opened.elapsed()));
+            next += every;
+        }
+    }
+}
+
+impl PageSource for ObjectSource {
+    fn len(&self) -> u64 {
+        self.shared.remote.len
+    }
+
+    fn fetch<'a>(
+        &'a self,
+        offset: u64,
+        len: usize,
+        scratch: &'a mut [u8],
+    ) -> io::Result<Chunk<'a>> {
+        let s = &*self.shared;
+        let page = offset / s.page as u64;
+        if !offset.is_multiple_of(s.page as u64) || len == 0 || page >= s.pages as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{}: fetch of {len} bytes at {offset}: not whole pages of {} bytes inside \
+                     the object's {} bytes",
+                    s.remote.store.name(),
+                    s.page,
+                    s.remote.len
+                ),
+            ));
+        }
+        let page = page as usize;
+        if !s.arrived.is_set(page) {
+            if let Some(bytes) = s.read_cached(page, len, scratch) {
+                return Ok(Chunk::Data(bytes));
+            }
+            s.counters.wait();
+            s.demand(page);
+            s.wait_for(page)?;
+        }
+        let want = len.div_ceil(s.page);
+        let run = s.arrived.run_end(page, page + want) - page;
+        let bytes = (run * s.page).min(len);
+        // SAFETY: pages `[page, page + run)` have arrived (bitmap, Acquire), so their bytes
+        // are written and never written again; the buffer is `pages * page` bytes long.
+        Ok(Chunk::Data(unsafe {
+            s.buffer.read_slice(page * s.page, bytes)
+        }))
+    }
+}

@@ -1,0 +1,271 @@
+//! Where an object lives: one URL answering `Range` ([`HttpStore`]), or a key in an
+//! S3-compatible bucket, signed with SigV4 ([`S3Store`]). A store only builds and sends one
+//! range `GET`; checking the answer, retries and hedging are [`crate::remote`]'s.
+
+use std::ops::Range;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::OpenError;
+use crate::sigv4::{self, Credentials};
+
+/// Sends one range request for an object.
+pub(crate) trait Store: Send + Sync {
+    /// The object's name in errors and progress lines (the URL, `s3://bucket/key`).
+    fn name(&self) -> &str;
+
+    /// `GET` of `range` (`Range: bytes=a-b`), with `If-Match: etag` when given. (ureq's
+    /// error is large; it is classified at once, one per request.)
+    #[allow(clippy::result_large_err)]
+    fn get(
+        &self,
+        agent: &ureq::Agent,
+        range: &Range<u64>,
+        if_match: Option<&str>,
+    ) -> Result<ureq::Response, ureq::Error>;
+}
+
+fn range_header(range: &Range<u64>) -> String {
+    format!("bytes={}-{}", range.start, range.end - 1)
+}
+
+/// One object at a URL: any server that answers `Range` (nginx, a CDN, an S3 presigned URL).
+#[derive(Debug)]
+pub(crate) struct HttpStore {
+    url: String,
+}
+
+impl HttpStore {
+    pub(crate) fn new(url: &str) -> HttpStore {
+        HttpStore { url: url.into() }
+    }
+}
+
+impl Store for HttpStore {
+    fn name(&self) -> &str {
+        // A presigned URL's query holds a signature: never print it.
+        self.url.split('?').next().unwrap_or(&self.url)
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn get(
+        &self,
+        agent: &ureq::Agent,
+        range: &Range<u64>,
+        if_match: Option<&str>,
+    ) -> Result<ureq::Response, ureq::Error> {
+        let mut req = agent.get(&self.url).set("Range", &range_header(range));
+        if let Some(etag) = if_match {
+            req = req.set("If-Match", etag);
+        }
+        req.call()
+    }
+}
+
+/// Where and how to reach an S3-compatible store. [`S3Config::from_env`] reads it the way
+/// the AWS tools do.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct S3Config {
+    /// `scheme://host[:port]` of the store. Default: `https://s3.{region}.amazonaws.com`.
+    pub endpoint: Option<String>,
+    /// The signing region. Default `us-east-1`.
+    pub region: String,
+    /// Access key id; `None` sends unsigned requests (a public bucket).
+    pub access_key_id: Option<String>,
+    /// Secret access key.
+    pub secret_access_key: Option<String>,
+    /// Session token of temporary credentials (`x-amz-security-token`).
+    pub session_token: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`, what local stores want) instead of
+    /// virtual-hosted (`bucket.endpoint/key`). Default: path-style for an endpoint that is an
+    /// IP address or `localhost`, virtual-hosted otherwise.
+    pub path_style: Option<bool>,
+}
+
+impl S3Config {
+    /// From the environment, as the AWS CLI and SDKs read it: `AWS_ENDPOINT_URL_S3` or
+    /// `AWS_ENDPOINT_URL`, `AWS_REGION` or `AWS_DEFAULT_REGION`, `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`; and `AWS_S3_FORCE_PATH_STYLE`
+    /// (`true`/`false`) for the addressing style.
+    pub fn from_env() -> S3Config {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        S3Config {
+            endpoint: var("AWS_ENDPOINT_URL_S3").or_else(|| var("AWS_ENDPOINT_URL")),
+            region: var("AWS_REGION")
+                .or_else(|| var("AWS_DEFAULT_REGION"))
+                .unwrap_or_else(|| "us-east-1".into()),
+            access_key_id: var("AWS_ACCESS_KEY_ID"),
+            secret_access_key: var("AWS_SECRET_ACCESS_KEY"),
+            session_token: var("AWS_SESSION_TOKEN"),
+            path_style: var("AWS_S3_FORCE_PATH_STYLE").map(|v| v == "true" || v == "1"),
+        }
+    }
+}
+
+/// A key in an S3-compatible bucket, each request signed with SigV4.
+#[derive(Debug)]
+pub(crate) struct S3Store {
+    name: String,
+    url: String,
+    host: String,
+    path: String,
+    region: String,
+    creds: Option<Credentials>,
+}
+
+impl S3Store {
+    pub(crate) fn new(bucket: &str, key: &str, config: &S3Config) -> Result<S3Store, OpenError> {
+        let endpoint = config
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| format!("https://s3.{}.amazonaws.com", config.region));
+        let (scheme, host) = endpoint
+            .split_once("://")
+            .ok_or_else(|| OpenError::Config(format!("endpoint {endpoint:?} has no scheme")))?;
+        let host = host.trim_end_matches('/');
+        if !(scheme == "http" || scheme == "https") || host.is_empty() || host.contains('/') {
+            return Err(OpenError::Config(format!(
+                "endpoint {endpoint:?} is not http(s)://host[:port]"
+            )));
+        }
+        let bare = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        let local = bare == "localhost" || bare.parse::<std::net::IpAddr>().is_ok();
+        let path_style = config.path_style.unwrap_or(local);
+        let key_path = sigv4::uri_encode(key, true);
+        let (host, path) = if path_style {
+            (host.to_string(), format!("/{bucket}/{key_path}"))
+        } else {
+            (format!("{bucket}.{host}"), format!("/{key_path}"))
+        };
+        let creds = match (&config.access_key_id, &config.secret_access_key) {
+            (Some(a), Some(s)) => Some(Credentials {
+                access_key: a.clone(),
+                secret_key: s.clone(),
+                session_token: config.session_token.clone(),
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(OpenError::Config(
+                    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set together".into(),
+                ))
+            }
+        };
+        Ok(S3Store {
+            name: format!("s3://{bucket}/{key}"),
+            url: format!("{scheme}://{host}{path}"),
+            host,
+            path,
+            region: config.region.clone(),
+            creds,
+        })
+    }
+}
+
+impl Store for S3Store {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn get(
+        &self,
+        agent: &ureq::Agent,
+        range: &Range<u64>,
+        if_match: Option<&str>,
+    ) -> Result<ureq::Response, ureq::Error> {
+        let mut req = agent
+            .get(&self.url)
+            .set("Host", &self.host)
+            .set("Range", &range_header(range));
+        if let Some(etag) = if_match {
+            req = req.set("If-Match", etag);
+        }
+        if let Some(creds) = &self.creds {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let date = sigv4::timestamp(now);
+            let mut headers = vec![
+                ("host", self.host.clone()),
+                ("x-amz-content-sha256", sigv4::EMPTY_SHA256.to_string()),
+                ("x-amz-date", date.clone()),
+            ];
+            if let Some(token) = &creds.session_token {
+                headers.push(("x-amz-security-token", token.clone()));
+                req = req.set("x-amz-security-token", token);
+            }
+            let auth = sigv4::authorization(
+                creds,
+                &date,
+                &self.region,
+                "s3",
+                &sigv4::Request {
+                    method: "GET",
+                    path: &self.path,
+                    query: "",
+                    headers,
+                    payload_sha256: sigv4::EMPTY_SHA256,
+                },
+            );
+            req = req
+                .set("x-amz-content-sha256", sigv4::EMPTY_SHA256)
+                .set("x-amz-date", &date)
+                .set("Authorization", &auth);
+        }
+        req.call()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(endpoint: Option<&str>, path_style: Option<bool>) -> S3Config {
+        S3Config {
+            endpoint: endpoint.map(str::to_string),
+            region: "eu-west-1".into(),
+            access_key_id: Some("AKID".into()),
+            secret_access_key: Some("SECRET".into()),
+            session_token: None,
+            path_style,
+        }
+    }
+
+    #[test]
+    fn addressing() {
+        let s = S3Store::new("b", "vm 1/mem", &config(None, None)).unwrap();
+        assert_eq!(s.url, "https://b.s3.eu-west-1.amazonaws.com/vm%201/mem");
+        assert_eq!(s.host, "b.s3.eu-west-1.amazonaws.com");
+        assert_eq!(s.name(), "s3://b/vm 1/mem");
+        let s = S3Store::new("b", "k", &config(Some("http://127.0.0.1:9000/"), None)).unwrap();
+        assert_eq!(s.url, "http://127.0.0.1:9000/b/k");
+        assert_eq!(s.host, "127.0.0.1:9000");
+        let s = S3Store::new("b", "k", &config(Some("https://minio.lan"), Some(true))).unwrap();
+        assert_eq!(s.url, "https://minio.lan/b/k");
+        let s = S3Store::new(
+            "b",
+            "k",
+            &config(Some("http://localhost:9000"), Some(false)),
+        )
+        .unwrap();
+        assert_eq!(s.url, "http://b.localhost:9000/k");
+    }
+
+    #[test]
+    fn bad_configuration_is_named() {
+        let e = S3Store::new("b", "k", &config(Some("127.0.0.1:9000"), None)).unwrap_err();
+        assert!(e.to_string().contains("has no scheme"), "{e}");
+        let e = S3Store::new("b", "k", &config(Some("ftp://x"), None)).unwrap_err();
+        assert!(e.to_string().contains("not http(s)://host[:port]"), "{e}");
+        let mut c = config(None, None);
+        c.secret_access_key = None;
+        let e = S3Store::new("b", "k", &c).unwrap_err();
+        assert!(e.to_string().contains("must be set together"), "{e}");
+    }
+
+    #[test]
+    fn presigned_url_name_hides_the_signature() {
+        let h = HttpStore::new("https://b.s3.amazonaws.com/k?X-Amz-Signature=abc");
+        assert_eq!(h.name(), "https://b.s3.amazonaws.com/k");
+    }
+}

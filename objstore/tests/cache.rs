@@ -1,0 +1,124 @@
+//! The disk cache over a real nginx: a second restore reads nothing from the network; a
+//! changed object invalidates it; the budget bounds it; a damaged cache falls back to the
+//! network with every byte right.
+
+mod support;
+
+use std::time::Duration;
+
+use support::nginx::Nginx;
+use support::restore::{shuffled, Restore, PAGE};
+use support::{write_snapshot, TempDir};
+use userfaultfd_objstore::{open, Options};
+
+const MIB: u64 = 1 << 20;
+const LEN: u64 = 16 * MIB;
+
+fn options(cache: &TempDir) -> Options {
+    let mut o = Options::default();
+    o.chunk_size = 1 << 20;
+    o.cache_dir = Some(cache.path().to_path_buf());
+    o.hedge_after = None;
+    o
+}
+
+/// A restore from `url`, every page touched in random order and checked against `version`;
+/// the source's stats.
+fn restore(url: &str, opts: &Options, version: u64) -> userfaultfd_objstore::Stats {
+    let source = open(url, opts).unwrap();
+    let r = Restore::start(source.clone(), LEN as usize, 2);
+    r.touch(
+        &shuffled(LEN as usize / PAGE, version),
+        2,
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert_eq!(r.mismatches(version), Vec::<usize>::new());
+    assert_eq!(source.cache_error(), None);
+    source.stats()
+}
+
+fn cache_files(dir: &TempDir, ext: &str) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect()
+}
+
+#[test]
+fn second_restore_reads_nothing_from_the_network() {
+    let Some(nginx) = Nginx::start() else { return };
+    let cache = TempDir::new("cache");
+    let path = nginx.www().join("mem");
+    write_snapshot(&path, 1, LEN);
+    let opts = options(&cache);
+    let cold = restore(&nginx.url("mem"), &opts, 1);
+    assert!(cold.requests >= 16 && cold.cache_reads == 0, "{cold:?}");
+    let warm = restore(&nginx.url("mem"), &opts, 1);
+    assert_eq!(warm.requests, 0, "{warm:?}");
+    assert_eq!(warm.bytes_fetched, 0, "{warm:?}");
+    assert!(warm.cache_bytes >= LEN, "{warm:?}");
+
+    // The object changes: the cache of the old version is not used, and is deleted.
+    std::thread::sleep(Duration::from_millis(1100));
+    write_snapshot(&path, 2, LEN);
+    let changed = restore(&nginx.url("mem"), &opts, 2);
+    assert_eq!(changed.cache_reads, 0, "{changed:?}");
+    assert_eq!(changed.bytes_fetched, LEN, "{changed:?}");
+    assert_eq!(cache_files(&cache, "data").len(), 1);
+    let again = restore(&nginx.url("mem"), &opts, 2);
+    assert_eq!(again.requests, 0, "{again:?}");
+}
+
+#[test]
+fn budget_bounds_the_cache() {
+    let Some(nginx) = Nginx::start() else { return };
+    let cache = TempDir::new("cache");
+    write_snapshot(&nginx.www().join("mem"), 3, LEN);
+    let mut opts = options(&cache);
+    opts.cache_budget = 4 * MIB;
+    restore(&nginx.url("mem"), &opts, 3);
+    let data = &cache_files(&cache, "data")[0];
+    let blocks = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(data).unwrap());
+    assert!(blocks * 512 <= 4 * MIB, "{} bytes on disk", blocks * 512);
+    let warm = restore(&nginx.url("mem"), &opts, 3);
+    assert!(warm.cache_bytes >= 4 * MIB, "{warm:?}");
+    assert_eq!(warm.bytes_fetched, 12 * MIB, "{warm:?}");
+}
+
+/// The cache file loses its end while closed: its marks are void, everything comes from
+/// the network. It loses its end under an open source (a failing disk): the short read turns
+/// the cache off, the chunks come from the network. Every byte right in both.
+#[test]
+fn damaged_cache_falls_back_to_the_network() {
+    let Some(nginx) = Nginx::start() else { return };
+    let cache = TempDir::new("cache");
+    write_snapshot(&nginx.www().join("mem"), 4, LEN);
+    let opts = options(&cache);
+    restore(&nginx.url("mem"), &opts, 4);
+    let data = &cache_files(&cache, "data")[0];
+    let cut = |len| {
+        let f = std::fs::OpenOptions::new().write(true).open(data).unwrap();
+        f.set_len(len).unwrap();
+    };
+    cut(LEN / 2);
+    let stats = restore(&nginx.url("mem"), &opts, 4);
+    assert_eq!(stats.cache_reads, 0, "{stats:?}");
+    assert_eq!(stats.bytes_fetched, LEN, "{stats:?}");
+
+    // Now whole again (the restore above rewrote it); cut it under an open source.
+    let source = open(&nginx.url("mem"), &opts).unwrap();
+    cut(LEN / 2);
+    let r = Restore::start(source.clone(), LEN as usize, 2);
+    r.touch(
+        &shuffled(LEN as usize / PAGE, 9),
+        2,
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert_eq!(r.mismatches(4), Vec::<usize>::new());
+    let error = source.cache_error().expect("a cache read error");
+    assert!(error.contains("reading the cache"), "{error}");
+    assert!(source.stats().bytes_fetched > 0, "{:?}", source.stats());
+}

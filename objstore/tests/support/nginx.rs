@@ -1,0 +1,101 @@
+//! nginx (Debian's nginx-light) serving a directory on 127.0.0.1: its own configuration in a
+//! temporary directory, its own port, in the foreground, killed on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use super::{free_port, machine_lacks, wait_listening, TempDir};
+
+pub struct Nginx {
+    child: Option<Child>,
+    pub port: u16,
+    dir: TempDir,
+}
+
+const BINARY: &str = "/usr/sbin/nginx";
+
+impl Nginx {
+    /// nginx serving the files of `www()`; `None` (a skip notice printed) when nginx is not
+    /// installed.
+    #[track_caller]
+    pub fn start() -> Option<Nginx> {
+        if !Path::new(BINARY).exists() {
+            machine_lacks("nginx (Debian package nginx-light)");
+            return None;
+        }
+        let dir = TempDir::new("nginx");
+        std::fs::create_dir_all(dir.path().join("www")).unwrap();
+        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        let mut n = Nginx {
+            child: None,
+            port: free_port(),
+            dir,
+        };
+        n.spawn();
+        Some(n)
+    }
+
+    /// The directory nginx serves.
+    pub fn www(&self) -> PathBuf {
+        self.dir.path().join("www")
+    }
+
+    /// `http://127.0.0.1:port/name`.
+    pub fn url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/{name}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let d = self.dir.path().display();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+             error_log {d}/error.log;\nevents {{ worker_connections 512; }}\n\
+             http {{\n access_log off;\n client_body_temp_path {d}/tmp;\n proxy_temp_path {d}/tmp;\n\
+             fastcgi_temp_path {d}/tmp;\n uwsgi_temp_path {d}/tmp;\n scgi_temp_path {d}/tmp;\n\
+             keepalive_requests 100000;\n sendfile on;\n\
+             server {{ listen 127.0.0.1:{}; root {d}/www; location / {{ }} }}\n}}\n",
+            self.port
+        );
+        let path = self.dir.path().join("nginx.conf");
+        std::fs::write(&path, conf).unwrap();
+        let child = Command::new(BINARY)
+            .arg("-p")
+            .arg(self.dir.path())
+            .arg("-e")
+            .arg(self.dir.path().join("error.log"))
+            .arg("-c")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting nginx");
+        self.child = Some(child);
+        assert!(
+            wait_listening(self.port),
+            "nginx did not listen on 127.0.0.1:{}: {}",
+            self.port,
+            std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+        );
+    }
+
+    /// Stops nginx (connections are refused until [`restart`](Self::restart)).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts nginx again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
