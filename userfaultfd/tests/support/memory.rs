@@ -116,15 +116,17 @@ impl Region {
             memory,
             file,
         };
-        region.ptr = region.map_view()?;
+        region.ptr = region.map_view(false)?;
         Some(region)
     }
 
-    /// Maps the region's pages, or for a shared type another view of the same file.
+    /// Maps the region's pages, or for a shared type another view of the same file
+    /// (`MAP_SHARED`, or `MAP_PRIVATE` if `private`).
     #[track_caller]
-    fn map_view(&self) -> Option<*mut u8> {
+    fn map_view(&self, private: bool) -> Option<*mut u8> {
         let (flags, fd) = match &self.file {
             None => (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1),
+            Some(fd) if private => (libc::MAP_PRIVATE, fd.as_raw_fd()),
             Some(fd) => (libc::MAP_SHARED, fd.as_raw_fd()),
         };
         // SAFETY: a new mapping at an address of the kernel's choosing; nothing lives there.
@@ -163,7 +165,23 @@ impl Region {
     /// without faulting through the registered view.
     pub fn second_view(&self) -> Region {
         assert!(self.file.is_some(), "only shared memory has a second view");
-        let ptr = self.map_view().expect("second view of a mapped region");
+        let ptr = self
+            .map_view(false)
+            .expect("second view of a mapped region");
+        self.view_at(ptr)
+    }
+
+    /// A private mapping (`MAP_PRIVATE`) of the same file (shared types only): it reads the
+    /// file's pages until written or discarded. `None` (after reporting a machine skip) when
+    /// huge pages for its reservation are not available.
+    #[track_caller]
+    pub fn private_view(&self) -> Option<Region> {
+        assert!(self.file.is_some(), "only shared memory has a private view");
+        let ptr = self.map_view(true)?;
+        Some(self.view_at(ptr))
+    }
+
+    fn view_at(&self, ptr: *mut u8) -> Region {
         Region {
             ptr,
             len: self.len,

@@ -33,6 +33,18 @@ pub fn spawn_named<T: Send + 'static>(
     Waitable { done, handle }
 }
 
+impl<T> Waitable<T> {
+    /// Whether the thread has finished (then [`join_timeout`] returns at once).
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+
+    /// The thread's name.
+    pub fn name(&self) -> String {
+        self.handle.thread().name().unwrap_or("?").to_string()
+    }
+}
+
 /// Waits for the thread to finish; panics (naming it) after [`TIMEOUT`], or if it panicked.
 #[track_caller]
 pub fn join_timeout<T>(w: Waitable<T>) -> T {
