@@ -7,9 +7,10 @@ use std::time::Instant;
 
 use libc::c_void;
 
-use super::region::{AddressMap, Backend, Mapping};
+use super::region::{AddressMap, Mapping};
 use super::shared::{lock_write, uffd_error, Shared, Stop};
 use super::stats::{add, Counters};
+use super::ServeError;
 use crate::{Errno, Event, EventBuffer};
 
 /// Messages read and not yet handled: a worker's batch buffer and its queue of faults.
@@ -37,9 +38,15 @@ impl Inbox {
             .map_err(|e| uffd_error("reading messages", e))?;
         let now = Instant::now();
         let count = events.len();
+        let mut outside = None;
         for event in events {
             match event.map_err(|e| uffd_error("decoding a message", e))? {
                 Event::Pagefault { addr, .. } => {
+                    // Checked against the map as it is when the fault is read (an address
+                    // unmapped after that is answered by a wake when served).
+                    if map.find(addr as usize).is_none() {
+                        outside.get_or_insert(addr as u64);
+                    }
                     self.pending.push_back((addr as usize, now));
                     continue;
                 }
@@ -67,12 +74,18 @@ impl Inbox {
             shared.epoch.fetch_add(1, Ordering::Release);
         }
         drop(map);
+        if let Some(addr) = outside {
+            // Fatal: answered by the error policy (the faults read stay queued, and are
+            // answered as every outstanding fault is when a worker stops).
+            return Err(Stop::Failed(ServeError::FaultOutsideRegions { addr }));
+        }
         Ok(count)
     }
 }
 
-/// Marks the pages of `[start, end)` discarded (or, for a shared page-cache mapping, only no
-/// longer placed), rounding out to whole pages.
+/// Marks the pages of `[start, end)` discarded, rounding out to whole pages: none of them is
+/// placed again unless the process faults it (what a fault on it gets depends on the
+/// backend: zeros, or for a shared page-cache mapping the file's page).
 pub(crate) fn apply_remove(
     shared: &Shared,
     map: &AddressMap,
@@ -85,13 +98,7 @@ pub(crate) fn apply_remove(
         let first = m.first_page;
         // Mappings are page aligned: a range starting inside a page covers it from its start.
         let last = m.first_page + (m.addr % ps + m.len).div_ceil(ps);
-        let state = &shared.pages[m.region];
-        if shared.regions[m.region].backend == (Backend::Continue { private: false }) {
-            // The page cache keeps the contents (the mapping is the file): nothing to zero.
-            state.mark_unplaced(first, last);
-        } else {
-            state.mark_discarded(first, last);
-        }
+        shared.pages[m.region].mark_discarded(first, last);
         add(&counters.removed_pages, (last - first) as u64);
     }
 }

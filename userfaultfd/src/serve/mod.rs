@@ -226,6 +226,13 @@ pub enum ServeError {
         /// The length answered.
         got: usize,
     },
+    /// A fault at an address outside every served region: a range registered with the
+    /// server's descriptor by someone else, or a region grown by `mremap` (its new part is
+    /// registered, but the server has nothing to place there).
+    FaultOutsideRegions {
+        /// The faulting address (as the kernel reported it).
+        addr: u64,
+    },
     /// A worker panicked (the payload's message).
     WorkerPanicked(String),
     /// The working set to replay was refused (recorded on another snapshot, or with another
@@ -258,6 +265,12 @@ impl fmt::Display for ServeError {
                 f,
                 "page server: the page source answered {got} bytes for {asked} at offset \
                  {offset:#x} (must be a non-empty whole number of pages, at most what was asked)"
+            ),
+            ServeError::FaultOutsideRegions { addr } => write!(
+                f,
+                "page server: a fault at {addr:#x} is outside every served region (a range \
+                 registered with the server's userfaultfd by someone else, or a region grown \
+                 by mremap): nothing to place there"
             ),
             ServeError::WorkerPanicked(msg) => write!(f, "page server: a worker panicked: {msg}"),
             ServeError::WorkingSet(e) => write!(f, "page server: replay: {e}"),

@@ -78,9 +78,27 @@ impl PageState {
         self.placed.set_range(from, to, false);
     }
 
-    /// These pages are no longer known to be present (but not discarded).
-    pub fn mark_unplaced(&self, from: usize, to: usize) {
-        self.placed.set_range(from, to, false);
+    /// Whether the page needs no placement unless faulted: placed, or discarded by the
+    /// process (a discarded page is placed again only when the process faults it).
+    #[inline]
+    pub fn settled(&self, page: usize) -> bool {
+        self.placed.get(page) || self.discarded.get(page)
+    }
+
+    /// The end of the run of pages from `from` (excluded `to`) with the same settled state.
+    #[inline]
+    pub fn settled_run_end(&self, from: usize, to: usize, settled: bool) -> usize {
+        let mut i = from;
+        while i < to && self.settled(i) == settled {
+            i += 1;
+        }
+        i
+    }
+
+    /// Whether a page of `[from, to)` other than `except` is discarded.
+    #[inline]
+    pub fn any_discarded(&self, from: usize, to: usize, except: Option<usize>) -> bool {
+        (from..to).any(|i| Some(i) != except && self.is_discarded(i))
     }
 
     /// The end of the run of pages from `from` (excluded `to`) with the same placed state.

@@ -87,8 +87,9 @@ impl<'a> Placer<'a> {
 }
 
 impl Placer<'_> {
-    /// Places the unplaced pages of the fault-around block holding region page `page` of
-    /// `m` (for a fault: `page` itself first, whatever its recorded state, and woken).
+    /// Places the pages of the fault-around block holding region page `page` of `m` that are
+    /// neither placed nor discarded (for a fault: `page` itself first, whatever its recorded
+    /// state, and woken). A page the process discarded is placed again only when it faults.
     pub fn block(
         &self,
         m: &Mapping,
@@ -109,11 +110,11 @@ impl Placer<'_> {
                 // The faulting page is placed (or found present and woken) even if recorded
                 // as placed: the record could predate a zap the server was not told about.
                 let forced = origin == Origin::Fault && i == page;
-                if !forced && state.is_placed(i) {
-                    i = state.run_end(i, to, true);
+                if !forced && state.settled(i) {
+                    i = state.settled_run_end(i, to, true);
                     continue;
                 }
-                let j = state.run_end(i + 1, to, false);
+                let j = state.settled_run_end(i + 1, to, false);
                 let flow = self.run(m, i, j, page, origin, scratch)?;
                 if flow != Flow::Done {
                     return Ok(flow);
@@ -260,8 +261,11 @@ impl Placer<'_> {
         if self.shared.epoch.load(Ordering::Acquire) != self.epoch {
             return Ok(Flow::Restart); // unmapped or moved since the lookup
         }
-        // Contents that a discard since the decision would make stale: checked here, under
-        // the lock, so that an unrelated REMOVE does not restart the placement.
+        // Checked here, under the lock (so that an unrelated REMOVE does not restart the
+        // placement): no page of the range was discarded since the decision. Contents a
+        // discard makes stale (the source's, or a private mapping's file page) must not
+        // land on any of them; nor may anything land on a discarded page other than the
+        // faulting one (what the process gave back is placed again only when it faults).
         let stale_if_discarded = match fill {
             Fill::Copy(_) => !zero_fill,
             Fill::Zero => false,
@@ -269,13 +273,18 @@ impl Placer<'_> {
                 self.shared.regions[m.region].backend != (Backend::Continue { private: false })
             }
         };
-        if stale_if_discarded && state.discarded_run_end(from, to, false) != to {
+        let exempt = (origin == Origin::Fault && !stale_if_discarded).then_some(fault);
+        if state.any_discarded(from, to, exempt) {
             return Ok(Flow::Restart);
         }
         let mut i = from;
         let mut idle = 0u32;
+        // Pages per ioctl: halved after an `ENOENT` (the range crosses the end of a VMA),
+        // reset after a success.
+        let mut limit = usize::MAX;
         while i < to {
-            let (dst, len) = (addr_of(i), (to - i) * ps);
+            let n = (to - i).min(limit);
+            let (dst, len) = (addr_of(i), n * ps);
             let result = match fill {
                 // SAFETY: the destination is a served region, whose contents belong to the
                 // source by the caller of `ServerBuilder::start`; the source bytes are
@@ -325,8 +334,7 @@ impl Placer<'_> {
                                 }
                                 guard = lock_read(&self.shared.map);
                                 if self.shared.epoch.load(Ordering::Acquire) != self.epoch
-                                    || (stale_if_discarded
-                                        && state.discarded_run_end(i, to, false) != to)
+                                    || state.any_discarded(i, to, exempt)
                                 {
                                     return Ok(Flow::Restart);
                                 }
@@ -347,8 +355,26 @@ impl Placer<'_> {
                         i += 1;
                         continue;
                     }
-                    // Unmapped meanwhile (its UNMAP is being read): nothing to serve.
-                    Some(Errno::ENOENT) => return Ok(Flow::Done),
+                    // The range is not inside one registered VMA: it crosses a VMA
+                    // boundary made after registration (`mprotect`, `mlock`), or part of it
+                    // was unmapped (without `EVENT_UNMAP`, or its event not yet read). Try
+                    // fewer pages; a single page that is not registered is left out, and if
+                    // it is the faulting one, its thread is woken: it retries the access and
+                    // meets the kernel's verdict (a fault is never left unanswered).
+                    Some(Errno::ENOENT) if n > 1 => {
+                        limit = n / 2;
+                        continue;
+                    }
+                    Some(Errno::ENOENT) => {
+                        if i == fault && origin == Origin::Fault {
+                            self.shared
+                                .uffd
+                                .wake(dst, ps)
+                                .map_err(|e| uffd_error("waking a faulting thread", e))?;
+                        }
+                        i += 1;
+                        continue;
+                    }
                     // CONTINUE of a page the page cache lacks (a hole): a zero page.
                     Some(Errno::EFAULT) if matches!(fill, Fill::Continue) => {
                         match self.zero_one(m, i, fault, origin)? {
@@ -372,6 +398,7 @@ impl Placer<'_> {
             self.count(i, i + done, fault, fill, zero_fill, origin, ps);
             state.mark_placed(i, i + done);
             i += done;
+            limit = usize::MAX;
         }
         drop(guard);
         Ok(Flow::Done)
@@ -403,11 +430,18 @@ impl Placer<'_> {
             Ok(_) => self.count(page, page + 1, fault, Fill::Zero, true, origin, ps),
             Err(e) => match e.errno() {
                 Some(Errno::EAGAIN) => return Ok(Flow::ReadEvents),
-                Some(Errno::EEXIST | Errno::ENOENT) => {
+                Some(Errno::EEXIST) => {
                     add(&self.counters.eexist, 1);
                     if page == fault && origin == Origin::Fault {
                         let _ = self.shared.uffd.wake(dst, ps);
                     }
+                }
+                // Not registered (see `place`): left out; its faulting thread is woken.
+                Some(Errno::ENOENT) => {
+                    if page == fault && origin == Origin::Fault {
+                        let _ = self.shared.uffd.wake(dst, ps);
+                    }
+                    return Ok(Flow::Done);
                 }
                 _ => return Err(uffd_error("placing a zero page for a page-cache hole", e)),
             },

@@ -43,8 +43,16 @@ impl Worker {
         }
     }
 
-    /// Serves until stopped.
+    /// Serves until stopped; then answers every fault it read and did not serve (see
+    /// [`wake_outstanding`]).
     pub fn run(&mut self) -> Result<(), Stop> {
+        let result = self.serve();
+        let pending = &mut self.inbox.get_mut().pending;
+        wake_outstanding(&self.shared, pending.drain(..).map(|(addr, _)| addr));
+        result
+    }
+
+    fn serve(&mut self) -> Result<(), Stop> {
         loop {
             loop {
                 let next = self.inbox.get_mut().pending.pop_front();
@@ -183,5 +191,18 @@ impl Worker {
             }
             return Ok(());
         }
+    }
+}
+
+/// Wakes the threads of faults that were read and will not be served (the server stops):
+/// each retries its access, which faults again, so that its fault is pending on the
+/// descriptor for whoever reads it next (another worker, or the owner of
+/// [`Finished::uffd`](super::Finished::uffd)) instead of being lost with the server; a page
+/// poisoned meanwhile raises `SIGBUS` instead. A base page at the reported address covers a
+/// huge page's waiters too (the kernel reports the huge page's address).
+pub(crate) fn wake_outstanding(shared: &Shared, addrs: impl Iterator<Item = usize>) {
+    let ps = super::source::page_size();
+    for addr in addrs {
+        let _ = shared.uffd.wake((addr & !(ps - 1)) as *mut c_void, ps);
     }
 }
