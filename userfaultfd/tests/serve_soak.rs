@@ -11,8 +11,19 @@
 //! | memory | mapping | backend | discards |
 //! |---|---|---|---|
 //! | anonymous | private | `Copy` | `MADV_DONTNEED`, `MADV_FREE` |
+//! | hugetlbfs (2 MiB, `MAP_HUGETLB`) | private anonymous | `Copy` | `MADV_DONTNEED` |
 //! | shmem (memfd), hugetlbfs (2 MiB memfd) | shared | `Copy`, `Continue { private: false }` | `MADV_DONTNEED`, `MADV_REMOVE`, `fallocate(PUNCH_HOLE)` |
 //! | shmem, hugetlbfs | private | `Copy`, `Continue { private: true }` | `MADV_DONTNEED` |
+//!
+//! Each configuration runs rounds of at most half a second, each from empty memory (2048
+//! base pages, or 16 huge pages) with other settings: 1 to 3 workers, fault-around of 8, 16 or
+//! 64 pages (2 or 4 huge pages), the background fill on or off. In a round: three threads
+//! read random pages; one discards discardable pages one at a time; one makes a random range
+//! read-only (`mprotect`) or, when privileged and not on hugetlbfs (whose VMAs `mlock` does not
+//! split), locks it (`mlock2(MLOCK_ONFAULT)`), for up to a millisecond, then restores it, and
+//! every eighth time forks a child instead. The `Copy` source sleeps 2 ms on every 16th read
+//! (`Continue` does not read the source: the page cache holds the snapshot, its zero pages
+//! left as holes).
 //!
 //! What a page may hold (the served semantics, see `userfaultfd::serve` and `Backend`): a page
 //! never discarded holds exactly the source's bytes. A page the workload discards (every
@@ -25,16 +36,17 @@
 //! registration and sees the parent's memory as it was at the fork. The child checks: a page
 //! the parent had read (and found right) before the fork holds the source's bytes; on
 //! anonymous memory a page not yet placed is empty (zeros); with `Continue` the page cache
-//! holds the snapshot, so every page not discarded is the source's. On a `Copy` file mapping
-//! the child reads only pages the parent had read: reading a hole would put a zero page into
-//! the file, which the parent would then map without a fault (the docs' advice: fork only
-//! after the regions are filled, or `MADV_DONTFORK`).
+//! holds the snapshot, so every page not discarded is the source's. On the other `Copy`
+//! mappings the child reads only pages the parent had read: reading a hole of a file would put
+//! a zero page into it, which the parent would then map without a fault (the docs' advice:
+//! fork only after the regions are filled, or `MADV_DONTFORK`), and on hugetlbfs it would take
+//! huge pages from the pool.
 //!
 //! The discarder pauses 50 µs between discards: a discarder that never pauses can starve the
 //! faults on Linux 6.1 (the kernel refuses placements while its events are pending; see the
 //! serve docs, "Discards without pause").
 //!
-//! Environment: `SERVE_SOAK_SECS` seconds per configuration (default 0.5; `ci/serve-soak`
+//! Environment: `SERVE_SOAK_SECS` seconds per configuration (default 0.25; `ci/serve-soak`
 //! runs minutes), `SERVE_SOAK_DEADLINE` seconds per access before it is a hang (default 10),
 //! `SERVE_SOAK_ONLY` the configurations whose name contains it (as printed: "shmem shared").
 //! Per configuration it prints faults/s, hangs and mismatches; any hang or mismatch fails.
@@ -63,19 +75,27 @@ struct Kind {
     private: bool,
     /// `Backend::Continue` (the page cache holds the snapshot) instead of `Backend::Copy`.
     minor: bool,
+    /// A mapping of a memfd (else `MAP_PRIVATE | MAP_ANONYMOUS`, with `MAP_HUGETLB` for
+    /// hugetlbfs).
+    file: bool,
 }
 
-const KINDS: [Kind; 9] = {
+const KINDS: [Kind; 10] = {
     const fn k(memory: MemoryType, private: bool, minor: bool) -> Kind {
         Kind {
             memory,
             private,
             minor,
+            file: !matches!(memory, MemoryType::Anonymous),
         }
     }
     use MemoryType::{Anonymous, Hugetlb, Shmem};
     [
         k(Anonymous, true, false),
+        Kind {
+            file: false,
+            ..k(Hugetlb, true, false)
+        },
         k(Shmem, false, false),
         k(Shmem, true, false),
         k(Shmem, false, true),
@@ -104,7 +124,11 @@ impl Kind {
             MemoryType::Shmem => "shmem",
             MemoryType::Hugetlb => "hugetlb",
         };
-        let mapping = if self.private { "private" } else { "shared" };
+        let mapping = match (self.file, self.private) {
+            (false, _) if self.memory == MemoryType::Hugetlb => "anonymous",
+            (false, _) | (true, true) => "private",
+            (true, false) => "shared",
+        };
         let backend = if self.minor { "Continue" } else { "Copy" };
         format!("{memory} {mapping} {backend}")
     }
@@ -131,13 +155,14 @@ impl Kind {
         if self.memory == MemoryType::Hugetlb {
             16
         } else {
-            4096
+            2048
         }
     }
 
     /// The discards the workload makes, in turn.
     fn discards(&self) -> &'static [Discard] {
         match (self.memory, self.private) {
+            // (MADV_FREE is for anonymous base pages only.)
             (MemoryType::Anonymous, _) => &[Discard::DontNeed, Discard::Free],
             (_, true) => &[Discard::DontNeed],
             (_, false) => &[Discard::DontNeed, Discard::Remove, Discard::PunchHole],
@@ -154,7 +179,8 @@ impl Kind {
     }
 
     /// Whether a forked child may read pages the parent has not read: on a `Copy` file
-    /// mapping, the child's read of a hole would put a zero page into the file.
+    /// mapping, the child's read of a hole would put a zero page into the file (and on
+    /// hugetlbfs take a huge page from the pool).
     fn child_reads_all(&self) -> bool {
         self.memory == MemoryType::Anonymous || self.minor
     }
@@ -192,7 +218,7 @@ impl Tally {
     fn mismatch(&self, what: String) {
         self.mismatches.fetch_add(1, Ordering::Relaxed);
         let mut notes = self.notes.lock().unwrap();
-        if notes.len() < 20 {
+        if notes.len() < 20 && !notes.contains(&what) {
             notes.push(what);
         }
     }
@@ -538,8 +564,8 @@ fn final_check(round: &Round) {
 /// cache holds the snapshot (its zero pages left as holes); `None` to skip.
 fn memory_for(kind: Kind, expected: &[u8]) -> Option<(Region, Option<Region>)> {
     let pages = kind.pages();
-    if kind.memory == MemoryType::Anonymous {
-        return Some((Region::new(kind.memory, pages)?, None));
+    if !kind.file {
+        return Some((Region::anonymous(kind.memory, pages)?, None));
     }
     let file = Region::new(kind.memory, pages)?;
     if kind.minor {
@@ -592,6 +618,7 @@ struct Totals {
 /// One round of a configuration; false to skip the configuration.
 fn round(
     kind: Kind,
+    expected: &Arc<Vec<u8>>,
     r: usize,
     secs: f64,
     deadline: Duration,
@@ -600,7 +627,7 @@ fn round(
 ) -> bool {
     let pages = kind.pages();
     let ps = kind.memory.page_size();
-    let expected = Arc::new(snapshot(pages, ps));
+    let expected = Arc::clone(expected);
     let Some((view, file)) = memory_for(kind, &expected) else {
         return false;
     };
@@ -778,7 +805,7 @@ fn round(
 
 #[test]
 fn serve_soak() {
-    let secs = env_secs("SERVE_SOAK_SECS", 0.5);
+    let secs = env_secs("SERVE_SOAK_SECS", 0.25);
     let deadline = Duration::from_secs_f64(env_secs("SERVE_SOAK_DEADLINE", 10.0));
     // Rounds of at most half a second: each starts from empty memory with other settings.
     let round_secs = secs.min(0.5);
@@ -788,11 +815,20 @@ fn serve_soak() {
     let only = std::env::var("SERVE_SOAK_ONLY").unwrap_or_default();
     for kind in KINDS.into_iter().filter(|k| k.name().contains(&only)) {
         let tally = Arc::new(Tally::default());
+        let expected = Arc::new(snapshot(kind.pages(), kind.memory.page_size()));
         let mut totals = Totals::default();
         let start = Instant::now();
         let mut r = 0;
         while (r == 0 || start.elapsed().as_secs_f64() < secs) && r < 100_000 {
-            let go_on = round(kind, r, round_secs, deadline, &tally, &mut totals);
+            let go_on = round(
+                kind,
+                &expected,
+                r,
+                round_secs,
+                deadline,
+                &tally,
+                &mut totals,
+            );
             r += 1;
             if !go_on {
                 break;
@@ -844,4 +880,22 @@ fn serve_soak() {
         lines.join("\n"),
         failures.join("\n")
     );
+}
+
+/// The page comparison the soak relies on: each outcome, and the offset it names.
+#[test]
+fn compare_page_tells_source_zeros_torn_and_wrong() {
+    let want: Vec<u8> = (1..=64).collect();
+    assert_eq!(compare_page(&want, &want), PageRead::Source);
+    assert_eq!(compare_page(&[0; 64], &want), PageRead::Zeros);
+    let mut torn = want.clone();
+    torn[40..].fill(0);
+    assert_eq!(compare_page(&torn, &want), PageRead::Torn(40));
+    let mut wrong = want.clone();
+    wrong[7] ^= 1;
+    assert_eq!(compare_page(&wrong, &want), PageRead::Wrong(7));
+    // Zeros, then the source's bytes again: not a discard during the read.
+    let mut mixed = want.clone();
+    mixed[..8].fill(0);
+    assert_eq!(compare_page(&mixed, &want), PageRead::Wrong(0));
 }

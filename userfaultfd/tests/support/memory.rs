@@ -120,11 +120,31 @@ impl Region {
         Some(region)
     }
 
+    /// A private anonymous mapping of `pages` pages of `memory`, without a file: for
+    /// hugetlbfs `MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB` (what [`Region::new`] gives
+    /// for anonymous memory). `None` (after reporting a machine skip) when huge pages are not
+    /// available.
+    #[track_caller]
+    pub fn anonymous(memory: MemoryType, pages: usize) -> Option<Region> {
+        let mut region = Region {
+            ptr: ptr::null_mut(),
+            len: pages * memory.page_size(),
+            memory,
+            file: None,
+        };
+        region.ptr = region.map_view(false)?;
+        Some(region)
+    }
+
     /// Maps the region's pages, or for a shared type another view of the same file
     /// (`MAP_SHARED`, or `MAP_PRIVATE` if `private`).
     #[track_caller]
     fn map_view(&self, private: bool) -> Option<*mut u8> {
         let (flags, fd) = match &self.file {
+            None if self.memory == MemoryType::Hugetlb => (
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB,
+                -1,
+            ),
             None => (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1),
             Some(fd) if private => (libc::MAP_PRIVATE, fd.as_raw_fd()),
             Some(fd) => (libc::MAP_SHARED, fd.as_raw_fd()),
