@@ -735,6 +735,12 @@ fn round(
         );
     }
     if !finished {
+        if !watchdog.hung() {
+            watchdog.report(format!(
+                "{}: the round's threads did not finish in time (no single access was late)",
+                kind.name()
+            ));
+        }
         // A hang: release the blocked threads (they retry without userfaultfd).
         if let Err(e) = spare.unregister(round.view.addr(), round.view.len()) {
             totals
