@@ -293,11 +293,13 @@ fn fault_around_continues_after_present_pages() {
         assert!(bad.is_empty(), "{memory:?}: pages {bad:?} differ");
         eprintln!("{memory:?}: {s:?}");
         // The first block holds present pages: the copy stopped at them (EAGAIN with
-        // progress, then EEXIST) and went on after them.
-        assert!(s.eexist >= 1, "{memory:?}: {s:?}");
+        // progress, then EEXIST) and went on after them. Every other page was placed once.
+        // (EEXIST also counts a thread that, woken by the first pages of a block, faults on
+        // a page of that block before the rest of it is placed: a race, not a count.)
+        assert!(s.eexist >= own.len() as u64, "{memory:?}: {s:?}");
         assert_eq!(
-            s.pages_copied + s.pages_zeroed + s.eexist,
-            pages as u64,
+            s.pages_copied + s.pages_zeroed,
+            (pages - own.len()) as u64,
             "{memory:?}: {s:?}"
         );
     }

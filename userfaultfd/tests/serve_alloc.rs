@@ -56,7 +56,8 @@ fn counted(f: impl FnOnce()) -> usize {
     ALLOCATIONS.load(Relaxed) - before
 }
 
-/// Waits until `n` server workers sleep in `poll`.
+/// Waits until `n` server threads sleep: in `poll` (a thread that reads the messages) or on
+/// a futex (a fetch worker waiting for a fault).
 fn wait_workers_polling(n: usize) {
     let deadline = std::time::Instant::now() + support::TIMEOUT;
     loop {
@@ -66,7 +67,8 @@ fn wait_workers_polling(n: usize) {
                 let t = t.ok()?.path();
                 let comm = std::fs::read_to_string(t.join("comm")).ok()?;
                 let wchan = std::fs::read_to_string(t.join("wchan")).ok()?;
-                (comm.starts_with("uffd-serve-") && wchan.contains("poll")).then_some(())
+                let idle = wchan.contains("poll") || wchan.contains("futex");
+                (comm.starts_with("uffd-serve-") && idle).then_some(())
             })
             .count();
         if polling >= n {
@@ -103,7 +105,8 @@ fn serving_faults_allocates_nothing() {
     // Warm up: the first faults, and one REMOVE event; and every worker started (a thread's
     // start-up allocates) and waiting in poll.
     assert!(mismatches(&region, &expected, 0..16).is_empty());
-    wait_workers_polling(2);
+    // Two fetch workers and the reader (the test source may block).
+    wait_workers_polling(3);
     let read = |pages: std::ops::Range<usize>| {
         for p in pages {
             // SAFETY: a byte of our own served mapping.

@@ -158,7 +158,8 @@ fn blocked_reader(region: &Arc<Region>, page: usize) -> (libc::pid_t, support::W
 }
 
 /// Report and stop: the error is reported, the faulting thread stays blocked (it does not
-/// run on a zero page) until the owner acts on the returned descriptor.
+/// run on a zero page) until the owner acts on the returned descriptor, where its fault is
+/// pending again (the server read it: it hands it back, instead of losing it).
 fn report_and_stop(source: TestSource, expect: &[&str]) {
     let memory = MemoryType::Anonymous;
     let uffd = serve_uffd(memory, RegisterMode::MISSING).unwrap();
@@ -186,9 +187,17 @@ fn report_and_stop(source: TestSource, expect: &[&str]) {
     let e = finished.outcome.unwrap_err();
     assert_eq!(e.to_string(), reported);
     assert_mentions(&e, expect);
+    wait_blocked_in_userfault(tid);
+    // Before the fix, the fault read by the server was lost: nothing was pending here.
+    match support::wait_event(&finished.uffd) {
+        userfaultfd::Event::Pagefault { addr, .. } => {
+            assert_eq!(addr as usize, region.page(10) as usize)
+        }
+        other => panic!("expected the fault handed back, got {other:?}"),
+    }
     assert!(
         blocked_in_userfault(tid),
-        "stop() must not release the faulting thread"
+        "the thread must still be blocked"
     );
     // The owner decides: here, unregistering gives the kernel's default (a zero page).
     finished
@@ -452,8 +461,9 @@ fn placement_after_the_process_exited_stops_the_server() {
     );
 }
 
-/// `stop()` while a thread is blocked in a fault whose page the source is still fetching:
-/// the worker finishes that page (the thread is served), then every worker is joined.
+/// `stop()` while a thread is blocked in a fault whose page the source is still fetching,
+/// and the fetch returns within `stop`'s grace: the worker finishes that page (the thread is
+/// served), then every worker is joined. (A fetch that outlasts the grace: serve_slow.rs.)
 #[test]
 fn stop_while_a_fault_is_in_flight() {
     let memory = MemoryType::Anonymous;
@@ -476,7 +486,6 @@ fn stop_while_a_fault_is_in_flight() {
     gate.wait_entered();
     wait_blocked_in_userfault(tid);
     let stopper = spawn_named("stopping", move || server.stop());
-    std::thread::sleep(Duration::from_millis(20));
     gate.open();
     let finished = join_timeout(stopper);
     assert_eq!(join_timeout(reader), expected[0]);

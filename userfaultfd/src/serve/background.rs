@@ -10,7 +10,6 @@ use super::shared::{lock_read, Shared, Stop};
 pub(crate) fn background(shared: &Shared, id: usize) -> Result<(), Stop> {
     // SAFETY: setpriority on this thread only (Linux: a thread id names one thread).
     unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
-    let counters = &shared.counters[id];
     let mut scratch = vec![0u8; shared.zeros.len];
     for (index, region) in shared.regions.iter().enumerate() {
         let per_block = region.pages_per_block();
@@ -26,7 +25,7 @@ pub(crate) fn background(shared: &Shared, id: usize) -> Result<(), Stop> {
                 page += per_block;
                 continue;
             }
-            let placer = Placer::without_inbox(shared, counters);
+            let placer = Placer::without_inbox(shared, id);
             let found = lock_read(&shared.map).locate(index, page);
             let flow = match found {
                 Some(m) => placer.background_block(&m, page, &mut scratch)?,

@@ -8,10 +8,10 @@ use std::time::Instant;
 use libc::c_void;
 
 use super::region::{AddressMap, Mapping};
-use super::shared::{lock_write, uffd_error, Shared, Stop};
+use super::shared::{lock_read, lock_write, uffd_error, Shared, Stop};
 use super::stats::{add, Counters};
 use super::ServeError;
-use crate::{Errno, Event, EventBuffer};
+use crate::{Errno, Error, Event, EventBuffer};
 
 /// Messages read and not yet handled: a worker's batch buffer and its queue of faults.
 pub(crate) struct Inbox {
@@ -32,8 +32,8 @@ impl Inbox {
     /// events and queueing the faults. Returns how many messages were read.
     pub fn read(&mut self, shared: &Shared, counters: &Counters) -> Result<usize, Stop> {
         let mut map = lock_write(&shared.map);
-        let events = shared
-            .uffd
+        let events = map
+            .uffd()?
             .read_events(&mut self.buf)
             .map_err(|e| uffd_error("reading messages", e))?;
         let now = Instant::now();
@@ -103,57 +103,93 @@ pub(crate) fn apply_remove(
     }
 }
 
-/// Fails closed: poisons every page not yet placed, and wakes the regions.
-pub(crate) fn poison_unplaced(shared: &Shared) {
-    let mut buf = EventBuffer::new(16);
-    let mut map = lock_write(&shared.map);
-    let counters = &shared.counters[0];
-    let mappings: Vec<Mapping> = map.overlapping(0, usize::MAX).collect();
-    for m in mappings {
-        let ps = m.page_size;
-        let state = &shared.pages[m.region];
-        let mut i = m.first_page;
-        let end = m.first_page + m.len / ps;
-        let mut attempts = 0;
-        while i < end && attempts < 1000 {
-            if state.is_placed(i) && !state.is_discarded(i) {
-                i += 1;
-                continue;
-            }
-            let dst = (m.addr + (i - m.first_page) * ps) as *mut c_void;
-            // Missing pages only: accesses raise SIGBUS instead of blocking.
-            match shared.uffd.poison(dst, ps, true) {
-                Ok(_) => i += 1,
-                Err(e) if matches!(e.errno(), Some(Errno::EEXIST | Errno::ENOENT)) => i += 1,
-                Err(e) if e.errno() == Some(Errno::EAGAIN) => {
-                    // An event is pending: read it (faults read here are resolved by the
-                    // poison that follows; events are applied).
-                    attempts += 1;
-                    if let Ok(events) = shared.uffd.read_events(&mut buf) {
-                        for event in events.flatten() {
-                            match event {
-                                Event::Remove { start, end } => apply_remove(
-                                    shared,
-                                    &map,
-                                    start as usize,
-                                    end as usize,
-                                    counters,
-                                ),
-                                Event::Unmap { start, end } => {
-                                    map.cut(start as usize, end as usize)
-                                }
-                                Event::Remap { from, to, len } => {
-                                    map.remap(from as usize, to as usize, len)
-                                }
-                                _ => {}
-                            }
-                            shared.epoch.fetch_add(1, Ordering::Release);
-                        }
-                    }
+/// Fails closed: poisons every page of the served regions not known to be placed (and the
+/// page of `outside`, a fault outside them), waking their threads: each then gets `SIGBUS`.
+///
+/// Runs of unplaced pages are poisoned one ioctl each, under the shared lock. A pending event
+/// (`EAGAIN`) is read under the exclusive lock and applied, and the ioctl retried (without a
+/// limit: the kernel refuses only while an event is pending, and reading it ends that); a
+/// change of the address map (`UNMAP`, `REMAP`) restarts the scan over the new map. Faults
+/// read meanwhile are woken at the end: they meet the poison. Stops early only if the
+/// descriptor cannot poison (no `UFFDIO_POISON` before Linux 6.6: faulting threads then stay
+/// blocked, as with [`ErrorPolicy::Stop`](super::ErrorPolicy::Stop)) or the process is gone.
+pub(crate) fn poison_unplaced(shared: &Shared, id: usize, outside: Option<u64>) {
+    let counters = &shared.counters[id];
+    let mut inbox = Inbox::new(16);
+    let base = super::source::page_size();
+    if let Some(addr) = outside {
+        let guard = lock_read(&shared.map);
+        if let Ok(uffd) = guard.uffd() {
+            // The page size there is unknown: a base page, else a huge page (hugetlbfs).
+            for ps in [base, 2 << 20] {
+                let page = (addr as usize & !(ps - 1)) as *mut c_void;
+                // A page outside the served regions that faulted: it is missing (poisoning a
+                // present page fails with EEXIST), so no contents are lost.
+                if uffd.poison(page, ps, true).is_ok() {
+                    break;
                 }
-                // No POISON (before Linux 6.6), or the process is gone: leave them blocked.
-                Err(_) => return,
             }
         }
     }
+    'scan: loop {
+        let epoch = shared.epoch.load(Ordering::Acquire);
+        let mappings: Vec<Mapping> = lock_read(&shared.map).overlapping(0, usize::MAX).collect();
+        for m in mappings {
+            let ps = m.page_size;
+            let state = &shared.pages[m.region];
+            let end = m.first_page + m.len / ps;
+            let mut i = m.first_page;
+            let mut limit = usize::MAX;
+            let mut idle = 0;
+            while i < end {
+                if state.is_placed(i) {
+                    i = state.run_end(i, end, true);
+                    continue;
+                }
+                let n = (state.run_end(i + 1, end, false) - i).min(limit);
+                let dst = (m.addr + (i - m.first_page) * ps) as *mut c_void;
+                let result = {
+                    let guard = lock_read(&shared.map);
+                    if shared.epoch.load(Ordering::Acquire) != epoch {
+                        continue 'scan;
+                    }
+                    let Ok(uffd) = guard.uffd() else { return };
+                    // Missing pages of a served region (a present page fails with EEXIST):
+                    // accesses raise SIGBUS instead of blocking.
+                    uffd.poison(dst, n * ps, true)
+                };
+                match result {
+                    Ok(done) => {
+                        i += (done / ps).max(1);
+                        limit = usize::MAX;
+                    }
+                    Err(Error::PartiallyCopied(done)) if done >= ps => i += done / ps,
+                    Err(e) => match e.errno() {
+                        // Present (the process wrote it, or a racing placement): skip it.
+                        Some(Errno::EEXIST) => i += 1,
+                        // Across a VMA boundary, or unmapped: fewer pages, as in placing.
+                        Some(Errno::ENOENT) if n > 1 => limit = n / 2,
+                        Some(Errno::ENOENT) => i += 1,
+                        Some(Errno::EAGAIN) => {
+                            // An event is pending: read and apply it, then retry.
+                            match inbox.read(shared, counters) {
+                                Ok(0) => super::place::backoff(&mut idle),
+                                // (A fault outside the regions was read: it is queued, and
+                                // woken at the end like the others.)
+                                Ok(_)
+                                | Err(Stop::Failed(ServeError::FaultOutsideRegions { .. })) => {
+                                    idle = 0
+                                }
+                                Err(_) => return,
+                            }
+                        }
+                        // No POISON (before Linux 6.6), or the process is gone.
+                        _ => return,
+                    },
+                }
+            }
+        }
+        break;
+    }
+    super::worker::wake_outstanding(shared, inbox.pending.drain(..).map(|(addr, _)| addr));
 }

@@ -9,11 +9,12 @@ use libc::c_void;
 
 use super::inbox::Inbox;
 use super::region::{Backend, Mapping, Region};
-use super::shared::{lock_read, uffd_error, Shared, Stop};
+use super::server::Exit;
+use super::shared::{lock_read, uffd_error, Activity, Shared, Stop, IN_FETCH, RUNNING};
 use super::source::Chunk;
 use super::stats::{add, Counters};
 use super::ServeError;
-use crate::{Errno, Error};
+use crate::{Errno, Error, Uffd};
 
 /// How a placement ended.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -56,6 +57,33 @@ pub(crate) fn backoff(idle: &mut u32) {
     }
 }
 
+/// Maps the pages of `[src, src + len)` into this process before a copy to huge pages reads
+/// them. A hugetlbfs `COPY` whose source faults (not yet mapped: a fresh scratch buffer, a
+/// mapped file's page not yet touched, the zero mapping) allocates a temporary huge page to
+/// copy into outside the kernel's lock, besides the destination's: with a single free huge
+/// page, the copy fails with `ENOMEM`. Mapped first, the source never faults inside the copy.
+/// `MADV_POPULATE_READ` (Linux 5.14+), else a read of a byte per page.
+///
+/// # Safety
+///
+/// `[src, src + len)` is readable memory.
+unsafe fn prefault(src: *const u8, len: usize) {
+    let base = super::source::page_size();
+    let start = src as usize & !(base - 1);
+    let end = src as usize + len;
+    // SAFETY: advice on readable memory of this process (rounded out to whole pages, which
+    // are mapped since the range is); it changes no contents.
+    let r = unsafe { libc::madvise(start as *mut c_void, end - start, libc::MADV_POPULATE_READ) };
+    if r != 0 {
+        let mut p = src as usize;
+        while p < end {
+            // SAFETY: a byte of the readable range.
+            unsafe { std::ptr::read_volatile(p as *const u8) };
+            p = (p & !(base - 1)) + base;
+        }
+    }
+}
+
 /// Places pages: the part of a worker that only needs shared access.
 ///
 /// The page state and the address map are looked at, and the source is read, without the
@@ -65,24 +93,72 @@ pub(crate) fn backoff(idle: &mut u32) {
 /// placement never contradicts an event applied before it.
 pub(crate) struct Placer<'a> {
     pub shared: &'a Shared,
-    /// Where a worker reads pending events when a placement meets one (`None` for the
-    /// background fill, which leaves them to the workers).
-    pub inbox: Option<&'a RefCell<Inbox>>,
+    /// What to do about a pending event that refuses a placement.
+    pub events: Events<'a>,
     pub counters: &'a Counters,
+    /// This thread's activity (marked while in `PageSource::fetch`).
+    pub activity: &'a Activity,
     /// `Shared::epoch` when this attempt started.
     pub epoch: u64,
 }
 
+/// Who reads a pending event that refuses a placement (`EAGAIN`, nothing done).
+#[derive(Clone, Copy)]
+pub(crate) enum Events<'a> {
+    /// A worker that reads the messages itself (the source never blocks): reads them, then
+    /// retries at once.
+    Read(&'a RefCell<Inbox>),
+    /// A fetch worker: the reader thread reads them; backs off and retries, until stopped.
+    Wait,
+    /// The background fill, the replay: [`Flow::ReadEvents`], leaving them to the others.
+    Leave,
+}
+
 impl<'a> Placer<'a> {
-    /// A placer for a thread that reads no events (the background fill, the replay): a
-    /// placement that meets one leaves it to the workers.
-    pub(crate) fn without_inbox(shared: &'a Shared, counters: &'a Counters) -> Placer<'a> {
+    /// A placer for thread `id`, which reads no events.
+    pub(crate) fn new(shared: &'a Shared, id: usize, events: Events<'a>) -> Placer<'a> {
         Placer {
             shared,
-            inbox: None,
-            counters,
+            events,
+            counters: &shared.counters[id],
+            activity: &shared.activity[id],
             epoch: shared.epoch.load(Ordering::Acquire),
         }
+    }
+
+    /// A placer for a thread that reads no events (the background fill, the replay): a
+    /// placement that meets one leaves it to the workers.
+    pub(crate) fn without_inbox(shared: &'a Shared, id: usize) -> Placer<'a> {
+        Placer::new(shared, id, Events::Leave)
+    }
+
+    /// Whether `stop` may leave this thread behind in a fetch (every thread but a worker
+    /// that reads messages: it is joined, and the source promised not to block it).
+    #[inline]
+    fn abandonable(&self) -> bool {
+        !matches!(self.events, Events::Read(_))
+    }
+
+    /// `PageSource::fetch`, marked as such for [`Server::stop`](super::Server::stop), which
+    /// may leave the thread behind in it. (A fault being served when the server stops is
+    /// finished if its fetches return within the grace `stop` gives.)
+    fn fetch<'s>(&self, offset: u64, len: usize, scratch: &'s mut [u8]) -> Result<Chunk<'s>, Stop>
+    where
+        'a: 's,
+    {
+        let abandonable = self.abandonable();
+        if abandonable {
+            self.activity.set(IN_FETCH);
+        }
+        let chunk = self
+            .shared
+            .source
+            .fetch(offset, len, scratch)
+            .map_err(|source| Stop::Failed(ServeError::Source { offset, source }));
+        if abandonable {
+            self.activity.set(RUNNING);
+        }
+        chunk
     }
 }
 
@@ -190,11 +266,7 @@ impl Placer<'_> {
         while i < to {
             let offset = region.offset + (i * ps) as u64;
             let asked = (to - i) * ps;
-            let chunk = self
-                .shared
-                .source
-                .fetch(offset, asked, &mut scratch[..asked])
-                .map_err(|source| Stop::Failed(ServeError::Source { offset, source }))?;
+            let chunk = self.fetch(offset, asked, &mut scratch[..asked])?;
             let (fill, got) = match chunk {
                 Chunk::Data(bytes) => (Fill::Copy(bytes.as_ptr()), bytes.len()),
                 Chunk::Zeros(n) => (Fill::Zero, n),
@@ -277,6 +349,13 @@ impl Placer<'_> {
         if state.any_discarded(from, to, exempt) {
             return Ok(Flow::Restart);
         }
+        if let Fill::Copy(src) = fill {
+            if ps > super::source::page_size() {
+                // SAFETY: the bytes to copy: a chunk of the source (a `&[u8]` of this length)
+                // or the zero mapping (at least a block long).
+                unsafe { prefault(src, (to - from) * ps) };
+            }
+        }
         let mut i = from;
         let mut idle = 0u32;
         // Pages per ioctl: halved after an `ENOENT` (the range crosses the end of a VMA),
@@ -295,21 +374,17 @@ impl Placer<'_> {
                     } else {
                         src.add((i - from) * ps)
                     };
-                    self.shared.uffd.copy(src.cast(), dst, len, true)
+                    guard.uffd()?.copy(src.cast(), dst, len, true)
                 },
                 // SAFETY: as above; zeros are what the page holds.
                 // (`zeropage_with_mode`, not 0.9's `zeropage`: it keeps the count of a
                 // partial zeroing.)
                 Fill::Zero => unsafe {
-                    self.shared
-                        .uffd
+                    guard
+                        .uffd()?
                         .zeropage_with_mode(dst, len, crate::ZeropageMode::empty())
                 },
-                Fill::Continue => self
-                    .shared
-                    .uffd
-                    .r#continue(dst, len, true)
-                    .map(|n| n as usize),
+                Fill::Continue => guard.uffd()?.r#continue(dst, len, true).map(|n| n as usize),
             };
             let done = match result {
                 Ok(n) => n / ps,
@@ -322,15 +397,24 @@ impl Placer<'_> {
                                 // An event is pending: read it, then retry this very ioctl
                                 // (not the whole fault: under a stream of events, only a
                                 // quick retry lands between two of them).
-                                let Some(inbox) = self.inbox else {
-                                    return Ok(Flow::ReadEvents);
-                                };
                                 drop(guard);
-                                let read = inbox.borrow_mut().read(self.shared, self.counters)?;
-                                if read == 0 {
-                                    backoff(&mut idle);
-                                } else {
-                                    idle = 0; // a new event: its thread resumes soon
+                                match self.events {
+                                    Events::Leave => return Ok(Flow::ReadEvents),
+                                    Events::Read(inbox) => {
+                                        let read =
+                                            inbox.borrow_mut().read(self.shared, self.counters)?;
+                                        if read == 0 {
+                                            backoff(&mut idle);
+                                        } else {
+                                            idle = 0; // a new event: its thread resumes soon
+                                        }
+                                    }
+                                    Events::Wait => {
+                                        if self.shared.stopping.load(Ordering::Acquire) {
+                                            return Err(Stop::Exit(Exit::Stopped));
+                                        }
+                                        backoff(&mut idle);
+                                    }
                                 }
                                 guard = lock_read(&self.shared.map);
                                 if self.shared.epoch.load(Ordering::Acquire) != self.epoch
@@ -347,8 +431,8 @@ impl Placer<'_> {
                         add(&self.counters.eexist, 1);
                         state.mark_placed(i, i + 1);
                         if i == fault && origin == Origin::Fault {
-                            self.shared
-                                .uffd
+                            guard
+                                .uffd()?
                                 .wake(dst, ps)
                                 .map_err(|e| uffd_error("waking a faulting thread", e))?;
                         }
@@ -367,8 +451,8 @@ impl Placer<'_> {
                     }
                     Some(Errno::ENOENT) => {
                         if i == fault && origin == Origin::Fault {
-                            self.shared
-                                .uffd
+                            guard
+                                .uffd()?
                                 .wake(dst, ps)
                                 .map_err(|e| uffd_error("waking a faulting thread", e))?;
                         }
@@ -377,7 +461,7 @@ impl Placer<'_> {
                     }
                     // CONTINUE of a page the page cache lacks (a hole): a zero page.
                     Some(Errno::EFAULT) if matches!(fill, Fill::Continue) => {
-                        match self.zero_one(m, i, fault, origin)? {
+                        match self.zero_one(guard.uffd()?, m, i, fault, origin)? {
                             Flow::Done => {
                                 i += 1;
                                 continue;
@@ -408,6 +492,7 @@ impl Placer<'_> {
     /// under the shared lock the caller holds.
     fn zero_one(
         &self,
+        uffd: &Uffd,
         m: &Mapping,
         page: usize,
         fault: usize,
@@ -417,14 +502,10 @@ impl Placer<'_> {
         let dst = (m.addr + (page - m.first_page) * ps) as *mut c_void;
         let result = if ps > super::source::page_size() {
             // SAFETY: as in `place`: a served page, and the zero mapping is readable.
-            unsafe {
-                self.shared
-                    .uffd
-                    .copy(self.shared.zeros.ptr.cast(), dst, ps, true)
-            }
+            unsafe { uffd.copy(self.shared.zeros.ptr.cast(), dst, ps, true) }
         } else {
             // SAFETY: as in `place`.
-            unsafe { self.shared.uffd.zeropage(dst, ps, true) }
+            unsafe { uffd.zeropage(dst, ps, true) }
         };
         match result {
             Ok(_) => self.count(page, page + 1, fault, Fill::Zero, true, origin, ps),
@@ -433,13 +514,13 @@ impl Placer<'_> {
                 Some(Errno::EEXIST) => {
                     add(&self.counters.eexist, 1);
                     if page == fault && origin == Origin::Fault {
-                        let _ = self.shared.uffd.wake(dst, ps);
+                        let _ = uffd.wake(dst, ps);
                     }
                 }
                 // Not registered (see `place`): left out; its faulting thread is woken.
                 Some(Errno::ENOENT) => {
                     if page == fault && origin == Origin::Fault {
-                        let _ = self.shared.uffd.wake(dst, ps);
+                        let _ = uffd.wake(dst, ps);
                     }
                     return Ok(Flow::Done);
                 }

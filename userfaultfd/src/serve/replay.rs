@@ -17,7 +17,6 @@ pub(crate) fn replay(shared: &Shared, id: usize) -> Result<(), Stop> {
     if list.is_empty() {
         return Ok(());
     }
-    let counters = &shared.counters[id];
     let ps = shared.regions[list[0].0].page_size;
     let per_run = (REPLAY_RUN / ps).max(1);
     let mut scratch = vec![0u8; per_run * ps];
@@ -32,7 +31,7 @@ pub(crate) fn replay(shared: &Shared, id: usize) -> Result<(), Stop> {
         while k + n < list.len() && n < per_run && list[k + n] == (region, from + n) {
             n += 1;
         }
-        let placer = Placer::without_inbox(shared, counters);
+        let placer = Placer::without_inbox(shared, id);
         let found = lock_read(&shared.map).locate(region, from);
         let flow = match found {
             Some(m) => {

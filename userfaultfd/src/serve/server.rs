@@ -1,8 +1,9 @@
 //! [`ServerBuilder`] and the [`Server`] handle: start, statistics, stop.
 
+use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,8 @@ use super::inbox::poison_unplaced;
 use super::pages::PageState;
 use super::region::{check_disjoint, AddressMap, Backend, Region};
 use super::replay;
-use super::shared::{Config, Shared, Stop, ZeroMap};
+use super::shared::{lock_write, Activity, Config, Dispatch, Locked, Shared, Stop, ZeroMap};
+use super::shared::{EXITED, IN_FETCH, RUNNING};
 use super::stats::{Counters, Stats};
 use super::worker::Worker;
 use super::working_set::{Recorder, SnapshotId, WorkingSet};
@@ -256,29 +258,37 @@ impl ServerBuilder {
             ptr: map_zeros(zeros_len)?,
             len: zeros_len,
         };
+        let inline = source.never_blocks();
+        // Threads: the workers, the background thread, the reader (dispatch mode).
+        let threads = self.workers + 2;
         let shared = Arc::new(Shared {
             pages: self
                 .regions
                 .iter()
                 .map(|r| PageState::new(r.pages()))
                 .collect(),
-            map: RwLock::new(AddressMap::new(&self.regions)),
+            uffd_fd: uffd.as_raw_fd(),
+            map: RwLock::new(Locked::new(AddressMap::new(&self.regions), uffd)),
+            activity: (0..threads).map(|_| Activity::default()).collect(),
+            dispatch: (!inline).then(|| Dispatch {
+                queue: Mutex::new(VecDeque::with_capacity(1024)),
+                ready: Condvar::new(),
+            }),
             epoch: AtomicU64::new(0),
             regions,
-            uffd,
             source,
             stop_fd: eventfd()?,
             peer,
             stopping: AtomicBool::new(false),
-            counters: (0..=self.workers).map(|_| Counters::default()).collect(),
+            counters: (0..threads).map(|_| Counters::default()).collect(),
             outcome: Mutex::new(None),
             config: Config {
                 busy_poll: self.busy_poll,
                 policy: self.policy,
                 // A worker serves the faults it reads: with several workers, reading one
-                // message at a time lets the others take the next faults, so that a slow
-                // source is waited on in parallel. Alone, a worker reads whole batches.
-                batch: if self.workers == 1 { 64 } else { 1 },
+                // message at a time lets the others take the next faults. Alone, a worker
+                // (or the reader, which serves none) reads whole batches.
+                batch: if self.workers == 1 || !inline { 64 } else { 1 },
             },
             zeros,
             recorder,
@@ -291,39 +301,9 @@ impl ServerBuilder {
         let mut server = Server {
             shared: Arc::clone(&shared),
             threads: Vec::new(),
+            halted: false,
         };
-        for id in 0..self.workers {
-            let mut worker = Worker::new(Arc::clone(&shared), id);
-            server.spawn(format!("uffd-serve-{id}"), move |shared| {
-                let _ = shared; // the worker holds its own reference
-                worker.run()
-            })?;
-        }
-        if self.background || !shared.replay.is_empty() {
-            let (id, fill) = (self.workers, self.background);
-            server.spawn("uffd-serve-bg".into(), move |shared| {
-                // The replay runs at the workers' priority: its pages are wanted soon, and at
-                // the lowest priority any other load on the machine starves it (measured: the
-                // workload then overtook it and faulted). Faults keep priority through the
-                // lock: a replay ioctl holds it for at most 2 MiB.
-                match replay::replay(shared, id) {
-                    // A failed replay ends the replay only: the workers keep serving faults
-                    // (a fault on the page that failed meets the error again, and that one
-                    // is fatal).
-                    Err(Stop::Failed(e)) => {
-                        *shared
-                            .replay_error
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner()) = Some(e);
-                    }
-                    other => other?,
-                }
-                if fill {
-                    background(shared, id)?; // (which lowers its priority)
-                }
-                Ok(())
-            })?;
-        }
+        server.spawn_threads(self.workers, self.background)?;
         Ok(server)
     }
 
@@ -463,10 +443,17 @@ fn stats_of(shared: &Shared) -> Stats {
     s
 }
 
+/// How long [`Server::stop`] waits for a thread inside `PageSource::fetch` before it leaves
+/// the thread behind.
+pub(crate) const FETCH_GRACE: Duration = Duration::from_millis(100);
+
 /// A running page server. Stop it with [`stop`](Server::stop).
 pub struct Server {
     shared: Arc<Shared>,
-    threads: Vec<JoinHandle<()>>,
+    /// The threads, with their ids (index in `Shared::activity`).
+    threads: Vec<(usize, JoinHandle<()>)>,
+    /// Whether [`halt`](Server::halt) ran.
+    halted: bool,
 }
 
 /// What a stopped server leaves: its statistics, why it stopped, and the descriptor.
@@ -495,37 +482,94 @@ impl Server {
         ServerBuilder::default()
     }
 
+    /// Starts the threads: `workers` workers (reading and serving, or with a reader thread
+    /// when the source may block), and the replay and background fill if asked for. On an
+    /// error the threads started are stopped by `Drop`.
+    fn spawn_threads(&mut self, workers: usize, fill: bool) -> Result<(), ServeError> {
+        let shared = Arc::clone(&self.shared);
+        let dispatch = shared.dispatch.is_some();
+        for id in 0..workers {
+            let mut worker = Worker::new(Arc::clone(&shared), id, true);
+            self.spawn(format!("uffd-serve-{id}"), id, move |_| {
+                if dispatch {
+                    worker.run_fetcher()
+                } else {
+                    worker.run()
+                }
+            })?;
+        }
+        if dispatch {
+            let id = shared.reader_id();
+            let mut reader = Worker::new(Arc::clone(&shared), id, false);
+            self.spawn("uffd-serve-reader".into(), id, move |_| reader.run_reader())?;
+        }
+        if fill || !shared.replay.is_empty() {
+            let id = workers;
+            self.spawn("uffd-serve-bg".into(), id, move |shared| {
+                // The replay runs at the workers' priority: its pages are wanted soon, and at
+                // the lowest priority any other load on the machine starves it (measured: the
+                // workload then overtook it and faulted). Faults keep priority through the
+                // lock: a replay ioctl holds it for at most 2 MiB.
+                match replay::replay(shared, id) {
+                    // A failed replay ends the replay only: the workers keep serving faults
+                    // (a fault on the page that failed meets the error again, and that one
+                    // is fatal).
+                    Err(Stop::Failed(e)) => {
+                        *shared
+                            .replay_error
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner()) = Some(e);
+                    }
+                    other => other?,
+                }
+                if fill {
+                    background(shared, id)?; // (which lowers its priority)
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Spawns thread `id` (its index in the counters and activities).
     fn spawn(
         &mut self,
         name: String,
+        id: usize,
         body: impl FnOnce(&Shared) -> Result<(), Stop> + Send + 'static,
     ) -> Result<(), ServeError> {
         let shared = Arc::clone(&self.shared);
+        // Running from now, so that a stop racing the thread's start waits for it.
+        shared.activity[id].set(RUNNING);
         let spawned = std::thread::Builder::new().name(name).spawn(move || {
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&shared)));
             match result {
                 Ok(Ok(())) => {}
                 Ok(Err(Stop::Exit(exit))) => finish(&shared, Ok(exit)),
-                Ok(Err(Stop::Failed(e))) => fail(&shared, e),
+                Ok(Err(Stop::Failed(e))) => fail(&shared, id, e),
                 Err(panic) => {
                     let msg = panic
                         .downcast_ref::<String>()
                         .cloned()
                         .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                         .unwrap_or_else(|| "(no message)".into());
-                    fail(&shared, ServeError::WorkerPanicked(msg));
+                    fail(&shared, id, ServeError::WorkerPanicked(msg));
                 }
             }
+            shared.activity[id].set(EXITED);
         });
         match spawned {
             Ok(handle) => {
-                self.threads.push(handle);
+                self.threads.push((id, handle));
                 Ok(())
             }
-            Err(source) => Err(ServeError::Io {
-                operation: "spawning a worker thread",
-                source,
-            }),
+            Err(source) => {
+                self.shared.activity[id].set(EXITED);
+                Err(ServeError::Io {
+                    operation: "spawning a worker thread",
+                    source,
+                })
+            }
         }
     }
 
@@ -580,15 +624,24 @@ impl Server {
         true
     }
 
-    /// Stops every worker (waking those blocked in `poll`), joins them, and returns the
-    /// statistics, why it stopped, and the descriptor.
+    /// Stops the server and returns the statistics, why it stopped, and the descriptor.
+    ///
+    /// Returns within a bounded time: it wakes every thread (those blocked in `poll` or
+    /// waiting for work), waits until each has either returned or is inside
+    /// `PageSource::fetch`, gives those in a fetch 100 ms to return, joins those that
+    /// returned, and takes the descriptor out under the server's exclusive lock (so no
+    /// placement is in progress once it returns). What happens to every outstanding fault is
+    /// in the module docs ("Stopping"). A thread still in a fetch then (a source that may
+    /// block, see [`PageSource::never_blocks`]) is left behind: its fault is woken (it faults
+    /// again, pending on [`Finished::uffd`]); when the fetch returns, the thread finds the
+    /// descriptor gone, places nothing, and exits, dropping its reference to the source. It
+    /// never uses, nor keeps open, the descriptor returned here.
     pub fn stop(mut self) -> Finished {
-        self.halt();
-        let shared = Arc::clone(&self.shared);
-        drop(self);
-        let shared = Arc::try_unwrap(shared)
-            .unwrap_or_else(|_| unreachable!("every worker has been joined"));
-        let stats = stats_of(&shared);
+        let uffd = self
+            .halt()
+            .expect("the descriptor is taken out once, by the first halt");
+        let shared = &self.shared;
+        let stats = stats_of(shared);
         let working_set = shared.recorder.as_ref().map(Recorder::working_set);
         let replay_error = shared
             .replay_error
@@ -606,28 +659,87 @@ impl Server {
             outcome,
             working_set,
             replay_error,
-            uffd: shared.uffd,
+            uffd,
         }
     }
 
-    fn halt(&mut self) {
-        signal_stop(&self.shared);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+    /// Stops the threads (see [`stop`](Self::stop)) and takes the descriptor out: `None` if
+    /// already done.
+    fn halt(&mut self) -> Option<Uffd> {
+        if self.halted {
+            return None;
         }
+        self.halted = true;
+        let shared = &*self.shared;
+        signal_stop(shared);
+        // Every thread returns, or is in a fetch (or leaves one to find the server stopping):
+        // what a thread does between two checks of `stopping` is bounded (an ioctl, a short
+        // back-off, a lock held only for an ioctl).
+        let mut spins = 0u32;
+        while !shared
+            .activity
+            .iter()
+            .all(|a| matches!(a.state.load(Ordering::SeqCst), EXITED | IN_FETCH))
+        {
+            spins += 1;
+            if spins < 64 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+        // A fetch in progress gets a short grace (most end in microseconds: the fault it
+        // serves is then finished); one that outlasts it is left behind.
+        let deadline = Instant::now() + FETCH_GRACE;
+        while Instant::now() < deadline
+            && shared
+                .activity
+                .iter()
+                .any(|a| a.state.load(Ordering::SeqCst) != EXITED)
+        {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        for (id, handle) in self.threads.drain(..) {
+            if shared.activity[id].state.load(Ordering::SeqCst) == EXITED {
+                let _ = handle.join();
+            }
+            // Otherwise left in its fetch, detached: it holds its own reference to the shared
+            // state, and finds the descriptor gone.
+        }
+        let left: Vec<usize> = shared
+            .activity
+            .iter()
+            .map(|a| a.fault.load(Ordering::Acquire))
+            .filter(|&addr| addr != usize::MAX)
+            .collect();
+        let queued: Vec<usize> = shared.dispatch.as_ref().map_or_else(Vec::new, |d| {
+            let mut queue = d.queue.lock().unwrap_or_else(|e| e.into_inner());
+            queue.drain(..).map(|(addr, _)| addr).collect()
+        });
+        // No placement is in progress while this is held; none starts after the take.
+        let mut guard = lock_write(&shared.map);
+        let uffd = guard.take_uffd()?;
+        drop(guard);
+        let ps = super::source::page_size();
+        for addr in left.into_iter().chain(queued) {
+            let _ = uffd.wake((addr & !(ps - 1)) as *mut libc::c_void, ps);
+        }
+        Some(uffd)
     }
 }
 
 impl Drop for Server {
+    /// Stops the server as [`Server::stop`] does, then closes the descriptor: threads blocked
+    /// in a fault retry without userfaultfd (see the module docs).
     fn drop(&mut self) {
-        self.halt();
+        drop(self.halt());
     }
 }
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
-            .field("uffd", &self.shared.uffd)
+            .field("uffd", &self.shared.uffd_fd)
             .field("regions", &self.shared.regions)
             .field("workers", &self.threads.len())
             .finish()
@@ -635,11 +747,17 @@ impl std::fmt::Debug for Server {
 }
 
 fn signal_stop(shared: &Shared) {
-    shared.stopping.store(true, Ordering::Release);
+    // SeqCst: against a thread's entering a fetch (see `Placer::fetch`).
+    shared.stopping.store(true, Ordering::SeqCst);
     let one: u64 = 1;
     // SAFETY: writes 8 bytes from `one` to our eventfd; it stays readable (never read), so
     // every poll on it returns at once.
     unsafe { libc::write(shared.stop_fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    if let Some(dispatch) = &shared.dispatch {
+        // Under the queue's lock: a fetch worker checks `stopping` under it before waiting.
+        let _queue = dispatch.queue.lock().unwrap_or_else(|e| e.into_inner());
+        dispatch.ready.notify_all();
+    }
 }
 
 fn finish(shared: &Shared, outcome: Result<Exit, ServeError>) {
@@ -652,14 +770,19 @@ fn finish(shared: &Shared, outcome: Result<Exit, ServeError>) {
     signal_stop(shared);
 }
 
-fn fail(shared: &Shared, error: ServeError) {
+/// A fatal error in thread `id`: follows the policy, records it, stops the server.
+fn fail(shared: &Shared, id: usize, error: ServeError) {
     let first = shared
         .outcome
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .is_none();
     if first && shared.config.policy == ErrorPolicy::FailClosed {
-        poison_unplaced(shared);
+        let outside = match error {
+            ServeError::FaultOutsideRegions { addr } => Some(addr),
+            _ => None,
+        };
+        poison_unplaced(shared, id, outside);
     }
     finish(shared, Err(error));
 }

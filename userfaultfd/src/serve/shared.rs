@@ -1,8 +1,10 @@
 //! What the workers share: the settings, the state, the lock, and why a worker stops.
 
-use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::collections::VecDeque;
+use std::ops::{Deref, DerefMut};
+use std::os::fd::{OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use libc::c_void;
@@ -16,6 +18,13 @@ use super::working_set::Recorder;
 use super::{ErrorPolicy, ServeError};
 use crate::{Errno, Error, Uffd};
 
+impl Shared {
+    /// The id of the reader thread (dispatch mode), in `counters` and `activity`.
+    pub fn reader_id(&self) -> usize {
+        self.counters.len() - 1
+    }
+}
+
 /// Settings the workers read.
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
@@ -24,14 +33,103 @@ pub(crate) struct Config {
     pub batch: usize,
 }
 
+/// What the server's lock guards: the address map, and the descriptor.
+///
+/// Every use of the descriptor goes through the lock (shared for placements and wakes,
+/// exclusive for reading messages), and [`Server::stop`](super::Server::stop) takes it out
+/// under the exclusive lock: a thread left behind in a slow `PageSource::fetch` finds it gone
+/// and can neither place a page nor touch the descriptor the caller got back.
+pub(crate) struct Locked {
+    pub map: AddressMap,
+    uffd: Option<Uffd>,
+}
+
+impl Locked {
+    pub fn new(map: AddressMap, uffd: Uffd) -> Locked {
+        Locked {
+            map,
+            uffd: Some(uffd),
+        }
+    }
+
+    /// The descriptor, or [`Stop::Exit`] once the server has given it back.
+    #[inline]
+    pub fn uffd(&self) -> Result<&Uffd, Stop> {
+        self.uffd.as_ref().ok_or(Stop::Exit(Exit::Stopped))
+    }
+
+    /// Takes the descriptor out (stop).
+    pub fn take_uffd(&mut self) -> Option<Uffd> {
+        self.uffd.take()
+    }
+}
+
+impl Deref for Locked {
+    type Target = AddressMap;
+    fn deref(&self) -> &AddressMap {
+        &self.map
+    }
+}
+
+impl DerefMut for Locked {
+    fn deref_mut(&mut self) -> &mut AddressMap {
+        &mut self.map
+    }
+}
+
+/// What a server thread is doing, for a bounded stop.
+pub(crate) const RUNNING: u8 = 0;
+/// Inside `PageSource::fetch`: [`Server::stop`](super::Server::stop) does not wait for it.
+pub(crate) const IN_FETCH: u8 = 1;
+/// Returned (or never started).
+pub(crate) const EXITED: u8 = 2;
+
+/// One server thread's state, alone on its cache line (written by its thread only).
+#[derive(Debug)]
+#[repr(align(128))]
+pub(crate) struct Activity {
+    pub state: AtomicU8,
+    /// The faulting address the thread is serving (`usize::MAX`: none).
+    pub fault: AtomicUsize,
+}
+
+impl Default for Activity {
+    fn default() -> Activity {
+        Activity {
+            state: AtomicU8::new(EXITED),
+            fault: AtomicUsize::new(usize::MAX),
+        }
+    }
+}
+
+impl Activity {
+    #[inline]
+    pub fn set(&self, state: u8) {
+        self.state.store(state, Ordering::Release);
+    }
+}
+
+/// Faults read by the reader thread, for the fetch workers (sources that may block).
+pub(crate) struct Dispatch {
+    pub queue: Mutex<VecDeque<(usize, Instant)>>,
+    pub ready: Condvar,
+}
+
 /// What every worker shares.
 pub(crate) struct Shared {
-    pub uffd: Uffd,
+    /// The descriptor's number, for `poll` only (by the threads `stop` joins before it gives
+    /// the descriptor back); every other use goes through [`Locked::uffd`].
+    pub uffd_fd: RawFd,
     pub source: Arc<dyn PageSource>,
     pub regions: Vec<Region>,
     pub pages: Vec<PageState>,
     /// The lock: shared by placements, exclusive for reading messages and applying events.
-    pub map: RwLock<AddressMap>,
+    pub map: RwLock<Locked>,
+    /// Per thread (indexed as `counters`): what it is doing.
+    pub activity: Box<[Activity]>,
+    /// `Some` when the source may block: a reader thread reads the messages and hands the
+    /// faults to the workers, which fetch and place.
+    pub dispatch: Option<Dispatch>,
     /// Counts the changes of the address map (`UNMAP`, `REMAP`; under the exclusive lock): a
     /// placement looked up before a change is not made.
     pub epoch: AtomicU64,
@@ -40,7 +138,7 @@ pub(crate) struct Shared {
     /// The served process's pidfd, readable once it exits.
     pub peer: Option<OwnedFd>,
     pub stopping: AtomicBool,
-    /// One per worker, then one for the background fill.
+    /// One per worker, then one for the background fill, then one for the reader.
     pub counters: Box<[Counters]>,
     pub outcome: Mutex<Option<Result<Exit, ServeError>>>,
     pub config: Config,
@@ -95,10 +193,10 @@ pub(crate) fn uffd_error(operation: &'static str, source: Error) -> Stop {
     Stop::Failed(ServeError::Uffd { operation, source })
 }
 
-pub(crate) fn lock_read(map: &RwLock<AddressMap>) -> RwLockReadGuard<'_, AddressMap> {
+pub(crate) fn lock_read(map: &RwLock<Locked>) -> RwLockReadGuard<'_, Locked> {
     map.read().unwrap_or_else(|e| e.into_inner())
 }
 
-pub(crate) fn lock_write(map: &RwLock<AddressMap>) -> RwLockWriteGuard<'_, AddressMap> {
+pub(crate) fn lock_write(map: &RwLock<Locked>) -> RwLockWriteGuard<'_, Locked> {
     map.write().unwrap_or_else(|e| e.into_inner())
 }

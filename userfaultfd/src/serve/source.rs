@@ -46,6 +46,23 @@ pub trait PageSource: Send + Sync {
     /// [`ErrorPolicy`](super::ErrorPolicy).
     fn fetch<'a>(&'a self, offset: u64, len: usize, scratch: &'a mut [u8])
         -> io::Result<Chunk<'a>>;
+
+    /// Whether [`fetch`](Self::fetch) always returns without waiting: no I/O, no sleep, no
+    /// lock another thread holds for long. The answer decides how the server runs:
+    ///
+    /// - `true`: each worker reads the messages and serves the faults it read itself, with
+    ///   no hand-over between threads (the fastest, for contents in memory);
+    /// - `false` (the default, and the right answer for anything that reads a disk or the
+    ///   network): a reader thread reads the messages and hands the faults to the workers,
+    ///   which fetch and place. Events (`madvise`, `munmap`, `mremap`) and new faults are
+    ///   then read while a fetch waits, and [`Server::stop`](super::Server::stop) does not
+    ///   wait for a fetch. The hand-over costs a wake-up per fault.
+    ///
+    /// A source that answers `true` and then blocks delays the reading of events and faults,
+    /// and `stop`, by as long as its fetch takes.
+    fn never_blocks(&self) -> bool {
+        false
+    }
 }
 
 /// The data extents of a file (`SEEK_DATA`/`SEEK_HOLE`), read once: holes are served as zero
@@ -179,6 +196,13 @@ impl PageSource for MappedFile {
         self.len
     }
 
+    /// `true`: a fetch only points into the mapping. (The copy from it, inside the
+    /// placement's ioctl, reads the file's pages that are not in the page cache: on slow
+    /// storage, warm the page cache first, or use [`ReadFile`].)
+    fn never_blocks(&self) -> bool {
+        true
+    }
+
     fn fetch<'a>(&'a self, offset: u64, len: usize, _: &'a mut [u8]) -> io::Result<Chunk<'a>> {
         let len = len.min((self.len - offset.min(self.len)) as usize);
         let (is_data, run) = self.extents.classify(offset, len);
@@ -275,6 +299,11 @@ impl PageSource for Memory {
         self.bytes.len() as u64
     }
 
+    /// `true`: the contents are in memory.
+    fn never_blocks(&self) -> bool {
+        true
+    }
+
     fn fetch<'a>(
         &'a self,
         offset: u64,
@@ -310,6 +339,11 @@ impl Zeros {
 impl PageSource for Zeros {
     fn len(&self) -> u64 {
         self.len
+    }
+
+    /// `true`: nothing to read.
+    fn never_blocks(&self) -> bool {
+        true
     }
 
     fn fetch<'a>(&'a self, _: u64, len: usize, _: &'a mut [u8]) -> io::Result<Chunk<'a>> {

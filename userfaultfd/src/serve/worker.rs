@@ -1,8 +1,8 @@
-//! The worker thread: waits for messages, reads them (see `inbox`), serves the faults read
-//! (see `place`), until stopped.
+//! The server's threads: a worker that reads messages (see `inbox`) and serves the faults it
+//! read (see `place`), for sources that never block; or, for sources that may block, a
+//! reader that only reads messages and hands the faults to fetch workers, which only serve.
 
 use std::cell::RefCell;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,14 +10,14 @@ use std::time::Instant;
 use libc::c_void;
 
 use super::inbox::Inbox;
-use super::place::{backoff, Flow, Origin, Placer};
+use super::place::{backoff, Events, Flow, Origin, Placer};
 use super::region::Backend;
 use super::server::Exit;
 use super::shared::{lock_read, uffd_error, Shared, Stop};
 use super::stats::add;
 use super::ServeError;
 
-/// One worker thread's state.
+/// One server thread's state.
 pub(crate) struct Worker {
     pub shared: Arc<Shared>,
     pub id: usize,
@@ -26,12 +26,13 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    pub fn new(shared: Arc<Shared>, id: usize) -> Worker {
+    /// Thread `id`; `serves`: whether it places pages (and so needs a scratch buffer).
+    pub fn new(shared: Arc<Shared>, id: usize, serves: bool) -> Worker {
         let batch = shared.config.batch;
         let block = shared
             .regions
             .iter()
-            .filter(|r| r.backend == Backend::Copy)
+            .filter(|r| serves && r.backend == Backend::Copy)
             .map(|r| r.block)
             .max()
             .unwrap_or(0);
@@ -43,21 +44,22 @@ impl Worker {
         }
     }
 
-    /// Serves until stopped; then answers every fault it read and did not serve (see
+    /// A worker that reads the messages and serves the faults it read (the source never
+    /// blocks), until stopped; then answers every fault it read and did not serve (see
     /// [`wake_outstanding`]).
     pub fn run(&mut self) -> Result<(), Stop> {
-        let result = self.serve();
+        let result = self.serve_inline();
         let pending = &mut self.inbox.get_mut().pending;
         wake_outstanding(&self.shared, pending.drain(..).map(|(addr, _)| addr));
         result
     }
 
-    fn serve(&mut self) -> Result<(), Stop> {
+    fn serve_inline(&mut self) -> Result<(), Stop> {
         loop {
             loop {
                 let next = self.inbox.get_mut().pending.pop_front();
                 let Some((addr, read_at)) = next else { break };
-                self.serve_fault(addr, read_at)?;
+                self.serve_fault(addr, read_at, true)?;
             }
             if self.shared.stopping.load(Ordering::Acquire) {
                 return Ok(());
@@ -70,12 +72,99 @@ impl Worker {
         }
     }
 
+    /// The reader (the source may block): reads the messages, applies the events, and hands
+    /// the faults to the fetch workers; never fetches. When it stops, the faults still
+    /// queued are answered (see [`wake_outstanding`]).
+    pub fn run_reader(&mut self) -> Result<(), Stop> {
+        let result = self.read_until_stopped();
+        let shared = &*self.shared;
+        if let Some(dispatch) = &shared.dispatch {
+            let mut queue = dispatch.queue.lock().unwrap_or_else(|e| e.into_inner());
+            wake_outstanding(shared, queue.drain(..).map(|(addr, _)| addr));
+        }
+        result
+    }
+
+    fn read_until_stopped(&mut self) -> Result<(), Stop> {
+        let shared = Arc::clone(&self.shared);
+        let Some(dispatch) = &shared.dispatch else {
+            return Ok(());
+        };
+        loop {
+            if self.shared.stopping.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            self.wait()?;
+            if self.shared.stopping.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            let read = self.read_messages();
+            // Faults read are handed over even when the read ends in an error: they are
+            // then answered with the others when the reader stops.
+            let pending = &mut self.inbox.get_mut().pending;
+            let n = pending.len();
+            if n > 0 {
+                let mut queue = dispatch.queue.lock().unwrap_or_else(|e| e.into_inner());
+                queue.extend(pending.drain(..));
+                drop(queue);
+                if n == 1 {
+                    dispatch.ready.notify_one();
+                } else {
+                    dispatch.ready.notify_all();
+                }
+            }
+            read?;
+        }
+    }
+
+    /// A fetch worker (the source may block): serves the faults the reader hands over, until
+    /// stopped. On `EAGAIN` it waits for the reader to read the event. A fault it does not
+    /// finish is answered (see [`wake_outstanding`]); if `stop` leaves it behind in a fetch,
+    /// `stop` answers its fault.
+    pub fn run_fetcher(&mut self) -> Result<(), Stop> {
+        let shared = Arc::clone(&self.shared);
+        let activity = &shared.activity[self.id];
+        while let Some((addr, read_at)) = self.next_fault() {
+            activity.fault.store(addr, Ordering::Release);
+            let result = self.serve_fault(addr, read_at, false);
+            activity.fault.store(usize::MAX, Ordering::Release);
+            if let Err(stop) = result {
+                wake_outstanding(&shared, std::iter::once(addr));
+                return match stop {
+                    Stop::Exit(Exit::Stopped) => Ok(()),
+                    other => Err(other),
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// The next fault the reader handed over; `None` once the server stops.
+    fn next_fault(&self) -> Option<(usize, Instant)> {
+        let shared = &*self.shared;
+        let dispatch = shared.dispatch.as_ref()?;
+        let mut queue = dispatch.queue.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if shared.stopping.load(Ordering::Acquire) {
+                return None;
+            }
+            if let Some(fault) = queue.pop_front() {
+                return Some(fault);
+            }
+            queue = dispatch
+                .ready
+                .wait(queue)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
     fn read_messages(&mut self) -> Result<usize, Stop> {
         let counters = &self.shared.counters[self.id];
         self.inbox.get_mut().read(&self.shared, counters)
     }
 
-    fn serve_fault(&mut self, addr: usize, read_at: Instant) -> Result<(), Stop> {
+    /// Serves one fault; `inline`: this worker reads the messages itself.
+    fn serve_fault(&mut self, addr: usize, read_at: Instant, inline: bool) -> Result<(), Stop> {
         let mut idle = 0;
         loop {
             let flow = {
@@ -85,12 +174,12 @@ impl Worker {
                     scratch,
                     inbox,
                 } = &mut *self;
-                let placer = Placer {
-                    shared,
-                    inbox: Some(inbox),
-                    counters: &shared.counters[*id],
-                    epoch: shared.epoch.load(Ordering::Acquire),
+                let events = if inline {
+                    Events::Read(inbox)
+                } else {
+                    Events::Wait
                 };
+                let placer = Placer::new(shared, *id, events);
                 let found = lock_read(&shared.map).find(addr).copied();
                 match found {
                     Some(m) => {
@@ -112,11 +201,12 @@ impl Worker {
                         }
                     }
                     None => {
-                        // Not (or no longer) served: the range was unmapped. Wake the thread,
-                        // which retries the access and meets the kernel's verdict.
+                        // In the map when read (see `Inbox::read`), no longer: the range was
+                        // unmapped since. Wake the thread, which retries the access and meets
+                        // the kernel's verdict.
                         let page = addr & !(super::source::page_size() - 1);
-                        shared
-                            .uffd
+                        lock_read(&shared.map)
+                            .uffd()?
                             .wake(page as *mut c_void, super::source::page_size())
                             .map_err(|e| uffd_error("waking a faulting thread", e))?;
                         Flow::Done
@@ -125,14 +215,22 @@ impl Worker {
             };
             match flow {
                 Flow::Done => break,
-                Flow::ReadEvents => {
+                Flow::ReadEvents if inline => {
                     if self.read_messages()? == 0 {
                         backoff(&mut idle);
                     } else {
                         idle = 0;
                     }
                 }
-                Flow::Restart => {}
+                // The reader reads the event: wait for it (or for the stop).
+                Flow::ReadEvents | Flow::Restart => {
+                    if !inline && self.shared.stopping.load(Ordering::Acquire) {
+                        return Err(Stop::Exit(Exit::Stopped));
+                    }
+                    if flow == Flow::ReadEvents {
+                        backoff(&mut idle);
+                    }
+                }
             }
         }
         let counters = &self.shared.counters[self.id];
@@ -146,17 +244,20 @@ impl Worker {
         let shared = &*self.shared;
         let mut fds = [
             libc::pollfd {
-                fd: shared.uffd.as_raw_fd(),
+                fd: shared.uffd_fd,
                 events: libc::POLLIN,
                 revents: 0,
             },
             libc::pollfd {
-                fd: shared.stop_fd.as_raw_fd(),
+                fd: std::os::fd::AsRawFd::as_raw_fd(&shared.stop_fd),
                 events: libc::POLLIN,
                 revents: 0,
             },
             libc::pollfd {
-                fd: shared.peer.as_ref().map_or(-1, |p| p.as_raw_fd()),
+                fd: shared
+                    .peer
+                    .as_ref()
+                    .map_or(-1, std::os::fd::AsRawFd::as_raw_fd),
                 events: libc::POLLIN,
                 revents: 0,
             },
@@ -202,7 +303,9 @@ impl Worker {
 /// huge page's waiters too (the kernel reports the huge page's address).
 pub(crate) fn wake_outstanding(shared: &Shared, addrs: impl Iterator<Item = usize>) {
     let ps = super::source::page_size();
+    let guard = lock_read(&shared.map);
+    let Ok(uffd) = guard.uffd() else { return };
     for addr in addrs {
-        let _ = shared.uffd.wake((addr & !(ps - 1)) as *mut c_void, ps);
+        let _ = uffd.wake((addr & !(ps - 1)) as *mut c_void, ps);
     }
 }
