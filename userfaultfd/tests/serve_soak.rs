@@ -21,9 +21,11 @@
 //! read random pages; one discards discardable pages one at a time; one makes a random range
 //! read-only (`mprotect`) or, when privileged and not on hugetlbfs (whose VMAs `mlock` does not
 //! split), locks it (`mlock2(MLOCK_ONFAULT)`), for up to a millisecond, then restores it, and
-//! every eighth time forks a child instead. The `Copy` source sleeps 2 ms on every 16th read
-//! (`Continue` does not read the source: the page cache holds the snapshot, its zero pages
-//! left as holes).
+//! every eighth time forks a child instead. In every other round the `Copy` source is slow
+//! (every 16th read sleeps 2 ms, and it says it may block, so the server reads messages on a
+//! thread of its own), in the others fast (in memory, `never_blocks`: the workers read
+//! messages and fetch themselves). `Continue` does not read the source: the page cache holds
+//! the snapshot, its zero pages left as holes.
 //!
 //! What a page may hold (the served semantics, see `userfaultfd::serve` and `Backend`): a page
 //! never discarded holds exactly the source's bytes. A page the workload discards (every
@@ -628,7 +630,11 @@ struct Totals {
     unrecoverable: bool,
 }
 
-/// One round of a configuration; false to skip the configuration.
+/// One round of a configuration; false to skip the configuration. Its settings come from
+/// the round number `r` (in mixed radix, so that 36 rounds make every combination, and the
+/// first four have each of slow/fast source and background fill off/on): the source slow or
+/// fast (`r % 2`), the background fill (`r / 2 % 2`), 1 to 3 workers (`r / 4 % 3`), the
+/// fault-around (`r / 12`).
 fn round(
     kind: Kind,
     expected: &Arc<Vec<u8>>,
@@ -654,15 +660,21 @@ fn round(
     let source: Arc<dyn PageSource> = if kind.minor {
         Arc::new(Zeros::new(0))
     } else {
-        let mut slow = TestSource::new(expected.to_vec(), ps);
-        // A remote source: every 16th read takes 2 ms.
-        slow.delay = Some((16, Duration::from_millis(2)));
-        Arc::new(slow)
+        let mut source = TestSource::new(expected.to_vec(), ps);
+        if r % 2 == 0 {
+            // A remote source: every 16th read takes 2 ms (the server reads messages on one
+            // thread and fetches on the workers).
+            source.delay = Some((16, Duration::from_millis(2)));
+        } else {
+            // Contents in memory (the workers read messages and fetch themselves).
+            source.never_blocks = true;
+        }
+        Arc::new(source)
     };
     let fault_around = if kind.memory == MemoryType::Hugetlb {
-        [2, 4][r / 2 % 2]
+        [2, 4][r / 12 % 2]
     } else {
-        [8, 16, 64][r / 2 % 3]
+        [8, 16, 64][r / 12 % 3]
     } * ps;
     let base = view.addr() as usize;
     let watchdog = Watchdog::new(
@@ -688,8 +700,8 @@ fn round(
     // SAFETY: the test region holds no Rust object.
     let server = unsafe {
         Server::builder()
-            .workers(1 + r % 3)
-            .background_fill(r / 3 % 2 == 1)
+            .workers(1 + r / 4 % 3)
+            .background_fill(r / 2 % 2 == 1)
             .fault_around(fault_around)
             .region(
                 Served::new(view.addr(), view.len())

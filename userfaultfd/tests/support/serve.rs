@@ -75,6 +75,9 @@ pub struct TestSource {
     pub gate: Option<Arc<Gate>>,
     /// `(n, d)`: every `n`-th fetch sleeps `d` first (a remote source's occasional slow read).
     pub delay: Option<(usize, Duration)>,
+    /// What [`PageSource::never_blocks`] answers (default `false`): `true` makes the server
+    /// read messages and fetch on the same threads.
+    pub never_blocks: bool,
     pub fetches: AtomicUsize,
 }
 
@@ -87,6 +90,7 @@ impl TestSource {
             panic_at: None,
             gate: None,
             delay: None,
+            never_blocks: false,
             fetches: AtomicUsize::new(0),
         }
     }
@@ -95,6 +99,10 @@ impl TestSource {
 impl PageSource for TestSource {
     fn len(&self) -> u64 {
         self.bytes.len() as u64
+    }
+
+    fn never_blocks(&self) -> bool {
+        self.never_blocks
     }
 
     fn fetch<'a>(&'a self, offset: u64, len: usize, _: &'a mut [u8]) -> io::Result<Chunk<'a>> {
