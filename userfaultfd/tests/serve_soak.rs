@@ -248,8 +248,7 @@ enum Shape {
     Locked,
 }
 
-/// One round: the memory, the server's descriptor for releasing blocked threads, and the
-/// state the threads share.
+/// One round: the memory and what its threads share.
 struct Round {
     kind: Kind,
     /// The served mapping.
