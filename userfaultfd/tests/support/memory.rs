@@ -281,7 +281,20 @@ impl Region {
 
 /// A recognisable page: byte `j` is `(seed * 31 + j * 7 + 1) as u8`, never all zero.
 pub fn pattern(seed: usize, len: usize) -> Vec<u8> {
-    (0..len).map(|j| (seed * 31 + j * 7 + 1) as u8).collect()
+    // The bytes repeat every 256 (7 is odd): one period, then copies of it, so that a huge
+    // page's pattern costs memory copies, not a loop per byte (debug builds, under qemu).
+    let period: Vec<u8> = (0..256).map(|j| (seed * 31 + j * 7 + 1) as u8).collect();
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        let n = (len - out.len()).min(period.len());
+        out.extend_from_slice(&period[..n]);
+    }
+    debug_assert!(out
+        .iter()
+        .take(1024)
+        .enumerate()
+        .all(|(j, &b)| b == (seed * 31 + j * 7 + 1) as u8));
+    out
 }
 
 impl Drop for Region {
