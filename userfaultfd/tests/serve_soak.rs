@@ -630,10 +630,10 @@ struct Totals {
 }
 
 /// One round of a configuration; false to skip the configuration. Its settings come from
-/// the round number `r` (in mixed radix, so that 36 rounds make every combination, and the
-/// first four have each of slow/fast source and background fill off/on): the source slow or
-/// fast (`r % 2`), the background fill (`r / 2 % 2`), 1 to 3 workers (`r / 4 % 3`), the
-/// fault-around (`r / 12`).
+/// the round number `r` (in mixed radix, so that 36 rounds make every combination; the first
+/// two have a slow source without the background fill, then a fast one with it): the source
+/// slow or fast (`r % 2`), the background fill (`r % 4` in Gray code with the source), 1 to 3
+/// workers (`r / 4 % 3`), the fault-around (`r / 12`).
 fn round(
     kind: Kind,
     expected: &Arc<Vec<u8>>,
@@ -700,7 +700,7 @@ fn round(
     let server = unsafe {
         Server::builder()
             .workers(1 + r / 4 % 3)
-            .background_fill(r / 2 % 2 == 1)
+            .background_fill((r ^ r >> 1) & 1 == 1)
             .fault_around(fault_around)
             .region(
                 Served::new(view.addr(), view.len())
