@@ -86,7 +86,33 @@ fn wait_workers_polling(n: usize) {
 fn serving_faults_allocates_nothing() {
     // The counter counts (so zero below means zero).
     assert!(counted(|| drop(std::hint::black_box(vec![1u8; 10]))) > 0);
+    // Workers that read and serve (a source that never blocks), then a reader handing the
+    // faults to fetch workers (the test source may block).
+    serve_counting(true);
+    serve_counting(false);
+}
 
+/// The test source, said to never block (or not).
+struct Said(TestSource, bool);
+
+impl userfaultfd::serve::PageSource for Said {
+    fn len(&self) -> u64 {
+        self.0.len()
+    }
+    fn fetch<'a>(
+        &'a self,
+        offset: u64,
+        len: usize,
+        scratch: &'a mut [u8],
+    ) -> std::io::Result<userfaultfd::serve::Chunk<'a>> {
+        self.0.fetch(offset, len, scratch)
+    }
+    fn never_blocks(&self) -> bool {
+        self.1
+    }
+}
+
+fn serve_counting(never_blocks: bool) {
     let memory = MemoryType::Anonymous;
     let uffd = serve_uffd(memory, RegisterMode::MISSING).unwrap();
     let region = Arc::new(Region::new(memory, 512).unwrap());
@@ -99,14 +125,17 @@ fn serving_faults_allocates_nothing() {
             .fault_around(0) // one page per fault: as many faults as pages
             .record(true)
             .region(Served::new(region.addr(), region.len()))
-            .start(uffd, Arc::new(TestSource::new(expected.clone(), ps)))
+            .start(
+                uffd,
+                Arc::new(Said(TestSource::new(expected.clone(), ps), never_blocks)),
+            )
     }
     .unwrap();
     // Warm up: the first faults, and one REMOVE event; and every worker started (a thread's
     // start-up allocates) and waiting in poll.
     assert!(mismatches(&region, &expected, 0..16).is_empty());
-    // Two fetch workers and the reader (the test source may block).
-    wait_workers_polling(3);
+    // Two workers, and the reader when the source may block.
+    wait_workers_polling(if never_blocks { 2 } else { 3 });
     let read = |pages: std::ops::Range<usize>| {
         for p in pages {
             // SAFETY: a byte of our own served mapping.
@@ -139,6 +168,6 @@ fn serving_faults_allocates_nothing() {
     assert_eq!(
         (n, two_n),
         (0, 0),
-        "allocations while serving 128 and 256 faults"
+        "allocations while serving 128 and 256 faults (never_blocks: {never_blocks})"
     );
 }

@@ -112,14 +112,20 @@ fn fault_around_into_a_range_unmapped_without_event_places_the_faulting_page() {
                 .start(uffd, Arc::new(Memory::new(expected.to_vec())))
         }
         .unwrap();
-        // SAFETY: unmaps the second half of our own mapping (never touched again; the
-        // region's drop unmaps the whole range, which is allowed).
+        // SAFETY: unmaps the second half of our own mapping (never touched again).
         let r = unsafe { libc::munmap(region.page(pages / 2).cast(), pages / 2 * ps) };
         assert_eq!(r, 0, "munmap: {}", std::io::Error::last_os_error());
         let bad = read_on_thread(&region, &expected, 0..pages / 2);
         let finished = server.stop();
         assert!(bad.is_empty(), "{memory:?}: pages {bad:?} differ");
         assert!(finished.outcome.is_ok(), "{:?}", finished.outcome);
+        drop(finished);
+        // The first half only (the region's drop would unmap the second half's range too,
+        // which another test may have mapped since).
+        let mut region = Arc::try_unwrap(region).unwrap_or_else(|_| panic!("region shared"));
+        // SAFETY: what is left of our mapping.
+        unsafe { libc::munmap(region.addr(), pages / 2 * ps) };
+        region.forget_mapping();
     }
 }
 
@@ -153,11 +159,13 @@ fn assert_outside_fault_stops(server: Server, addr: usize, unregister: (usize, u
         shown.contains(&format!("{addr:#x}")),
         "{shown:?} does not name the address {addr:#x}"
     );
-    std::thread::sleep(Duration::from_millis(20));
-    assert!(
-        blocked_in_userfault(tid),
-        "the faulting thread must stay blocked for the owner"
-    );
+    // The fault is handed back: the thread faults again, pending on the descriptor.
+    support::wait_blocked_in_userfault(tid);
+    match support::wait_event(&finished.uffd) {
+        userfaultfd::Event::Pagefault { addr: a, .. } => assert_eq!(a as usize, addr),
+        other => panic!("expected the fault handed back, got {other:?}"),
+    }
+    assert!(blocked_in_userfault(tid), "the thread must stay blocked");
     finished
         .uffd
         .unregister(unregister.0 as *mut libc::c_void, unregister.1)
@@ -320,4 +328,50 @@ fn background_fill_does_not_refill_discarded_pages() {
         );
         assert_eq!(s.background_pages, (pages / 2) as u64, "{memory:?}: {s:?}");
     }
+}
+
+/// Fail closed: a fault outside the regions (a range the caller registered itself) gets
+/// `SIGBUS` (its page is poisoned), never a hang or a zero page.
+#[test]
+fn fault_outside_the_regions_fails_closed_with_sigbus() {
+    if support::kernel_lacks(FeatureFlags::POISON).is_some() {
+        return;
+    }
+    let outcome = support::run_in_child(|report| {
+        let memory = MemoryType::Anonymous;
+        let uffd = serve_uffd(memory, RegisterMode::MISSING).ok_or("no uffd")?;
+        let region = Region::new(memory, 16).ok_or("no region")?;
+        let other = Region::new(memory, 16).ok_or("no region")?;
+        let ps = region.page_size();
+        let mine = uffd.try_clone().map_err(|e| e.to_string())?;
+        // SAFETY: the test region holds no Rust object.
+        let server = unsafe {
+            Server::builder()
+                .error_policy(userfaultfd::serve::ErrorPolicy::FailClosed)
+                .region(Served::new(region.addr(), region.len()))
+                .start(uffd, Arc::new(Memory::new(snapshot(16, ps))))
+        }
+        .map_err(|e| e.to_string())?;
+        mine.register(other.addr(), other.len())
+            .map_err(|e| e.to_string())?;
+        drop(mine);
+        report.note("faulting outside the regions");
+        let addr = other.page(2) as usize;
+        let reader = spawn_named("faulting", move || {
+            // SAFETY: a byte of our own mapping, registered with the server's descriptor.
+            unsafe { (addr as *const u8).read_volatile() }
+        });
+        if !server.wait_stopped(support::TIMEOUT) {
+            return Err("the server did not stop".into());
+        }
+        report.note(&format!("stopped: {:?}", server.outcome()));
+        join_timeout(reader); // SIGBUS ends the process here
+        Err("the access outside the regions returned".into())
+    });
+    outcome.assert_killed_by(libc::SIGBUS);
+    assert!(
+        outcome.report.contains("FaultOutsideRegions") || outcome.report.contains("outside"),
+        "{}",
+        outcome.report
+    );
 }

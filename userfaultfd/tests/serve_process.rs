@@ -161,15 +161,24 @@ fn blocked_reader(region: &Arc<Region>, page: usize) -> (libc::pid_t, support::W
 /// run on a zero page) until the owner acts on the returned descriptor, where its fault is
 /// pending again (the server read it: it hands it back, instead of losing it).
 fn report_and_stop(source: TestSource, expect: &[&str]) {
+    // A reader and two fetch workers (the test source may block).
+    report_and_stop_with(Arc::new(source), 2, expect);
+}
+
+fn report_and_stop_with(
+    source: Arc<dyn userfaultfd::serve::PageSource>,
+    workers: usize,
+    expect: &[&str],
+) {
     let memory = MemoryType::Anonymous;
     let uffd = serve_uffd(memory, RegisterMode::MISSING).unwrap();
     let region = Arc::new(Region::new(memory, 64).unwrap());
     // SAFETY: the test region holds no Rust object.
     let server = unsafe {
         Server::builder()
-            .workers(2)
+            .workers(workers)
             .region(Served::new(region.addr(), region.len()))
-            .start(uffd, Arc::new(source))
+            .start(uffd, source)
     }
     .unwrap();
     let (tid, reader) = blocked_reader(&region, 10);
@@ -213,6 +222,19 @@ fn source_error_reports_and_stops() {
     let mut source = TestSource::new(snapshot(64, ps), ps);
     source.fail_at = Some(10);
     report_and_stop(source, &["reading the page source", "injected read error"]);
+}
+
+/// The same with a worker that reads and serves itself (a source that never blocks).
+#[test]
+fn source_error_reports_and_stops_inline() {
+    let ps = MemoryType::Anonymous.page_size();
+    let mut source = TestSource::new(snapshot(64, ps), ps);
+    source.fail_at = Some(10);
+    report_and_stop_with(
+        Arc::new(Claims(source)),
+        1,
+        &["reading the page source", "injected read error"],
+    );
 }
 
 #[test]
@@ -546,5 +568,123 @@ fn forked_children_are_not_served() {
     assert_eq!(
         s.faults, 1,
         "the children's accesses never reached the server: {s:?}"
+    );
+}
+
+/// A test source that says it never blocks (so the single worker reads and serves itself)
+/// but holds its first fetch at a gate: the worker is then stuck, and events stay pending.
+struct Claims(TestSource);
+
+impl userfaultfd::serve::PageSource for Claims {
+    fn len(&self) -> u64 {
+        self.0.len()
+    }
+    fn fetch<'a>(
+        &'a self,
+        offset: u64,
+        len: usize,
+        scratch: &'a mut [u8],
+    ) -> std::io::Result<userfaultfd::serve::Chunk<'a>> {
+        self.0.fetch(offset, len, scratch)
+    }
+    fn never_blocks(&self) -> bool {
+        true
+    }
+}
+
+/// The range (start, end) whose SIGBUS the handler below reports by exiting with 42.
+static MOVED: [std::sync::atomic::AtomicUsize; 2] = [
+    std::sync::atomic::AtomicUsize::new(0),
+    std::sync::atomic::AtomicUsize::new(0),
+];
+
+extern "C" fn on_sigbus(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    use std::sync::atomic::Ordering::Relaxed;
+    // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO.
+    let addr = unsafe { (*info).si_addr() } as usize;
+    if (MOVED[0].load(Relaxed)..MOVED[1].load(Relaxed)).contains(&addr) {
+        // SAFETY: async-signal-safe.
+        unsafe { libc::_exit(42) };
+    }
+    // Another page's SIGBUS (the failed fault's): park this thread.
+    loop {
+        // SAFETY: async-signal-safe.
+        unsafe { libc::pause() };
+    }
+}
+
+/// Fail closed while an `mremap` of unplaced pages is pending: the poisoning reads the
+/// `REMAP`, starts over on the new map, and poisons the moved pages at their new address (an
+/// access there raises SIGBUS; before the fix it blocked forever: the poisoning went on over
+/// the old map).
+#[test]
+fn fail_closed_poisons_pages_moved_during_the_poisoning() {
+    if support::kernel_lacks(FeatureFlags::POISON).is_some() {
+        return;
+    }
+    let outcome = support::run_in_child(|report| {
+        let memory = MemoryType::Anonymous;
+        let uffd = serve_uffd(memory, RegisterMode::MISSING).ok_or("no uffd")?;
+        let watcher = uffd.try_clone().map_err(|e| e.to_string())?;
+        let region = Arc::new(Region::new(memory, 64).ok_or("no region")?);
+        let target = Region::new(memory, 16).ok_or("no target")?;
+        let ps = region.page_size();
+        let gate = Arc::new(Gate::default());
+        let mut source = TestSource::new(snapshot(64, ps), ps);
+        source.fail_at = Some(40);
+        source.gate = Some(Arc::clone(&gate));
+        // SAFETY: installs a handler for SIGBUS in this child process.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_sigbus as *const () as usize;
+            sa.sa_flags = libc::SA_SIGINFO;
+            libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut());
+        }
+        // SAFETY: the test region holds no Rust object.
+        let server = unsafe {
+            Server::builder()
+                .fault_around(ps)
+                .error_policy(ErrorPolicy::FailClosed)
+                .region(Served::new(region.addr(), region.len()))
+                .start(uffd, Arc::new(Claims(source)))
+        }
+        .map_err(|e| e.to_string())?;
+        // The only worker's fetch (page 40, which fails) is held...
+        let _failing = blocked_reader(&region, 40);
+        gate.wait_entered();
+        // ... while pages 0..16 (unplaced) move: the mremap waits for its REMAP to be read.
+        let (from, to) = (region.addr() as usize, target.addr() as usize);
+        let _mover = spawn_named("moving", move || {
+            // SAFETY: moves unplaced pages of our mapping over our other mapping.
+            let moved = unsafe {
+                libc::mremap(
+                    from as *mut libc::c_void,
+                    16 * ps,
+                    16 * ps,
+                    libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                    to as *mut libc::c_void,
+                )
+            };
+            moved as usize
+        });
+        support::wait_readable(&watcher);
+        drop(watcher);
+        MOVED[0].store(to, std::sync::atomic::Ordering::Relaxed);
+        MOVED[1].store(to + 16 * ps, std::sync::atomic::Ordering::Relaxed);
+        report.note("REMAP pending, the fetch held");
+        gate.open();
+        if !server.wait_stopped(support::TIMEOUT) {
+            return Err("the server did not stop".into());
+        }
+        report.note(&format!("stopped: {:?}", server.outcome()));
+        // SAFETY: a moved page (unplaced): SIGBUS if poisoned, else it blocks.
+        let _ = unsafe { ((to + 5 * ps) as *const u8).read_volatile() };
+        Err("the access to a moved, unplaced page returned".into())
+    });
+    assert_eq!(
+        outcome.exit,
+        support::ChildExit::Exited(42),
+        "the moved page must raise SIGBUS; the child's report:\n{}",
+        outcome.report
     );
 }

@@ -15,6 +15,14 @@ use support::{MemoryType, Region};
 use userfaultfd::serve::{Region as Served, Server};
 use userfaultfd::{Event, RegisterMode};
 
+/// The tests of this file one at a time: one unmaps and moves parts of its mapping, whose
+/// addresses another's mappings could otherwise take meanwhile.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A server (defaults: one worker) over `region`, whose source's first fetch is held at the
 /// returned gate, and a thread blocked in a fault on page 0 whose fetch is the held one.
 fn held_fetch(
@@ -60,6 +68,7 @@ fn held_fetch(
 /// `mremap` of the region return: their events are read without waiting for the fetch.
 #[test]
 fn events_are_read_while_a_fetch_is_held() {
+    let _serial = one_at_a_time();
     let memory = MemoryType::Anonymous;
     let region = Arc::new(Region::new(memory, 64).unwrap());
     let ps = region.page_size();
@@ -92,6 +101,15 @@ fn events_are_read_while_a_fetch_is_held() {
     assert!(finished.outcome.is_ok(), "{:?}", finished.outcome);
     drop(finished);
     drop(target); // the moved pages
+                  // What is left of the region: pages 0..50 and 54..60 (its drop would unmap the holes
+                  // too, and whatever was mapped there since).
+    let mut region = Arc::try_unwrap(region).unwrap_or_else(|_| panic!("region still shared"));
+    // SAFETY: the parts of our mapping still mapped.
+    unsafe {
+        libc::munmap(region.addr(), 50 * ps);
+        libc::munmap(region.page(54).cast(), 6 * ps);
+    }
+    region.forget_mapping();
 }
 
 /// `stop()` returns while a fetch is held (never opened until after): the faulting thread's
@@ -99,6 +117,7 @@ fn events_are_read_while_a_fetch_is_held() {
 /// released, places nothing and lets go of the source.
 #[test]
 fn stop_returns_while_a_fetch_is_stuck() {
+    let _serial = one_at_a_time();
     let memory = MemoryType::Anonymous;
     let region = Arc::new(Region::new(memory, 64).unwrap());
     let (server, gate, source, tid, reader) = held_fetch(&region);
@@ -155,6 +174,7 @@ fn stop_returns_while_a_fetch_is_stuck() {
 /// faulting thread retries without userfaultfd (a zero page on anonymous memory).
 #[test]
 fn drop_returns_while_a_fetch_is_stuck() {
+    let _serial = one_at_a_time();
     let memory = MemoryType::Anonymous;
     let region = Arc::new(Region::new(memory, 64).unwrap());
     let (server, gate, _source, _tid, reader) = held_fetch(&region);

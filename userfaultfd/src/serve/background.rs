@@ -2,11 +2,12 @@
 
 use std::sync::atomic::Ordering;
 
-use super::place::{Flow, Placer};
+use super::place::{Events, Flow, Placer};
 use super::shared::{lock_read, Shared, Stop};
 
 /// The background fill: places every block not yet placed, region by region, at the lowest
-/// priority, taking the shared lock one block at a time.
+/// priority. It fetches, but hands its placements to a thread at the workers' priority,
+/// which makes them under the lock (see `FillDesk`).
 pub(crate) fn background(shared: &Shared, id: usize) -> Result<(), Stop> {
     // SAFETY: setpriority on this thread only (Linux: a thread id names one thread).
     unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
@@ -25,7 +26,8 @@ pub(crate) fn background(shared: &Shared, id: usize) -> Result<(), Stop> {
                 page += per_block;
                 continue;
             }
-            let placer = Placer::without_inbox(shared, id);
+            // Never holds the lock itself (see `FillDesk`).
+            let placer = Placer::new(shared, id, Events::Delegate);
             let found = lock_read(&shared.map).locate(index, page);
             let flow = match found {
                 Some(m) => placer.background_block(&m, page, &mut scratch)?,

@@ -10,14 +10,24 @@ use libc::c_void;
 use super::region::{AddressMap, Mapping};
 use super::shared::{lock_read, lock_write, uffd_error, Shared, Stop};
 use super::stats::{add, Counters};
-use super::ServeError;
 use crate::{Errno, Error, Event, EventBuffer};
+
+/// A fault read and not yet served.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Fault {
+    pub addr: usize,
+    /// When it was read.
+    pub read_at: Instant,
+    /// `Shared::epoch` when it was read: a fault outside the address map is outside every
+    /// region if the map has not changed since (otherwise its range was unmapped or moved).
+    pub epoch: u64,
+}
 
 /// Messages read and not yet handled: a worker's batch buffer and its queue of faults.
 pub(crate) struct Inbox {
     buf: EventBuffer,
-    /// Faults read and not yet served, with when they were read.
-    pub pending: VecDeque<(usize, Instant)>,
+    /// Faults read and not yet served.
+    pub pending: VecDeque<Fault>,
 }
 
 impl Inbox {
@@ -38,16 +48,14 @@ impl Inbox {
             .map_err(|e| uffd_error("reading messages", e))?;
         let now = Instant::now();
         let count = events.len();
-        let mut outside = None;
         for event in events {
             match event.map_err(|e| uffd_error("decoding a message", e))? {
                 Event::Pagefault { addr, .. } => {
-                    // Checked against the map as it is when the fault is read (an address
-                    // unmapped after that is answered by a wake when served).
-                    if map.find(addr as usize).is_none() {
-                        outside.get_or_insert(addr as u64);
-                    }
-                    self.pending.push_back((addr as usize, now));
+                    self.pending.push_back(Fault {
+                        addr: addr as usize,
+                        read_at: now,
+                        epoch: shared.epoch.load(Ordering::Relaxed),
+                    });
                     continue;
                 }
                 Event::Remove { start, end } => {
@@ -74,11 +82,6 @@ impl Inbox {
             shared.epoch.fetch_add(1, Ordering::Release);
         }
         drop(map);
-        if let Some(addr) = outside {
-            // Fatal: answered by the error policy (the faults read stay queued, and are
-            // answered as every outstanding fault is when a worker stops).
-            return Err(Stop::Failed(ServeError::FaultOutsideRegions { addr }));
-        }
         Ok(count)
     }
 }
@@ -174,12 +177,7 @@ pub(crate) fn poison_unplaced(shared: &Shared, id: usize, outside: Option<u64>) 
                             // An event is pending: read and apply it, then retry.
                             match inbox.read(shared, counters) {
                                 Ok(0) => super::place::backoff(&mut idle),
-                                // (A fault outside the regions was read: it is queued, and
-                                // woken at the end like the others.)
-                                Ok(_)
-                                | Err(Stop::Failed(ServeError::FaultOutsideRegions { .. })) => {
-                                    idle = 0
-                                }
+                                Ok(_) => idle = 0,
                                 Err(_) => return,
                             }
                         }
@@ -191,5 +189,5 @@ pub(crate) fn poison_unplaced(shared: &Shared, id: usize, outside: Option<u64>) 
         }
         break;
     }
-    super::worker::wake_outstanding(shared, inbox.pending.drain(..).map(|(addr, _)| addr));
+    super::worker::wake_outstanding(shared, inbox.pending.drain(..).map(|f| f.addr));
 }

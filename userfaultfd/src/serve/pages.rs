@@ -47,6 +47,9 @@ impl Bits {
 pub(crate) struct PageState {
     placed: Bits,
     discarded: Bits,
+    /// Whether any page was ever discarded (most regions never are: their placements skip
+    /// the per-page check).
+    any_discards: std::sync::atomic::AtomicBool,
 }
 
 impl PageState {
@@ -54,6 +57,7 @@ impl PageState {
         PageState {
             placed: Bits::new(pages),
             discarded: Bits::new(pages),
+            any_discards: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -74,6 +78,7 @@ impl PageState {
     /// The process discarded these pages (`MADV_DONTNEED`/`REMOVE`): they are empty again,
     /// and read as zeros when next touched.
     pub fn mark_discarded(&self, from: usize, to: usize) {
+        self.any_discards.store(true, Relaxed);
         self.discarded.set_range(from, to, true);
         self.placed.set_range(from, to, false);
     }
@@ -98,7 +103,8 @@ impl PageState {
     /// Whether a page of `[from, to)` other than `except` is discarded.
     #[inline]
     pub fn any_discarded(&self, from: usize, to: usize, except: Option<usize>) -> bool {
-        (from..to).any(|i| Some(i) != except && self.is_discarded(i))
+        self.any_discards.load(Relaxed)
+            && (from..to).any(|i| Some(i) != except && self.is_discarded(i))
     }
 
     /// The end of the run of pages from `from` (excluded `to`) with the same placed state.

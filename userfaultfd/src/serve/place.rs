@@ -10,7 +10,7 @@ use libc::c_void;
 use super::inbox::Inbox;
 use super::region::{Backend, Mapping, Region};
 use super::server::Exit;
-use super::shared::{lock_read, uffd_error, Activity, Shared, Stop, IN_FETCH, RUNNING};
+use super::shared::{lock_read, uffd_error, Activity, FillJob, Shared, Stop, IN_FETCH, RUNNING};
 use super::source::Chunk;
 use super::stats::{add, Counters};
 use super::ServeError;
@@ -100,6 +100,8 @@ pub(crate) struct Placer<'a> {
     pub activity: &'a Activity,
     /// `Shared::epoch` when this attempt started.
     pub epoch: u64,
+    /// The thread's id (index of its counters and activity).
+    pub id: usize,
 }
 
 /// Who reads a pending event that refuses a placement (`EAGAIN`, nothing done).
@@ -110,8 +112,11 @@ pub(crate) enum Events<'a> {
     Read(&'a RefCell<Inbox>),
     /// A fetch worker: the reader thread reads them; backs off and retries, until stopped.
     Wait,
-    /// The background fill, the replay: [`Flow::ReadEvents`], leaving them to the others.
+    /// The replay: [`Flow::ReadEvents`], leaving them to the others.
     Leave,
+    /// The background fill: makes no ioctl itself, but hands each placement to a thread that
+    /// reads the messages (see `FillDesk`).
+    Delegate,
 }
 
 impl<'a> Placer<'a> {
@@ -123,6 +128,7 @@ impl<'a> Placer<'a> {
             counters: &shared.counters[id],
             activity: &shared.activity[id],
             epoch: shared.epoch.load(Ordering::Acquire),
+            id,
         }
     }
 
@@ -300,7 +306,7 @@ impl Placer<'_> {
         fault: usize,
         origin: Origin,
     ) -> Result<Flow, Stop> {
-        if m.page_size > super::source::page_size() {
+        if m.page_size > self.shared.base_page {
             self.place(
                 m,
                 from,
@@ -314,6 +320,19 @@ impl Placer<'_> {
         }
     }
 
+    /// Makes a placement the background fill handed over (on this thread, which reads the
+    /// messages: `self.events` is its own).
+    pub fn place_for_fill(&self, job: &FillJob) -> Result<Flow, Stop> {
+        self.place(
+            &job.mapping,
+            job.from,
+            job.to,
+            job.fill,
+            usize::MAX,
+            Origin::Background,
+        )
+    }
+
     /// The ioctl loop: places `[from, to)` with `fill`, continuing after partial progress
     /// and present pages, waking the faulting page when someone else placed it.
     fn place(
@@ -325,6 +344,17 @@ impl Placer<'_> {
         fault: usize,
         origin: Origin,
     ) -> Result<Flow, Stop> {
+        if let (Events::Delegate, Some(desk)) = (self.events, &self.shared.desk) {
+            let job = FillJob {
+                mapping: *m,
+                from,
+                to,
+                fill,
+                epoch: self.epoch,
+                id: self.id,
+            };
+            return desk.submit(job, &self.shared.stopping);
+        }
         let ps = m.page_size;
         let state = &self.shared.pages[m.region];
         let addr_of = |page: usize| (m.addr + (page - m.first_page) * ps) as *mut c_void;
@@ -350,7 +380,7 @@ impl Placer<'_> {
             return Ok(Flow::Restart);
         }
         if let Fill::Copy(src) = fill {
-            if ps > super::source::page_size() {
+            if ps > self.shared.base_page {
                 // SAFETY: the bytes to copy: a chunk of the source (a `&[u8]` of this length)
                 // or the zero mapping (at least a block long).
                 unsafe { prefault(src, (to - from) * ps) };
@@ -399,7 +429,9 @@ impl Placer<'_> {
                                 // quick retry lands between two of them).
                                 drop(guard);
                                 match self.events {
-                                    Events::Leave => return Ok(Flow::ReadEvents),
+                                    Events::Leave | Events::Delegate => {
+                                        return Ok(Flow::ReadEvents)
+                                    }
                                     Events::Read(inbox) => {
                                         let read =
                                             inbox.borrow_mut().read(self.shared, self.counters)?;
@@ -500,7 +532,7 @@ impl Placer<'_> {
     ) -> Result<Flow, Stop> {
         let ps = m.page_size;
         let dst = (m.addr + (page - m.first_page) * ps) as *mut c_void;
-        let result = if ps > super::source::page_size() {
+        let result = if ps > self.shared.base_page {
             // SAFETY: as in `place`: a served page, and the zero mapping is readable.
             unsafe { uffd.copy(self.shared.zeros.ptr.cast(), dst, ps, true) }
         } else {

@@ -12,7 +12,8 @@ use super::inbox::poison_unplaced;
 use super::pages::PageState;
 use super::region::{check_disjoint, AddressMap, Backend, Region};
 use super::replay;
-use super::shared::{lock_write, Activity, Config, Dispatch, Locked, Shared, Stop, ZeroMap};
+use super::shared::{lock_write, Activity, Config, Dispatch, FillDesk, Locked, Shared, Slot};
+use super::shared::{Stop, ZeroMap};
 use super::shared::{EXITED, IN_FETCH, RUNNING};
 use super::stats::{Counters, Stats};
 use super::worker::Worker;
@@ -270,11 +271,20 @@ impl ServerBuilder {
             uffd_fd: uffd.as_raw_fd(),
             map: RwLock::new(Locked::new(AddressMap::new(&self.regions), uffd)),
             activity: (0..threads).map(|_| Activity::default()).collect(),
+            desk: match self.background {
+                true => Some(FillDesk {
+                    fd: eventfd()?,
+                    slot: Mutex::new(Slot::Empty),
+                    done: Condvar::new(),
+                }),
+                false => None,
+            },
             dispatch: (!inline).then(|| Dispatch {
                 queue: Mutex::new(VecDeque::with_capacity(1024)),
                 ready: Condvar::new(),
             }),
             epoch: AtomicU64::new(0),
+            base_page: super::source::page_size(),
             regions,
             source,
             stop_fd: eventfd()?,
@@ -465,7 +475,9 @@ pub struct Finished {
     pub outcome: Result<Exit, ServeError>,
     /// The userfaultfd, still open with the regions registered: threads blocked in a fault
     /// stay blocked until it is dropped (then they get the kernel's default pages) or their
-    /// ranges are unregistered. While it is open, nobody reads its events: an `munmap`,
+    /// ranges are unregistered. Faults the server read and did not answer are pending on it
+    /// again (their threads were woken and faulted again), so whoever reads it next sees
+    /// every blocked fault. No thread of the server uses it or keeps a copy of it open. While it is open, nobody reads its events: an `munmap`,
     /// `mremap` or `madvise(MADV_DONTNEED)` of a region waits for its event to be read, so
     /// drop it (or unregister) before those.
     pub uffd: Uffd,
@@ -714,7 +726,7 @@ impl Server {
             .collect();
         let queued: Vec<usize> = shared.dispatch.as_ref().map_or_else(Vec::new, |d| {
             let mut queue = d.queue.lock().unwrap_or_else(|e| e.into_inner());
-            queue.drain(..).map(|(addr, _)| addr).collect()
+            queue.drain(..).map(|f| f.addr).collect()
         });
         // No placement is in progress while this is held; none starts after the take.
         let mut guard = lock_write(&shared.map);
@@ -757,6 +769,11 @@ fn signal_stop(shared: &Shared) {
         // Under the queue's lock: a fetch worker checks `stopping` under it before waiting.
         let _queue = dispatch.queue.lock().unwrap_or_else(|e| e.into_inner());
         dispatch.ready.notify_all();
+    }
+    if let Some(desk) = &shared.desk {
+        // The fill, waiting for a placement not yet taken, withdraws it.
+        let _slot = desk.slot.lock().unwrap_or_else(|e| e.into_inner());
+        desk.done.notify_all();
     }
 }
 

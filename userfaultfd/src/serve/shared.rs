@@ -2,15 +2,17 @@
 
 use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use libc::c_void;
 
+use super::inbox::Fault;
 use super::pages::PageState;
-use super::region::{AddressMap, Region};
+use super::place::{Fill, Flow};
+use super::region::{AddressMap, Mapping, Region};
 use super::server::Exit;
 use super::source::PageSource;
 use super::stats::Counters;
@@ -55,7 +57,10 @@ impl Locked {
     /// The descriptor, or [`Stop::Exit`] once the server has given it back.
     #[inline]
     pub fn uffd(&self) -> Result<&Uffd, Stop> {
-        self.uffd.as_ref().ok_or(Stop::Exit(Exit::Stopped))
+        match &self.uffd {
+            Some(uffd) => Ok(uffd),
+            None => Err(Stop::Exit(Exit::Stopped)),
+        }
     }
 
     /// Takes the descriptor out (stop).
@@ -111,8 +116,94 @@ impl Activity {
 
 /// Faults read by the reader thread, for the fetch workers (sources that may block).
 pub(crate) struct Dispatch {
-    pub queue: Mutex<VecDeque<(usize, Instant)>>,
+    pub queue: Mutex<VecDeque<Fault>>,
     pub ready: Condvar,
+}
+
+/// A placement of the background fill, made on its behalf by a thread at the workers'
+/// priority (see [`FillDesk`]).
+#[derive(Clone, Copy)]
+pub(crate) struct FillJob {
+    pub mapping: Mapping,
+    pub from: usize,
+    pub to: usize,
+    pub fill: Fill,
+    /// The fill's `Shared::epoch` when it decided.
+    pub epoch: u64,
+    /// The fill thread's id (its counters).
+    pub id: usize,
+}
+
+// SAFETY: `fill` may point into the fill thread's scratch buffer or the source's memory; the
+// fill thread waits (without touching them) until the job is done or withdrawn untaken.
+unsafe impl Send for FillJob {}
+
+/// Where a job is.
+pub(crate) enum Slot {
+    Empty,
+    Waiting(FillJob),
+    Taken,
+    Done(Result<Flow, Stop>),
+}
+
+/// The background fill runs at the lowest CPU priority: were it to hold the server's lock, a
+/// preempted fill would keep the reading of messages (faults included) waiting behind it. So
+/// it never takes the lock: it decides and fetches, and hands each placement to a thread at
+/// the workers' priority (a worker that reads messages, or the reader), which makes the
+/// ioctl under the lock while the fill waits.
+pub(crate) struct FillDesk {
+    /// Readable while a job waits (polled by the threads that read messages).
+    pub fd: OwnedFd,
+    pub slot: Mutex<Slot>,
+    pub done: Condvar,
+}
+
+impl FillDesk {
+    /// Submits `job` and waits for its result. On a stop, a job not yet taken is withdrawn
+    /// ([`Stop::Exit`]); a job taken is waited for (an ioctl: bounded).
+    pub fn submit(&self, job: FillJob, stopping: &AtomicBool) -> Result<Flow, Stop> {
+        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        *slot = Slot::Waiting(job);
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from `one` to our eventfd.
+        unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        loop {
+            match std::mem::replace(&mut *slot, Slot::Empty) {
+                Slot::Done(result) => return result,
+                Slot::Waiting(_) if stopping.load(Ordering::Acquire) => {
+                    return Err(Stop::Exit(Exit::Stopped));
+                }
+                other => *slot = other,
+            }
+            slot = self
+                .done
+                .wait_timeout(slot, Duration::from_millis(10))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Takes the waiting job, if any (its eventfd reset first: the fill submits the next job
+    /// only once this one is done).
+    pub fn take(&self) -> Option<FillJob> {
+        let mut count = 0u64;
+        // SAFETY: reads 8 bytes into `count` from our non-blocking eventfd.
+        unsafe { libc::read(self.fd.as_raw_fd(), (&mut count as *mut u64).cast(), 8) };
+        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        match std::mem::replace(&mut *slot, Slot::Taken) {
+            Slot::Waiting(job) => Some(job),
+            other => {
+                *slot = other;
+                None
+            }
+        }
+    }
+
+    /// Hands back the result of a job taken.
+    pub fn finish(&self, result: Result<Flow, Stop>) {
+        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = Slot::Done(result);
+        self.done.notify_all();
+    }
 }
 
 /// What every worker shares.
@@ -121,6 +212,8 @@ pub(crate) struct Shared {
     /// the descriptor back); every other use goes through [`Locked::uffd`].
     pub uffd_fd: RawFd,
     pub source: Arc<dyn PageSource>,
+    /// The base page size.
+    pub base_page: usize,
     pub regions: Vec<Region>,
     pub pages: Vec<PageState>,
     /// The lock: shared by placements, exclusive for reading messages and applying events.
@@ -130,6 +223,8 @@ pub(crate) struct Shared {
     /// `Some` when the source may block: a reader thread reads the messages and hands the
     /// faults to the workers, which fetch and place.
     pub dispatch: Option<Dispatch>,
+    /// `Some` with the background fill: where it hands over its placements.
+    pub desk: Option<FillDesk>,
     /// Counts the changes of the address map (`UNMAP`, `REMAP`; under the exclusive lock): a
     /// placement looked up before a change is not made.
     pub epoch: AtomicU64,

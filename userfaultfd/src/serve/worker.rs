@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use libc::c_void;
 
-use super::inbox::Inbox;
+use super::inbox::{Fault, Inbox};
 use super::place::{backoff, Events, Flow, Origin, Placer};
 use super::region::Backend;
 use super::server::Exit;
@@ -50,7 +50,7 @@ impl Worker {
     pub fn run(&mut self) -> Result<(), Stop> {
         let result = self.serve_inline();
         let pending = &mut self.inbox.get_mut().pending;
-        wake_outstanding(&self.shared, pending.drain(..).map(|(addr, _)| addr));
+        wake_outstanding(&self.shared, pending.drain(..).map(|f| f.addr));
         result
     }
 
@@ -58,18 +58,55 @@ impl Worker {
         loop {
             loop {
                 let next = self.inbox.get_mut().pending.pop_front();
-                let Some((addr, read_at)) = next else { break };
-                self.serve_fault(addr, read_at, true)?;
+                let Some(fault) = next else { break };
+                if let Err(stop) = self.serve_fault(fault, true) {
+                    // Not served: answered with the other outstanding faults (see `run`).
+                    self.inbox.get_mut().pending.push_front(fault);
+                    return Err(stop);
+                }
             }
             if self.shared.stopping.load(Ordering::Acquire) {
                 return Ok(());
             }
-            self.wait()?;
+            let fill_job = self.wait()?;
             if self.shared.stopping.load(Ordering::Acquire) {
                 return Ok(());
+            }
+            if fill_job {
+                self.place_for_fill()?;
             }
             self.read_messages()?;
         }
+    }
+
+    /// Makes the placement the background fill handed over, if one waits (see `FillDesk`).
+    fn place_for_fill(&mut self) -> Result<(), Stop> {
+        let shared = Arc::clone(&self.shared);
+        let Some(desk) = &shared.desk else {
+            return Ok(());
+        };
+        let Some(job) = desk.take() else {
+            return Ok(());
+        };
+        // Hands a result back even if the placement panics (the fill waits for it).
+        struct Answer<'d>(&'d super::shared::FillDesk, Option<Result<Flow, Stop>>);
+        impl Drop for Answer<'_> {
+            fn drop(&mut self) {
+                self.0
+                    .finish(self.1.take().unwrap_or(Err(Stop::Exit(Exit::Stopped))));
+            }
+        }
+        let mut answer = Answer(desk, None);
+        let placer = Placer {
+            shared: &shared,
+            events: Events::Read(&self.inbox),
+            counters: &shared.counters[job.id],
+            activity: &shared.activity[self.id],
+            epoch: job.epoch,
+            id: job.id,
+        };
+        answer.1 = Some(placer.place_for_fill(&job));
+        Ok(())
     }
 
     /// The reader (the source may block): reads the messages, applies the events, and hands
@@ -80,7 +117,7 @@ impl Worker {
         let shared = &*self.shared;
         if let Some(dispatch) = &shared.dispatch {
             let mut queue = dispatch.queue.lock().unwrap_or_else(|e| e.into_inner());
-            wake_outstanding(shared, queue.drain(..).map(|(addr, _)| addr));
+            wake_outstanding(shared, queue.drain(..).map(|f| f.addr));
         }
         result
     }
@@ -94,11 +131,15 @@ impl Worker {
             if self.shared.stopping.load(Ordering::Acquire) {
                 return Ok(());
             }
-            self.wait()?;
+            let fill_job = self.wait()?;
             if self.shared.stopping.load(Ordering::Acquire) {
                 return Ok(());
             }
-            let read = self.read_messages();
+            // (Faults read while placing for the fill are handed over below.)
+            let read = match fill_job {
+                true => self.place_for_fill().and_then(|()| self.read_messages()),
+                false => self.read_messages(),
+            };
             // Faults read are handed over even when the read ends in an error: they are
             // then answered with the others when the reader stops.
             let pending = &mut self.inbox.get_mut().pending;
@@ -124,9 +165,10 @@ impl Worker {
     pub fn run_fetcher(&mut self) -> Result<(), Stop> {
         let shared = Arc::clone(&self.shared);
         let activity = &shared.activity[self.id];
-        while let Some((addr, read_at)) = self.next_fault() {
+        while let Some(fault) = self.next_fault() {
+            let addr = fault.addr;
             activity.fault.store(addr, Ordering::Release);
-            let result = self.serve_fault(addr, read_at, false);
+            let result = self.serve_fault(fault, false);
             activity.fault.store(usize::MAX, Ordering::Release);
             if let Err(stop) = result {
                 wake_outstanding(&shared, std::iter::once(addr));
@@ -140,7 +182,7 @@ impl Worker {
     }
 
     /// The next fault the reader handed over; `None` once the server stops.
-    fn next_fault(&self) -> Option<(usize, Instant)> {
+    fn next_fault(&self) -> Option<Fault> {
         let shared = &*self.shared;
         let dispatch = shared.dispatch.as_ref()?;
         let mut queue = dispatch.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -164,7 +206,9 @@ impl Worker {
     }
 
     /// Serves one fault; `inline`: this worker reads the messages itself.
-    fn serve_fault(&mut self, addr: usize, read_at: Instant, inline: bool) -> Result<(), Stop> {
+    #[inline]
+    fn serve_fault(&mut self, fault: Fault, inline: bool) -> Result<(), Stop> {
+        let addr = fault.addr;
         let mut idle = 0;
         loop {
             let flow = {
@@ -200,10 +244,18 @@ impl Worker {
                             placer.block(&m, page, Origin::Fault, scratch)?
                         }
                     }
+                    // Outside the map, which has not changed since the fault was read: a
+                    // fault outside every region. Fatal, answered by the error policy (the
+                    // fault is woken with the other outstanding ones when the worker stops).
+                    None if shared.epoch.load(Ordering::Acquire) == fault.epoch => {
+                        return Err(Stop::Failed(ServeError::FaultOutsideRegions {
+                            addr: addr as u64,
+                        }));
+                    }
                     None => {
-                        // In the map when read (see `Inbox::read`), no longer: the range was
-                        // unmapped since. Wake the thread, which retries the access and meets
-                        // the kernel's verdict.
+                        // In the map when read, no longer: the range was unmapped or moved
+                        // since. Wake the thread, which retries the access and meets the
+                        // kernel's verdict.
                         let page = addr & !(super::source::page_size() - 1);
                         lock_read(&shared.map)
                             .uffd()?
@@ -235,12 +287,14 @@ impl Worker {
         }
         let counters = &self.shared.counters[self.id];
         add(&counters.faults, 1);
-        counters.record_latency(read_at.elapsed());
+        counters.record_latency(fault.read_at.elapsed());
         Ok(())
     }
 
-    /// Waits until the userfaultfd is readable, the server stops, or the peer exits.
-    fn wait(&self) -> Result<(), Stop> {
+    /// Waits until the userfaultfd is readable, the server stops, the peer exits, or the
+    /// background fill hands over a placement (then returns `true`).
+    #[inline]
+    fn wait(&self) -> Result<bool, Stop> {
         let shared = &*self.shared;
         let mut fds = [
             libc::pollfd {
@@ -261,10 +315,23 @@ impl Worker {
                 events: libc::POLLIN,
                 revents: 0,
             },
+            libc::pollfd {
+                fd: shared
+                    .desk
+                    .as_ref()
+                    .map_or(-1, |d| std::os::fd::AsRawFd::as_raw_fd(&d.fd)),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
-        let spin_until = Instant::now() + shared.config.busy_poll;
+        // (No clock read without busy-polling, the default.)
+        let busy = shared.config.busy_poll;
+        let spin_until = (!busy.is_zero()).then(|| Instant::now() + busy);
         loop {
-            let timeout = if Instant::now() < spin_until { 0 } else { -1 };
+            let timeout = match spin_until {
+                Some(until) if Instant::now() < until => 0,
+                _ => -1,
+            };
             // SAFETY: `fds` is an array of valid pollfds (a negative fd is ignored).
             let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
             if r < 0 {
@@ -290,7 +357,7 @@ impl Worker {
                     source: std::io::Error::other("POLLERR: the descriptor is not usable"),
                 }));
             }
-            return Ok(());
+            return Ok(fds[3].revents != 0);
         }
     }
 }
