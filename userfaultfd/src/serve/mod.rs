@@ -150,8 +150,8 @@
 //!
 //! | a fault, when `stop` is called | what happens to it |
 //! |---|---|
-//! | being served, its fetches returning within the grace | served (its page and its block) |
-//! | being served by a thread stuck in a fetch | woken: its thread retries the access and faults again, pending on [`Finished::uffd`] |
+//! | being served, its fetches returning within the grace | served: its page first (its thread woken), then its block |
+//! | being served by a thread stuck in a fetch past the grace | woken: its thread retries the access and, if its page was not placed yet, faults again, pending on [`Finished::uffd`]; the rest of its block is not placed |
 //! | read and not yet being served (a worker's batch, the reader's queue) | served by a worker that reads and serves itself (never-blocking source); woken (pending again on [`Finished::uffd`]) in the reader's queue |
 //! | not yet read | pending on [`Finished::uffd`] |
 //!
