@@ -94,6 +94,16 @@ impl RunningChild {
             report: drain(&self.report),
         }
     }
+
+    /// Waits up to `timeout` for the child to end; `None` if it did not (it is then killed
+    /// and reaped), for callers that report a hang instead of failing at once.
+    pub fn wait_within(self, timeout: Duration) -> Option<ChildOutcome> {
+        let exit = try_wait_child(self.pid, timeout)?;
+        Some(ChildOutcome {
+            exit,
+            report: drain(&self.report),
+        })
+    }
 }
 
 /// As [`run_in_child`], but returns at once: the parent does something while the child runs,
@@ -138,17 +148,26 @@ pub fn spawn_child(f: impl FnOnce(&Reporter) -> Result<(), String>) -> RunningCh
 /// holding our pipe cannot delay us); kills it after [`TIMEOUT`].
 #[track_caller]
 pub fn wait_child(pid: libc::pid_t) -> ChildExit {
-    let deadline = Instant::now() + TIMEOUT;
+    match try_wait_child(pid, TIMEOUT) {
+        Some(exit) => exit,
+        None => panic!("child process {pid} did not finish within {TIMEOUT:?}"),
+    }
+}
+
+/// Waits up to `timeout` for `pid` to end; `None` (after killing and reaping it) if it did
+/// not.
+fn try_wait_child(pid: libc::pid_t, timeout: Duration) -> Option<ChildExit> {
+    let deadline = Instant::now() + timeout;
     loop {
         let mut status = 0;
         // SAFETY: waits for our own child; `status` is a valid out-pointer.
         let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
         if r == pid {
             if libc::WIFEXITED(status) {
-                return ChildExit::Exited(libc::WEXITSTATUS(status));
+                return Some(ChildExit::Exited(libc::WEXITSTATUS(status)));
             }
             if libc::WIFSIGNALED(status) {
-                return ChildExit::Signaled(libc::WTERMSIG(status));
+                return Some(ChildExit::Signaled(libc::WTERMSIG(status)));
             }
             continue; // stopped or continued: keep waiting
         }
@@ -159,7 +178,7 @@ pub fn wait_child(pid: libc::pid_t) -> ChildExit {
                 libc::kill(pid, libc::SIGKILL);
                 libc::waitpid(pid, &mut status, 0);
             }
-            panic!("child process {pid} did not finish within {TIMEOUT:?}");
+            return None;
         }
         std::thread::sleep(Duration::from_millis(2));
     }

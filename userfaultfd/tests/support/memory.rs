@@ -116,15 +116,37 @@ impl Region {
             memory,
             file,
         };
-        region.ptr = region.map_view()?;
+        region.ptr = region.map_view(false)?;
         Some(region)
     }
 
-    /// Maps the region's pages, or for a shared type another view of the same file.
+    /// A private anonymous mapping of `pages` pages of `memory`, without a file: for
+    /// hugetlbfs `MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB` (what [`Region::new`] gives
+    /// for anonymous memory). `None` (after reporting a machine skip) when huge pages are not
+    /// available.
     #[track_caller]
-    fn map_view(&self) -> Option<*mut u8> {
+    pub fn anonymous(memory: MemoryType, pages: usize) -> Option<Region> {
+        let mut region = Region {
+            ptr: ptr::null_mut(),
+            len: pages * memory.page_size(),
+            memory,
+            file: None,
+        };
+        region.ptr = region.map_view(false)?;
+        Some(region)
+    }
+
+    /// Maps the region's pages, or for a shared type another view of the same file
+    /// (`MAP_SHARED`, or `MAP_PRIVATE` if `private`).
+    #[track_caller]
+    fn map_view(&self, private: bool) -> Option<*mut u8> {
         let (flags, fd) = match &self.file {
+            None if self.memory == MemoryType::Hugetlb => (
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB,
+                -1,
+            ),
             None => (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1),
+            Some(fd) if private => (libc::MAP_PRIVATE, fd.as_raw_fd()),
             Some(fd) => (libc::MAP_SHARED, fd.as_raw_fd()),
         };
         // SAFETY: a new mapping at an address of the kernel's choosing; nothing lives there.
@@ -163,7 +185,23 @@ impl Region {
     /// without faulting through the registered view.
     pub fn second_view(&self) -> Region {
         assert!(self.file.is_some(), "only shared memory has a second view");
-        let ptr = self.map_view().expect("second view of a mapped region");
+        let ptr = self
+            .map_view(false)
+            .expect("second view of a mapped region");
+        self.view_at(ptr)
+    }
+
+    /// A private mapping (`MAP_PRIVATE`) of the same file (shared types only): it reads the
+    /// file's pages until written or discarded. `None` (after reporting a machine skip) when
+    /// huge pages for its reservation are not available.
+    #[track_caller]
+    pub fn private_view(&self) -> Option<Region> {
+        assert!(self.file.is_some(), "only shared memory has a private view");
+        let ptr = self.map_view(true)?;
+        Some(self.view_at(ptr))
+    }
+
+    fn view_at(&self, ptr: *mut u8) -> Region {
         Region {
             ptr,
             len: self.len,
@@ -243,7 +281,20 @@ impl Region {
 
 /// A recognisable page: byte `j` is `(seed * 31 + j * 7 + 1) as u8`, never all zero.
 pub fn pattern(seed: usize, len: usize) -> Vec<u8> {
-    (0..len).map(|j| (seed * 31 + j * 7 + 1) as u8).collect()
+    // The bytes repeat every 256 (7 is odd): one period, then copies of it, so that a huge
+    // page's pattern costs memory copies, not a loop per byte (debug builds, under qemu).
+    let period: Vec<u8> = (0..256).map(|j| (seed * 31 + j * 7 + 1) as u8).collect();
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        let n = (len - out.len()).min(period.len());
+        out.extend_from_slice(&period[..n]);
+    }
+    debug_assert!(out
+        .iter()
+        .take(1024)
+        .enumerate()
+        .all(|(j, &b)| b == (seed * 31 + j * 7 + 1) as u8));
+    out
 }
 
 impl Drop for Region {

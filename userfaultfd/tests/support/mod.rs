@@ -1,5 +1,5 @@
 //! What the integration tests share: strict-mode skipping, the three memory types, mappings,
-//! timeouts, child processes, and knowing that a thread is blocked in a fault.
+//! timeouts and watchdogs, child processes, and knowing that a thread is blocked in a fault.
 //!
 //! Each test file includes this with `mod support;` and uses what it needs.
 #![allow(dead_code, unused_imports)]
@@ -11,6 +11,7 @@ pub mod memory;
 pub mod serve;
 pub mod skip;
 pub mod timeout;
+pub mod watchdog;
 
 pub use blocked::{blocked_in_userfault, gettid, wait_blocked_in_userfault};
 pub use child::{run_in_child, spawn_child, ChildExit, ChildOutcome, Reporter, RunningChild};

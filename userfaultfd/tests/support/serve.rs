@@ -1,9 +1,11 @@
 //! For the page-server tests: a snapshot with recognisable and zero pages, a page source
-//! over it that can be made to fail, panic or hold a fetch, and checks of every byte.
+//! over it that can be made to fail, panic, hold a fetch or be slow, and checks of every
+//! byte.
 
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use userfaultfd::serve::{Chunk, PageSource};
 use userfaultfd::{FeatureFlags, RegisterMode, Uffd};
@@ -63,14 +65,19 @@ impl Gate {
 }
 
 /// A page source over a snapshot in memory: runs of zero pages are answered as zeros (so the
-/// server maps zero pages), the rest as data. It can fail or panic at one page, or hold its
-/// first fetch at a gate.
+/// server maps zero pages), the rest as data. It can fail or panic at one page, hold its
+/// first fetch at a gate, or be slow sometimes.
 pub struct TestSource {
     pub bytes: Vec<u8>,
     pub page_size: usize,
     pub fail_at: Option<usize>,
     pub panic_at: Option<usize>,
     pub gate: Option<Arc<Gate>>,
+    /// `(n, d)`: every `n`-th fetch sleeps `d` first (a remote source's occasional slow read).
+    pub delay: Option<(usize, Duration)>,
+    /// What [`PageSource::never_blocks`] answers (default `false`): `true` makes the server
+    /// read messages and fetch on the same threads.
+    pub never_blocks: bool,
     pub fetches: AtomicUsize,
 }
 
@@ -82,6 +89,8 @@ impl TestSource {
             fail_at: None,
             panic_at: None,
             gate: None,
+            delay: None,
+            never_blocks: false,
             fetches: AtomicUsize::new(0),
         }
     }
@@ -92,8 +101,17 @@ impl PageSource for TestSource {
         self.bytes.len() as u64
     }
 
+    fn never_blocks(&self) -> bool {
+        self.never_blocks
+    }
+
     fn fetch<'a>(&'a self, offset: u64, len: usize, _: &'a mut [u8]) -> io::Result<Chunk<'a>> {
-        self.fetches.fetch_add(1, Ordering::Relaxed);
+        let n = self.fetches.fetch_add(1, Ordering::Relaxed);
+        if let Some((every, pause)) = self.delay {
+            if n % every == every - 1 {
+                std::thread::sleep(pause);
+            }
+        }
         if let Some(gate) = &self.gate {
             gate.pass();
         }
@@ -152,4 +170,36 @@ pub fn mismatches(
             got != &expected[i * ps..(i + 1) * ps]
         })
         .collect()
+}
+
+/// How a page read compares with the source's page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageRead {
+    /// Exactly the source's bytes.
+    Source,
+    /// All zeros (and the source's page is not).
+    Zeros,
+    /// The source's bytes up to offset `k`, zeros from there: the page was discarded while
+    /// it was being read.
+    Torn(usize),
+    /// Anything else: byte `k` is the first that is neither.
+    Wrong(usize),
+}
+
+/// Compares a page as read with the source's page, every byte.
+pub fn compare_page(got: &[u8], want: &[u8]) -> PageRead {
+    assert_eq!(got.len(), want.len());
+    if got == want {
+        return PageRead::Source;
+    }
+    let k = got.iter().zip(want).position(|(g, w)| g != w).unwrap_or(0);
+    if got[k..].iter().all(|&b| b == 0) {
+        if got[..k].iter().all(|&b| b == 0) {
+            PageRead::Zeros
+        } else {
+            PageRead::Torn(k)
+        }
+    } else {
+        PageRead::Wrong(k)
+    }
 }

@@ -16,13 +16,6 @@ pub struct Waitable<T> {
     handle: JoinHandle<T>,
 }
 
-impl<T> Waitable<T> {
-    /// Whether the thread has finished.
-    pub fn is_finished(&self) -> bool {
-        self.handle.is_finished()
-    }
-}
-
 /// Spawns `f` on a named thread.
 pub fn spawn_named<T: Send + 'static>(
     name: &str,
@@ -38,6 +31,18 @@ pub fn spawn_named<T: Send + 'static>(
         })
         .expect("spawning a test thread");
     Waitable { done, handle }
+}
+
+impl<T> Waitable<T> {
+    /// Whether the thread has finished (then [`join_timeout`] returns at once).
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+
+    /// The thread's name.
+    pub fn name(&self) -> String {
+        self.handle.thread().name().unwrap_or("?").to_string()
+    }
 }
 
 /// Waits for the thread to finish; panics (naming it) after [`TIMEOUT`], or if it panicked.
