@@ -10,9 +10,7 @@ use libc::c_void;
 use super::inbox::Inbox;
 use super::region::{Backend, Mapping, Region};
 use super::server::Exit;
-use super::shared::{
-    lock_read, uffd_error, uffd_error_at, Activity, FillJob, Shared, Stop, IN_FETCH, RUNNING,
-};
+use super::shared::{lock_read, uffd_error_at, Activity, FillJob, Shared, Stop, IN_FETCH, RUNNING};
 use super::source::Chunk;
 use super::stats::{add, Counters};
 use super::ServeError;
@@ -468,10 +466,9 @@ impl Placer<'_> {
                         add(&self.counters.eexist, 1);
                         state.mark_placed(i, i + 1);
                         if i == fault && origin == Origin::Fault {
-                            guard
-                                .uffd()?
-                                .wake(dst, ps)
-                                .map_err(|e| uffd_error("waking a faulting thread", e))?;
+                            guard.uffd()?.wake(dst, ps).map_err(|e| {
+                                uffd_error_at("waking a faulting thread", m.region, dst, ps, e)
+                            })?;
                         }
                         i += 1;
                         continue;
@@ -488,10 +485,9 @@ impl Placer<'_> {
                     }
                     Some(Errno::ENOENT) => {
                         if i == fault && origin == Origin::Fault {
-                            guard
-                                .uffd()?
-                                .wake(dst, ps)
-                                .map_err(|e| uffd_error("waking a faulting thread", e))?;
+                            guard.uffd()?.wake(dst, ps).map_err(|e| {
+                                uffd_error_at("waking a faulting thread", m.region, dst, ps, e)
+                            })?;
                         }
                         i += 1;
                         continue;
