@@ -112,7 +112,7 @@ fn run(cli: &Cli) -> u8 {
                     }
                 }
                 log!("opened {}", object.describe());
-                Memory::Object(object)
+                Memory::Object(Box::new(object))
             }
             Err(e) => {
                 log!("opening the memory object {url}: {e}");

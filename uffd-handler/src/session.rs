@@ -25,7 +25,7 @@ pub enum Memory {
     /// A local file.
     File(File),
     /// An object in storage.
-    Object(Object),
+    Object(Box<Object>),
 }
 
 /// How a session ended: the exit status.
@@ -105,7 +105,7 @@ pub fn serve(
             Ok(source) => source,
             Err(status) => return status,
         },
-        Memory::Object(object) => match object_for(object, &list.regions) {
+        Memory::Object(object) => match object_for(*object, &list.regions) {
             Ok(object) => {
                 let source = object.source.clone();
                 object_source = Some(object);
