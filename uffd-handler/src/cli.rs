@@ -300,4 +300,31 @@ mod tests {
         );
         assert!(Cli::try_parse_from(["uffd-handler", "s", "m", "--workers", "0"]).is_err());
     }
+
+    #[test]
+    fn memory_is_a_path_or_a_url_of_a_served_scheme() {
+        let url = |u: &str| Ok(Memory::Url(u.into()));
+        assert_eq!(parse_memory("http://h/m"), url("http://h/m"));
+        assert_eq!(parse_memory("https://h/m"), url("https://h/m"));
+        assert_eq!(parse_memory("s3://b/k"), url("s3://b/k"));
+        assert_eq!(parse_memory("vm.mem"), Ok(Memory::File("vm.mem".into())));
+        assert_eq!(
+            parse_memory("./ftp://x"),
+            Ok(Memory::File("./ftp://x".into()))
+        );
+        assert!(parse_memory("ftp://h/m")
+            .unwrap_err()
+            .contains("ftp:// is not served"));
+        let cli = |args: &[&str]| Cli::try_parse_from(args).unwrap().misplaced_option();
+        assert_eq!(
+            cli(&["u", "s", "m", "--cache-dir", "d"]),
+            Some("--cache-dir")
+        );
+        assert_eq!(
+            cli(&["u", "s", "s3://b/k", "--backend", "pread"]),
+            Some("--backend")
+        );
+        assert_eq!(cli(&["u", "s", "s3://b/k", "--chunk-size", "1M"]), None);
+        assert_eq!(cli(&["u", "s", "m", "--backend", "pread"]), None);
+    }
 }

@@ -32,7 +32,7 @@ use clap::Parser;
 
 use cli::Cli;
 use handshake::Refused;
-use object::Object;
+use object::{Object, Opening};
 use session::Memory;
 use signals::{Signals, Woken};
 use socket::Listener;
@@ -101,7 +101,7 @@ fn run(cli: &Cli) -> u8 {
                 return cli::EXIT_SETUP;
             }
         },
-        cli::Memory::Url(url) => match Object::open(cli, url, replay.as_ref()) {
+        cli::Memory::Url(url) => match Object::open(cli, url, replay.as_ref(), &signals) {
             Ok(object) => {
                 // A record of another object (or of another page size) is refused now,
                 // before Firecracker connects, not when the server starts.
@@ -114,9 +114,12 @@ fn run(cli: &Cli) -> u8 {
                 log!("opened {}", object.describe());
                 Memory::Object(Box::new(object))
             }
-            Err(e) => {
+            Err(Opening::Failed(e)) => {
                 log!("opening the memory object {url}: {e}");
                 return cli::EXIT_SETUP;
+            }
+            Err(Opening::Signal(s)) => {
+                return stopped_before_serving(s, "while opening the memory object")
             }
         },
     };

@@ -12,6 +12,8 @@
 //! record: one more 1-byte request; the chunks fetched so far are fetched again, or read
 //! from --cache-dir).
 
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +21,16 @@ use userfaultfd::serve::WorkingSet;
 use userfaultfd_objstore::{ObjectSource, Options};
 
 use crate::cli::Cli;
+use crate::log;
+use crate::signals::{self, Signals, Woken};
+
+/// Why [`Object::open`] returned no object.
+pub enum Opening {
+    /// It failed: why.
+    Failed(String),
+    /// A stop signal arrived first.
+    Signal(i32),
+}
 
 /// The progress line's period when `--progress` is not given.
 const PROGRESS_DEFAULT: Duration = Duration::from_secs(10);
@@ -34,14 +46,38 @@ pub struct Object {
 }
 
 impl Object {
-    /// Opens `url` with the command line's options, fetching `replay`'s pages first.
-    pub fn open(cli: &Cli, url: &str, replay: Option<&WorkingSet>) -> Result<Object, String> {
+    /// Opens `url` with the command line's options, fetching `replay`'s pages first. The
+    /// first request is retried until `--fetch-deadline` while the store is unreachable: a
+    /// stop signal meanwhile ends the wait (`Opening::Signal`; the run then exits).
+    pub fn open(
+        cli: &Cli,
+        url: &str,
+        replay: Option<&WorkingSet>,
+        signals: &Signals,
+    ) -> Result<Object, Opening> {
         let mut options = options(cli);
         if let Some(ws) = replay {
             options.page_size = ws.page_size() as usize;
             options.working_set_from(ws);
         }
-        Object::open_with(url, options)
+        log!("opening the memory object {url}");
+        let (done, wake) = UnixStream::pair().map_err(|e| Opening::Failed(e.to_string()))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let url = url.to_string();
+        std::thread::Builder::new()
+            .name("open-object".into())
+            .spawn(move || {
+                let _ = tx.send(Object::open_with(&url, options));
+                drop(done); // wakes the poll below: end of file
+            })
+            .map_err(|e| Opening::Failed(format!("starting a thread to open it: {e}")))?;
+        match signals::wait(&[wake.as_raw_fd()], signals, None) {
+            Woken::Signal(s) => Err(Opening::Signal(s)),
+            Woken::Ready | Woken::Timeout => rx
+                .recv()
+                .map_err(|_| Opening::Failed("the opening thread panicked".into()))?
+                .map_err(Opening::Failed),
+        }
     }
 
     fn open_with(url: &str, options: Options) -> Result<Object, String> {

@@ -482,6 +482,21 @@ fn help_explains_every_option_and_the_exit_statuses() {
     ] {
         assert!(help.contains(word), "--help lacks {word}:\n{help}");
     }
+    // userfaultfd-objstore's documentation lists the handler's flags for its options: each
+    // is one the binary has.
+    let table = include_str!("../../objstore/src/lib.rs");
+    let flags: Vec<&str> = table
+        .lines()
+        .filter_map(|l| l.strip_prefix("//! | `--"))
+        .map(|l| l.split([' ', '`']).next().unwrap())
+        .collect();
+    assert!(flags.len() >= 9, "objstore's flag table: {flags:?}");
+    for flag in flags {
+        assert!(
+            help.contains(&format!("--{flag} ")) || help.contains(&format!("--{flag}\n")),
+            "objstore's docs name --{flag}, which --help lacks"
+        );
+    }
     let out = std::process::Command::new(handler::binary())
         .arg("only-one-argument")
         .output()
@@ -708,6 +723,14 @@ fn a_missing_object_or_an_unreachable_store_exits_3_naming_the_url() {
         ],
     );
     assert!(!dir.join("uffd.sock").exists());
+    // A stop signal while the first request is being retried ends the run at once.
+    let running =
+        handler::start_no_wait(&dir.join("uffd.sock"), &url, &["--fetch-deadline", "600"]);
+    running.wait_for_output("opening the memory object");
+    running.signal(libc::SIGTERM);
+    running
+        .wait(DEADLINE)
+        .assert(0, &["stopped by signal 15 while opening the memory object"]);
     // Options for the other kind of memory are a usage error.
     let running = handler::start_no_wait(&dir.join("uffd.sock"), &url, &["--backend", "pread"]);
     running
