@@ -45,7 +45,9 @@ AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_S3_FORCE_PATH_STYLE. --replay also
 recorded pages first, in their order; --background-fill also fetches the whole object behind
 them. A record made from an object is tied to its length and ETag (a record of the same bytes
 as a local file is another snapshot's). A progress line (bytes fetched, rate, requests,
-retries, cache hits) is printed every --progress seconds until the object is complete.
+retries, cache hits) is printed every --progress seconds until the object is complete. The
+bytes fetched stay in the handler's memory until it exits (at most the object's size, in an
+anonymous mapping): the guest's copy is made from them.
 
 Exit status:
   0  served until Firecracker exited, or stopped by SIGTERM/SIGINT

@@ -150,8 +150,17 @@ pub fn serve(
     }
     // A record or replay of an object is tied to its length and ETag: the server would
     // otherwise sample 66 of its pages, fetching their chunks, to identify it.
-    if let Some(id) = object_source.as_ref().and_then(|o| o.source.snapshot_id()) {
-        builder.snapshot_id(id);
+    if let Some(object) = &object_source {
+        match object.source.snapshot_id() {
+            Some(id) => {
+                builder.snapshot_id(id);
+            }
+            None if cli.record.is_some() || cli.replay.is_some() => log!(
+                "the store sent no ETag: the working set's snapshot is identified by sampling \
+                 66 of its pages (their chunks are fetched first)"
+            ),
+            None => {}
+        }
     }
     for r in &list.regions {
         builder.region(
