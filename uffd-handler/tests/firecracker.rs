@@ -755,3 +755,39 @@ fn a_missing_object_or_an_unreachable_store_exits_3_naming_the_url() {
         &[&format!("opening the memory object {missing}"), "HTTP 404"],
     );
 }
+
+#[test]
+fn the_progress_line_repeats_until_background_fill_completes_the_object() {
+    let memory = MemoryType::Anonymous;
+    let Some(nginx) = nginx_serving("mem", memory) else {
+        return;
+    };
+    let dir = TestDir::new("progress");
+    let socket = dir.join("uffd.sock");
+    let running = handler::start(
+        &socket,
+        nginx.url("mem"),
+        &[
+            "--progress",
+            "0.05",
+            "--background-fill",
+            "--chunk-size",
+            "64K",
+        ],
+    );
+    // The guest touches nothing: the object is fetched and placed by the background fill.
+    let (guest, _stream) = serve_a_few_pages(&socket, pages_for(memory).iter().sum());
+    running.wait_for_output("| complete");
+    guest.touch_and_check_all(2).unwrap();
+    running.signal(libc::SIGTERM);
+    let ended = running.wait(DEADLINE);
+    ended.assert(
+        0,
+        &["background fill on", "| complete", "stopped by signal 15"],
+    );
+    let lines = ended.stderr.matches("uffd-handler: objstore: ").count();
+    // At least the completing line and the final one; none after completion but the final.
+    assert!(lines >= 2, "{}", ended.stderr);
+    let after = ended.stderr.split("| complete").nth(1).unwrap();
+    assert_eq!(after.matches("objstore: ").count(), 1, "{}", ended.stderr);
+}
