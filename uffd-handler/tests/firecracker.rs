@@ -791,3 +791,50 @@ fn the_progress_line_repeats_until_background_fill_completes_the_object() {
     let after = ended.stderr.split("| complete").nth(1).unwrap();
     assert_eq!(after.matches("objstore: ").count(), 1, "{}", ended.stderr);
 }
+
+#[test]
+fn a_replay_of_huge_pages_opens_the_object_in_huge_pages() {
+    let memory = MemoryType::Hugetlb;
+    if !available(memory) {
+        return;
+    }
+    let Some(nginx) = nginx_serving("mem", memory) else {
+        return;
+    };
+    let url = nginx.url("mem");
+    let dir = TestDir::new("http-huge-replay");
+    let ws = dir.join("guest.ws");
+    let ws_arg = ws.to_str().unwrap();
+    let ended = restore_from(
+        &dir,
+        &url,
+        &releases::V1_12,
+        true,
+        memory,
+        &["--record", ws_arg],
+        &[],
+    );
+    ended.assert(
+        0,
+        &[
+            "opening the object again to answer in them",
+            "recorded 5 pages",
+        ],
+    );
+    // The record's pages are 2 MiB: the object is opened in them from the start.
+    let ended = restore_from(
+        &dir,
+        &url,
+        &releases::V1_12,
+        true,
+        memory,
+        &["--replay", ws_arg],
+        &[],
+    );
+    ended.assert(0, &["replaying", "stats:"]);
+    assert!(
+        !ended.stderr.contains("opening the object again"),
+        "{}",
+        ended.stderr
+    );
+}
