@@ -610,7 +610,14 @@ fn record_and_replay_from_an_http_url_with_a_disk_cache() {
         ],
         &[],
     );
-    ended.assert(0, &["recording to", "recorded 160 pages to", "cache "]);
+    ended.assert(
+        0,
+        &[
+            "recording to",
+            "recorded 160 pages to",
+            &format!("cache {cache_arg} (budget 68719476736 bytes)"),
+        ],
+    );
     // The record is tied to the object's length and ETag, the chunks are in the cache: the
     // replay fetches nothing but the first byte, and fills the rest in the background.
     let ended = restore_from(
@@ -710,8 +717,9 @@ fn serves_from_an_s3_url_and_refuses_bad_credentials() {
 
 #[test]
 fn a_missing_object_or_an_unreachable_store_exits_3_naming_the_url() {
-    // Nothing listens on this port: connections are refused, retried until the deadline.
-    let url = format!("http://127.0.0.1:{}/mem", support::objstore::free_port());
+    // Nothing listens on port 1 (tcpmux): connections are refused, retried until the deadline.
+    // (Not a port found free: another test's server could take it meanwhile.)
+    let url = "http://127.0.0.1:1/mem".to_string();
     let dir = TestDir::new("unreachable");
     let running = handler::start_no_wait(&dir.join("uffd.sock"), &url, &["--fetch-deadline", "1"]);
     running.wait(DEADLINE).assert(
