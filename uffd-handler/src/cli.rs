@@ -123,9 +123,11 @@ pub struct Cli {
     pub fault_around: Option<usize>,
 
     /// Worker threads serving faults. A second worker pays off with a slow source (storage),
-    /// not with a memory file in the page cache.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
-    pub workers: u16,
+    /// not with a memory file in the page cache. With a URL a fault waiting for the network
+    /// holds its worker, so that vCPUs faulting on pages already fetched would wait behind
+    /// it: 4 by default. [default: 1, or 4 with a URL]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub workers: Option<u16>,
 
     /// After start, place the rest of guest memory in the background at the lowest CPU
     /// priority, block by block (faults keep priority): memory ends fully populated, as with
@@ -210,6 +212,14 @@ fn parse_memory(text: &str) -> Result<Memory, String> {
 }
 
 impl Cli {
+    /// `--workers`, or its default for the kind of memory.
+    pub fn workers(&self) -> u16 {
+        self.workers.unwrap_or(match self.memory {
+            Memory::File(_) => 1,
+            Memory::Url(_) => 4,
+        })
+    }
+
     /// The options given that apply to one kind of memory only, for the other kind: the
     /// first one's name.
     pub fn misplaced_option(&self) -> Option<&'static str> {
@@ -295,7 +305,9 @@ mod tests {
         Cli::command().debug_assert();
         let cli = Cli::try_parse_from(["uffd-handler", "s", "m", "--fault-around", "1M"]).unwrap();
         assert_eq!(cli.fault_around, Some(1 << 20));
-        assert_eq!(cli.workers, 1);
+        assert_eq!(cli.workers(), 1);
+        let url = Cli::try_parse_from(["uffd-handler", "s", "s3://b/k"]).unwrap();
+        assert_eq!(url.workers(), 4);
         assert!(
             Cli::try_parse_from(["uffd-handler", "s", "m", "--record", "a", "--replay", "b"])
                 .is_err()

@@ -121,7 +121,7 @@ pub fn serve(
     let discards = features.contains(FeatureFlags::EVENT_REMOVE);
     let mut builder = Server::builder();
     builder
-        .workers(cli.workers.into())
+        .workers(cli.workers().into())
         .background_fill(cli.background_fill)
         .no_discards(!discards)
         .error_policy(match cli.error_policy {
@@ -445,7 +445,7 @@ fn log_session(
             (None, Some(_)) => "one page (recording)".into(),
             (None, None) => "256K (default)".into(),
         },
-        cli.workers,
+        cli.workers(),
         if cli.background_fill { "on" } else { "off" },
         match (&cli.record, &cli.replay) {
             (Some(p), _) => format!("recording to {}", p.display()),

@@ -569,6 +569,7 @@ fn serves_every_memory_type_from_an_http_url() {
             &[
                 &object,
                 "chunks of 65536 bytes, parallelism 2",
+                "workers 4",
                 "balloon discards served as zeros",
                 "objstore: ",
                 "MiB fetched",
