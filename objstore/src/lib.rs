@@ -91,19 +91,20 @@
 //!
 //! A handler that takes a memory file takes a URL the same way: [`open`] for `http://`,
 //! `https://` and `s3://bucket/key`, the result passed where a
-//! [`MappedFile`](userfaultfd::serve::MappedFile) would be. Its options map to flags:
+//! [`MappedFile`](userfaultfd::serve::MappedFile) would be. The workspace's `uffd-handler`
+//! (Firecracker's page-fault handler) does so; its flags map to the options:
 //!
-//! | flag (suggested) | [`Options`] field | default |
+//! | `uffd-handler` flag | [`Options`] field | default |
 //! |---|---|---|
 //! | `--chunk-size BYTES` | [`chunk_size`](Options::chunk_size) | 4 MiB |
 //! | `--parallelism N` | [`parallelism`](Options::parallelism) | 4 |
 //! | `--cache-dir DIR` | [`cache_dir`](Options::cache_dir) | none |
 //! | `--cache-budget BYTES` | [`cache_budget`](Options::cache_budget) | 64 GiB |
-//! | `--fetch-timeout SECS` | [`request_timeout`](Options::request_timeout) | 10 s |
-//! | `--fetch-deadline SECS` | [`deadline`](Options::deadline) | 120 s |
-//! | `--background-fill` | [`background`](Options::background) | off |
-//! | `--replay FILE` | [`Options::working_set_from`] (and the server's `replay`) | none |
-//! | (every N s on stderr) | [`progress`](Options::progress), or [`ObjectSource::progress_line`] | none |
+//! | `--fetch-timeout SECONDS` | [`request_timeout`](Options::request_timeout) | 10 s |
+//! | `--fetch-deadline SECONDS` | [`deadline`](Options::deadline) | 120 s |
+//! | `--background-fill` | [`background`](Options::background) (and the server's `background_fill`) | off |
+//! | `--replay FILE` | [`Options::working_set_from`] and [`page_size`](Options::page_size) from the record (and the server's `replay`) | none |
+//! | `--progress SECONDS` | [`ObjectSource::progress_line`], printed by the handler until [`ObjectSource::complete`] | 10 s |
 //!
 //! Two things differ from a local file. Guest memory on hugetlbfs needs
 //! [`page_size`](Options::page_size) set to 2 MiB (answers to the server are whole pages).

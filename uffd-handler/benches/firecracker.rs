@@ -13,7 +13,9 @@
 //! once that is served) and times one thread reading one byte of every other 4 KiB page in
 //! order, as a booting guest's first sweep does, then checks pages against the memory file.
 //! The memory file is dense, on tmpfs (`/dev/shm`). The handlers' order rotates between
-//! repetitions.
+//! repetitions. With nginx installed (Debian nginx-light; userfaultfd-objstore's test support
+//! starts it on 127.0.0.1), `uffd-handler` also serves the same file from its `http://` URL:
+//! the object path's cost over loopback, with no network in the way.
 //!
 //! What Firecracker's example handler does, reproduced step by step: after `accept`, map
 //! the memory file `MAP_PRIVATE | MAP_POPULATE`; `poll` the socket and the userfaultfds
@@ -33,6 +35,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
+
+#[path = "../../objstore/tests/support/mod.rs"]
+mod objstore_support;
 use userfaultfd::{Error, Event, FeatureFlags, Uffd, UffdBuilder};
 
 const PAGE: usize = 4096;
@@ -227,10 +232,11 @@ enum Handler {
     FirecrackerExample,
     Ours,
     OursOnePage,
+    OursFromNginx,
 }
 
 impl Handler {
-    fn start(self, socket: &Path, memory: &Path) -> Child {
+    fn start(self, socket: &Path, memory: &std::ffi::OsStr) -> Child {
         let mut cmd = match self {
             Handler::FirecrackerExample => {
                 let mut c = Command::new(std::env::current_exe().unwrap());
@@ -241,6 +247,11 @@ impl Handler {
             Handler::OursOnePage => {
                 let mut c = Command::new(env!("CARGO_BIN_EXE_uffd-handler"));
                 c.args(["--fault-around", "0"]);
+                c
+            }
+            Handler::OursFromNginx => {
+                let mut c = Command::new(env!("CARGO_BIN_EXE_uffd-handler"));
+                c.args(["--progress", "0"]);
                 c
             }
         };
@@ -291,7 +302,12 @@ fn send_with_fd(stream: &UnixStream, json: &[u8], fd: RawFd) {
 }
 
 /// One restore through `handler`: the time of the sweep.
-fn restore(handler: Handler, len: usize, memory: &Path, snapshot: *const u8) -> Duration {
+fn restore(
+    handler: Handler,
+    len: usize,
+    memory: &std::ffi::OsStr,
+    snapshot: *const u8,
+) -> Duration {
     let socket = std::env::temp_dir().join(format!("uffd-fc-bench-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&socket);
     let mut child = handler.start(&socket, memory);
@@ -367,16 +383,29 @@ fn main() {
     }
     let file = File::open(&path).unwrap();
     let snapshot = map(len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd()) as *const u8;
-    let handlers = [
+    // The same file behind nginx (a symbolic link in the directory it serves).
+    let nginx = objstore_support::nginx::Nginx::start();
+    if let Some(n) = &nginx {
+        std::os::unix::fs::symlink(&path, n.www().join("mem")).unwrap();
+    }
+    let url = nginx.as_ref().map(|n| n.url("mem"));
+    let mut handlers = vec![
         Handler::FirecrackerExample,
         Handler::Ours,
         Handler::OursOnePage,
     ];
+    if url.is_some() {
+        handlers.push(Handler::OursFromNginx);
+    }
+    let memory_of = |h: Handler| match h {
+        Handler::OursFromNginx => std::ffi::OsString::from(url.as_ref().unwrap()),
+        _ => path.clone().into_os_string(),
+    };
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); handlers.len()];
     for rep in 0..reps {
         for k in 0..handlers.len() {
             let i = (k + rep) % handlers.len();
-            times[i].push(restore(handlers[i], len, &path, snapshot));
+            times[i].push(restore(handlers[i], len, &memory_of(handlers[i]), snapshot));
         }
     }
     let _ = std::fs::remove_file(&path);
@@ -393,6 +422,7 @@ fn main() {
         "Firecracker's example handler (its per-fault steps, reimplemented)",
         "`uffd-handler` (defaults: 256 KiB fault-around)",
         "`uffd-handler --fault-around 0` (one page per fault)",
+        "`uffd-handler http://127.0.0.1/...` (defaults: nginx on loopback, 4 MiB chunks, 4 in flight)",
     ];
     for (name, m) in names.iter().zip(&medians) {
         println!(

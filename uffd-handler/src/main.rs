@@ -2,19 +2,21 @@
 //! `userfaultfd::serve`.
 //!
 //! ```text
-//! uffd-handler [OPTIONS] <SOCKET> <MEMORY_FILE>
+//! uffd-handler [OPTIONS] <SOCKET> <MEMORY>
 //! ```
 //!
 //! Start it, then `PUT /snapshot/load` with
 //! `"mem_backend": {"backend_type": "Uffd", "backend_path": "<SOCKET>"}`. It accepts
 //! Firecracker's connection, receives and checks the region list and the userfaultfd
 //! (`handshake.rs`, `regions.rs`: every release's form of the list), serves the guest memory
-//! from the memory file with the page server (`session.rs`) until Firecracker's process
+//! from the memory file, or from its object in storage (`object.rs`: `http://`, `https://`,
+//! `s3://`), with the page server (`session.rs`) until Firecracker's process
 //! exits or SIGTERM/SIGINT arrives, prints the statistics and exits. `uffd-handler --help`
 //! lists the options and the exit statuses.
 
 mod cli;
 mod handshake;
+mod object;
 mod pagesize;
 mod regions;
 mod session;
@@ -30,8 +32,11 @@ use clap::Parser;
 
 use cli::Cli;
 use handshake::Refused;
+use object::{Object, Opening};
+use session::Memory;
 use signals::{Signals, Woken};
 use socket::Listener;
+use userfaultfd::serve::WorkingSet;
 
 /// Prints a line to standard error, prefixed with the program's name.
 #[macro_export]
@@ -68,12 +73,55 @@ fn run(cli: &Cli) -> u8 {
             return cli::EXIT_SETUP;
         }
     };
-    let memory = match File::open(&cli.memory_file) {
-        Ok(f) => f,
-        Err(e) => {
-            log!("opening the memory file {}: {e}", cli.memory_file.display());
-            return cli::EXIT_SETUP;
-        }
+    if let Some(option) = cli.misplaced_option() {
+        log!(
+            "{option} does not apply to {}",
+            match cli.memory {
+                cli::Memory::File(_) => "a local memory file (only to a URL)",
+                cli::Memory::Url(_) => "a URL (only to a local memory file)",
+            }
+        );
+        return cli::EXIT_USAGE;
+    }
+    let replay = match &cli.replay {
+        Some(path) => match WorkingSet::load(path) {
+            Ok(ws) => Some(ws),
+            Err(e) => {
+                log!("loading the working set {}: {e}", path.display());
+                return cli::EXIT_SETUP;
+            }
+        },
+        None => None,
+    };
+    let memory = match &cli.memory {
+        cli::Memory::File(path) => match File::open(path) {
+            Ok(f) => Memory::File(f),
+            Err(e) => {
+                log!("opening the memory file {}: {e}", path.display());
+                return cli::EXIT_SETUP;
+            }
+        },
+        cli::Memory::Url(url) => match Object::open(cli, url, replay.as_ref(), &signals) {
+            Ok(object) => {
+                // A record of another object (or of another page size) is refused now,
+                // before Firecracker connects, not when the server starts.
+                if let (Some(ws), Some(id)) = (&replay, object.source.snapshot_id()) {
+                    if let Err(e) = ws.check_applies_to(id, ws.page_size()) {
+                        log!("--replay {}: {e}", cli.replay.as_ref().unwrap().display());
+                        return cli::EXIT_SETUP;
+                    }
+                }
+                log!("opened {}", object.describe());
+                Memory::Object(Box::new(object))
+            }
+            Err(Opening::Failed(e)) => {
+                log!("opening the memory object {url}: {e}");
+                return cli::EXIT_SETUP;
+            }
+            Err(Opening::Signal(s)) => {
+                return stopped_before_serving(s, "while opening the memory object")
+            }
+        },
     };
     if let Some(path) = &cli.record {
         if let Err(e) = writable_directory_of(path) {
@@ -109,7 +157,7 @@ fn run(cli: &Cli) -> u8 {
             return cli::EXIT_HANDSHAKE;
         }
     };
-    session::serve(cli, handshake, stream, memory, &signals)
+    session::serve(cli, handshake, stream, memory, replay, &signals)
 }
 
 /// A stop signal before any page was served: the (empty) statistics, and success.

@@ -1,5 +1,6 @@
-//! One session: Firecracker's regions served from the memory file by the page server, from
-//! the handshake until Firecracker's process exits (or a stop signal), then the statistics.
+//! One session: Firecracker's regions served from the memory file (or object) by the page
+//! server, from the handshake until Firecracker's process exits (or a stop signal), then the
+//! statistics.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -14,9 +15,18 @@ use userfaultfd::FeatureFlags;
 
 use crate::cli::{self, Cli, Policy, SourceKind};
 use crate::handshake::Handshake;
+use crate::object::Object;
 use crate::regions::{self, GuestRegion, PageSizeFields};
 use crate::signals::{self, Signals, Woken};
 use crate::{log, pagesize};
+
+/// The guest memory's bytes, opened before the socket was made.
+pub enum Memory {
+    /// A local file.
+    File(File),
+    /// An object in storage.
+    Object(Box<Object>),
+}
 
 /// How a session ended: the exit status.
 pub type Status = u8;
@@ -68,40 +78,40 @@ pub fn serve(
     cli: &Cli,
     handshake: Handshake,
     stream: UnixStream,
-    memory: File,
+    memory: Memory,
+    replay: Option<WorkingSet>,
     signals: &Signals,
 ) -> Status {
     let Handshake { mut list, uffd } = handshake;
     let peer = peer_pid(&stream);
     let derived = resolve_page_sizes(&mut list.regions, peer);
-    let file_len = match memory.metadata() {
-        Ok(m) => m.len(),
-        Err(e) => {
-            log!("reading the memory file's size: {e}");
-            return cli::EXIT_SETUP;
-        }
-    };
-    if let Err(e) = regions::check(&list.regions, file_len, pagesize::base()) {
-        log!("refusing Firecracker's regions: {e}");
-        return cli::EXIT_HANDSHAKE;
-    }
-    let source: Arc<dyn PageSource> = match cli.backend {
-        // SAFETY: the memory file is the snapshot, which must not be truncated or rewritten
-        // while a VM restores from it (the contract that `--backend` states): the mapping then
-        // stays valid for as long as the source lives.
-        SourceKind::Mmap => match unsafe { MappedFile::new(&memory) } {
-            Ok(s) => Arc::new(s),
+    let memory_len = match &memory {
+        Memory::File(file) => match file.metadata() {
+            Ok(m) => m.len(),
             Err(e) => {
-                log!("mapping the memory file: {e}");
+                log!("reading the memory file's size: {e}");
                 return cli::EXIT_SETUP;
             }
         },
-        SourceKind::Pread => match ReadFile::new(memory) {
-            Ok(s) => Arc::new(s),
-            Err(e) => {
-                log!("opening the memory file for pread: {e}");
-                return cli::EXIT_SETUP;
+        Memory::Object(object) => object.source.len(),
+    };
+    if let Err(e) = regions::check(&list.regions, memory_len, pagesize::base()) {
+        log!("refusing Firecracker's regions: {e}");
+        return cli::EXIT_HANDSHAKE;
+    }
+    let mut object_source = None;
+    let source: Arc<dyn PageSource> = match memory {
+        Memory::File(file) => match file_source(cli.backend.unwrap_or(SourceKind::Mmap), file) {
+            Ok(source) => source,
+            Err(status) => return status,
+        },
+        Memory::Object(object) => match object_for(*object, &list.regions) {
+            Ok(object) => {
+                let source = object.source.clone();
+                object_source = Some(object);
+                source
             }
+            Err(status) => return status,
         },
     };
     let features = uffd.features();
@@ -111,7 +121,7 @@ pub fn serve(
     let discards = features.contains(FeatureFlags::EVENT_REMOVE);
     let mut builder = Server::builder();
     builder
-        .workers(cli.workers.into())
+        .workers(cli.workers().into())
         .background_fill(cli.background_fill)
         .no_discards(!discards)
         .error_policy(match cli.error_policy {
@@ -135,15 +145,21 @@ pub fn serve(
     if cli.record.is_some() {
         builder.record(true);
     }
-    if let Some(path) = &cli.replay {
-        match WorkingSet::load(path) {
-            Ok(ws) => {
-                builder.replay(ws);
+    if let Some(ws) = replay {
+        builder.replay(ws);
+    }
+    // A record or replay of an object is tied to its length and ETag: the server would
+    // otherwise sample 66 of its pages, fetching their chunks, to identify it.
+    if let Some(object) = &object_source {
+        match object.source.snapshot_id() {
+            Some(id) => {
+                builder.snapshot_id(id);
             }
-            Err(e) => {
-                log!("loading the working set {}: {e}", path.display());
-                return cli::EXIT_SETUP;
-            }
+            None if cli.record.is_some() || cli.replay.is_some() => log!(
+                "the store sent no ETag: the working set's snapshot is identified by sampling \
+                 66 of its pages (their chunks are fetched first)"
+            ),
+            None => {}
         }
     }
     for r in &list.regions {
@@ -162,11 +178,39 @@ pub fn serve(
             return cli::EXIT_HANDSHAKE;
         }
     };
-    log_session(&list.regions, list.fields, derived, features, peer, cli);
+    let backend = match &object_source {
+        Some(object) => object.describe(),
+        None => format!("{:?}", cli.backend.unwrap_or(SourceKind::Mmap)),
+    };
+    log_session(
+        &list.regions,
+        list.fields,
+        derived,
+        features,
+        peer,
+        cli,
+        &backend,
+    );
     let started = Instant::now();
-    let stop_signal = wait_for_end(&server, &stream, signals, cli.stats_every, started);
+    let mut progress = object_source
+        .as_ref()
+        .map(|o| Progress::new(&o.source, Object::progress_every(cli)));
+    let stop_signal = wait_for_end(
+        &server,
+        &stream,
+        signals,
+        cli.stats_every,
+        started,
+        progress.as_mut(),
+    );
     let finished = server.stop();
     log!("{}", stats_line(started.elapsed(), &finished.stats));
+    if let Some(object) = &object_source {
+        log!("{}", object.source.progress_line());
+        if let Some(e) = object.source.cache_error() {
+            log!("the disk cache was turned off: {e}");
+        }
+    }
     if let Some(e) = &finished.replay_error {
         log!("the replay stopped early: {e}");
     }
@@ -209,6 +253,7 @@ fn wait_for_end(
     signals: &Signals,
     every: Duration,
     started: Instant,
+    mut progress: Option<&mut Progress<'_>>,
 ) -> Option<i32> {
     let mut socket_open = true;
     let mut next_stats = (!every.is_zero()).then(|| Instant::now() + every);
@@ -238,7 +283,92 @@ fn wait_for_end(
                 next_stats = Some(at + every);
             }
         }
+        if let Some(p) = progress.as_mut() {
+            p.tick();
+        }
     }
+}
+
+/// The object's progress line every period, until every byte has arrived (then once more,
+/// saying so).
+struct Progress<'a> {
+    source: &'a userfaultfd_objstore::ObjectSource,
+    every: Duration,
+    next: Option<Instant>,
+}
+
+impl<'a> Progress<'a> {
+    fn new(source: &'a userfaultfd_objstore::ObjectSource, every: Duration) -> Progress<'a> {
+        Progress {
+            source,
+            every,
+            next: (!every.is_zero()).then(|| Instant::now() + every),
+        }
+    }
+
+    fn tick(&mut self) {
+        let Some(at) = self.next else { return };
+        if Instant::now() < at {
+            return;
+        }
+        if self.source.complete() {
+            log!("{} | complete", self.source.progress_line());
+            self.next = None;
+        } else {
+            log!("{}", self.source.progress_line());
+            self.next = Some(at + self.every);
+        }
+    }
+}
+
+/// The page source over a local memory file.
+fn file_source(kind: SourceKind, memory: File) -> Result<Arc<dyn PageSource>, Status> {
+    match kind {
+        // SAFETY: the memory file is the snapshot, which must not be truncated or rewritten
+        // while a VM restores from it (the contract that `--backend` states): the mapping then
+        // stays valid for as long as the source lives.
+        SourceKind::Mmap => match unsafe { MappedFile::new(&memory) } {
+            Ok(s) => Ok(Arc::new(s)),
+            Err(e) => {
+                log!("mapping the memory file: {e}");
+                Err(cli::EXIT_SETUP)
+            }
+        },
+        SourceKind::Pread => match ReadFile::new(memory) {
+            Ok(s) => Ok(Arc::new(s)),
+            Err(e) => {
+                log!("opening the memory file for pread: {e}");
+                Err(cli::EXIT_SETUP)
+            }
+        },
+    }
+}
+
+/// The object, answering in the guest's page size (opened again if it was opened with
+/// smaller pages). Answers are whole pages of one size, so guest memory in pages of several
+/// sizes cannot be served from one object.
+fn object_for(object: Object, regions: &[GuestRegion]) -> Result<Object, Status> {
+    let page = regions[0].page_size.expect("resolved");
+    if let Some(r) = regions.iter().find(|r| r.page_size != Some(page)) {
+        log!(
+            "refusing Firecracker's regions: pages of {page} and {} bytes, and an object is \
+             served in pages of one size",
+            r.page_size.expect("resolved")
+        );
+        return Err(cli::EXIT_HANDSHAKE);
+    }
+    if object.page_size == page {
+        return Ok(object);
+    }
+    log!(
+        "the guest's pages are of {page} bytes: opening the object again to answer in them \
+         (it was opened in pages of {})",
+        object.page_size
+    );
+    object.reopen(page).map_err(|e| {
+        log!("opening the memory object again: {e}");
+        cli::EXIT_SETUP
+    })
 }
 
 /// Reads what is waiting on the socket (nothing is expected after the handshake: ignored);
@@ -279,6 +409,7 @@ fn log_session(
     features: FeatureFlags,
     peer: Option<libc::pid_t>,
     cli: &Cli,
+    backend: &str,
 ) {
     let total: u64 = regions.iter().map(|r| r.size).sum();
     let list: Vec<String> = regions
@@ -292,7 +423,7 @@ fn log_session(
     };
     log!(
         "session: firecracker pid {} | {} regions, {}: {} | page size {page} ({page_how}) | \
-         features {} (balloon discards {}) | backend {:?}, fault-around {}, workers {}, \
+         features {} (balloon discards {}) | backend {}, fault-around {}, workers {}, \
          background fill {}, {}",
         peer.map_or("unknown".to_string(), |p| p.to_string()),
         regions.len(),
@@ -308,13 +439,13 @@ fn log_session(
         } else {
             "impossible: no EVENT_REMOVE, Firecracker before 1.12 without a balloon"
         },
-        cli.backend,
+        backend,
         match (cli.fault_around, &cli.record) {
             (Some(b), _) => format!("{b} bytes"),
             (None, Some(_)) => "one page (recording)".into(),
             (None, None) => "256K (default)".into(),
         },
-        cli.workers,
+        cli.workers(),
         if cli.background_fill { "on" } else { "off" },
         match (&cli.record, &cli.replay) {
             (Some(p), _) => format!("recording to {}", p.display()),

@@ -5,7 +5,9 @@
 //! every byte, discards pages as the balloon does where the release enables `EVENT_REMOVE`,
 //! and exits; the handler must then exit 0 by itself, with its session line and statistics.
 //! Then: SIGTERM, a peer that trickles its handshake, files at the socket path, handshakes
-//! that must be refused, record and replay, `--help`.
+//! that must be refused, record and replay, `--help`. Then the memory file served from object
+//! storage: nginx (HTTP ranges) and moto (S3), the servers userfaultfd-objstore's tests start
+//! (without them the tests say so and are skipped; strict mode fails).
 
 mod support;
 
@@ -14,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use support::common::{spawn_child, MemoryType, Region};
 use support::handler::{self, DEADLINE};
+use support::objstore::nginx::Nginx;
+use support::objstore::s3::{Moto, BUCKET};
 use support::releases::{self, Family, PageSizeFields};
 use support::vmm::{self, send_with_fd};
 use support::TestDir;
@@ -39,11 +43,29 @@ fn restore(family: &Family, balloon: bool, memory: MemoryType, options: &[&str])
         memory,
         family.releases.split(' ').next().unwrap()
     ));
+    vmm::write_memory_file(&dir.join("mem"), memory_file_len(memory));
+    restore_from(&dir, dir.join("mem"), family, balloon, memory, options, &[])
+}
+
+/// The memory file's length for [`pages_for`] `memory`.
+fn memory_file_len(memory: MemoryType) -> usize {
+    pages_for(memory).iter().sum::<usize>() * memory.page_size()
+}
+
+/// One restore from `source` (a memory file of [`memory_file_len`] bytes of
+/// [`vmm::snapshot_byte`], or its URL), the handler's socket in `dir`.
+fn restore_from(
+    dir: &TestDir,
+    source: impl AsRef<std::ffi::OsStr>,
+    family: &Family,
+    balloon: bool,
+    memory: MemoryType,
+    options: &[&str],
+    env: &[(&str, &str)],
+) -> handler::Ended {
     let pages = pages_for(memory);
-    let file_len = pages.iter().sum::<usize>() * memory.page_size();
-    vmm::write_memory_file(&dir.join("mem"), file_len);
     let socket = dir.join("uffd.sock");
-    let running = handler::start(&socket, &dir.join("mem"), options);
+    let running = handler::start_with_env(&socket, source, options, env);
     let (family, socket2) = (*family, socket.clone());
     let child = spawn_child(move |report| {
         let guest =
@@ -141,7 +163,7 @@ fn sigterm_stops_prints_the_statistics_and_exits_0() {
     let dir = TestDir::new("sigterm");
     vmm::write_memory_file(&dir.join("mem"), 64 * 4096);
     let socket = dir.join("uffd.sock");
-    let running = handler::start(&socket, &dir.join("mem"), &["--fault-around", "0"]);
+    let running = handler::start(&socket, dir.join("mem"), &["--fault-around", "0"]);
     let (guest, _stream) = serve_a_few_pages(&socket, 64);
     running.wait_for_output("session:");
     running.signal(libc::SIGTERM);
@@ -151,7 +173,7 @@ fn sigterm_stops_prints_the_statistics_and_exits_0() {
     drop(guest);
 
     // Before Firecracker connects: the socket the handler made is removed too.
-    let running = handler::start(&socket, &dir.join("mem"), &[]);
+    let running = handler::start(&socket, dir.join("mem"), &[]);
     assert!(socket.exists());
     running.signal(libc::SIGINT);
     let ended = running.wait(DEADLINE);
@@ -172,7 +194,7 @@ fn sigterm_during_the_handshake_exits_0() {
     let dir = TestDir::new("sigterm-handshake");
     vmm::write_memory_file(&dir.join("mem"), 4096);
     let socket = dir.join("uffd.sock");
-    let running = handler::start(&socket, &dir.join("mem"), &["--handshake-timeout", "600"]);
+    let running = handler::start(&socket, dir.join("mem"), &["--handshake-timeout", "600"]);
     let stream = UnixStream::connect(&socket).unwrap();
     send(&stream, b"[{\"base_host_virt_addr\":").unwrap();
     // Connected and accepted: the socket file is gone once the handler took the connection.
@@ -192,7 +214,7 @@ fn a_trickling_peer_meets_the_whole_handshake_deadline() {
     let dir = TestDir::new("trickle");
     vmm::write_memory_file(&dir.join("mem"), 64 * 4096);
     let socket = dir.join("uffd.sock");
-    let running = handler::start(&socket, &dir.join("mem"), &["--handshake-timeout", "2"]);
+    let running = handler::start(&socket, dir.join("mem"), &["--handshake-timeout", "2"]);
     let stream = UnixStream::connect(&socket).unwrap();
     let json = releases::V1_12.json(&[releases::FcRegion {
         addr: 0x7f00_0000_0000,
@@ -246,27 +268,27 @@ fn files_at_the_socket_path_are_refused_and_kept() {
     // A regular file.
     let path = dir.join("uffd.sock");
     std::fs::write(&path, b"not a socket").unwrap();
-    let ended = handler::start_no_wait(&path, &dir.join("mem"), &[]).wait(DEADLINE);
+    let ended = handler::start_no_wait(&path, dir.join("mem"), &[]).wait(DEADLINE);
     ended.assert(3, &["already exists (a regular file)"]);
     assert_eq!(std::fs::read(&path).unwrap(), b"not a socket");
     // A socket someone else made (still listening, or left over): not ours either.
     let other = dir.join("other.sock");
     let listener = UnixListener::bind(&other).unwrap();
-    let ended = handler::start_no_wait(&other, &dir.join("mem"), &[]).wait(DEADLINE);
+    let ended = handler::start_no_wait(&other, dir.join("mem"), &[]).wait(DEADLINE);
     ended.assert(3, &["already exists (a socket)"]);
     drop(listener);
-    let ended = handler::start_no_wait(&other, &dir.join("mem"), &[]).wait(DEADLINE);
+    let ended = handler::start_no_wait(&other, dir.join("mem"), &[]).wait(DEADLINE);
     ended.assert(3, &["already exists (a socket)"]);
     assert!(other.exists());
     // A missing memory file.
     let ended =
-        handler::start_no_wait(&dir.join("new.sock"), &dir.join("absent"), &[]).wait(DEADLINE);
+        handler::start_no_wait(&dir.join("new.sock"), dir.join("absent"), &[]).wait(DEADLINE);
     ended.assert(3, &["opening the memory file"]);
     // A record that could not be saved is refused before serving, not after.
     let absent = dir.join("no-such-dir").join("guest.ws");
     let ended = handler::start_no_wait(
         &dir.join("r.sock"),
-        &dir.join("mem"),
+        dir.join("mem"),
         &["--record", absent.to_str().unwrap()],
     )
     .wait(DEADLINE);
@@ -280,7 +302,7 @@ fn refused(name: &str, bytes: &str, fd: Option<std::os::fd::RawFd>) -> handler::
     let dir = TestDir::new(name);
     vmm::write_memory_file(&dir.join("mem"), 16 * 4096);
     let socket = dir.join("uffd.sock");
-    let running = handler::start(&socket, &dir.join("mem"), &["--handshake-timeout", "5"]);
+    let running = handler::start(&socket, dir.join("mem"), &["--handshake-timeout", "5"]);
     let stream = UnixStream::connect(&socket).unwrap();
     send_with_fd(&stream, bytes.as_bytes(), fd);
     let ended = running.wait(DEADLINE);
@@ -358,7 +380,7 @@ fn bad_handshakes_are_refused_naming_the_cause() {
     let dir = TestDir::new("unknown-field");
     vmm::write_memory_file(&dir.join("mem"), 16 * 4096);
     let socket = dir.join("uffd.sock");
-    let running = handler::start(&socket, &dir.join("mem"), &[]);
+    let running = handler::start(&socket, dir.join("mem"), &[]);
     let guest = vmm::guest(MemoryType::Anonymous, &[16], &v, false).unwrap();
     let stream = UnixStream::connect(&socket).unwrap();
     let json = v
@@ -375,7 +397,7 @@ fn an_oversized_region_list_is_refused() {
     let dir = TestDir::new("oversized");
     vmm::write_memory_file(&dir.join("mem"), 4096);
     let socket = dir.join("uffd.sock");
-    let running = handler::start(&socket, &dir.join("mem"), &[]);
+    let running = handler::start(&socket, dir.join("mem"), &[]);
     let stream = UnixStream::connect(&socket).unwrap();
     // An array that never ends: white space is valid JSON, so only the limit stops it.
     let _ = send(&stream, b"[");
@@ -419,7 +441,7 @@ fn record_then_replay_through_the_binary() {
     vmm::write_memory_file(&other.join("mem"), 4096 * 160);
     std::fs::write(other.join("mem"), vec![7u8; 4096 * 160]).unwrap();
     let socket = other.join("uffd.sock");
-    let running = handler::start(&socket, &other.join("mem"), &["--replay", &ws_arg]);
+    let running = handler::start(&socket, other.join("mem"), &["--replay", &ws_arg]);
     let guest = vmm::guest(MemoryType::Anonymous, &[96, 64], &releases::V1_12, true).unwrap();
     let _stream = guest.handshake(&releases::V1_12, &socket);
     let ended = running.wait(DEADLINE);
@@ -436,8 +458,17 @@ fn help_explains_every_option_and_the_exit_statuses() {
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
     for word in [
-        "<SOCKET> <MEMORY_FILE>",
+        "<SOCKET> <MEMORY>",
+        "s3://snapshots/vm-42/memory",
+        "AWS_ENDPOINT_URL",
         "--backend",
+        "--chunk-size",
+        "--parallelism",
+        "--cache-dir",
+        "--cache-budget",
+        "--fetch-timeout",
+        "--fetch-deadline",
+        "--progress",
         "--fault-around",
         "--workers",
         "--background-fill",
@@ -450,6 +481,21 @@ fn help_explains_every_option_and_the_exit_statuses() {
         "backend_type",
     ] {
         assert!(help.contains(word), "--help lacks {word}:\n{help}");
+    }
+    // userfaultfd-objstore's documentation lists the handler's flags for its options: each
+    // is one the binary has.
+    let table = include_str!("../../objstore/src/lib.rs");
+    let flags: Vec<&str> = table
+        .lines()
+        .filter_map(|l| l.strip_prefix("//! | `--"))
+        .map(|l| l.split([' ', '`']).next().unwrap())
+        .collect();
+    assert!(flags.len() >= 9, "objstore's flag table: {flags:?}");
+    for flag in flags {
+        assert!(
+            help.contains(&format!("--{flag} ")) || help.contains(&format!("--{flag}\n")),
+            "objstore's docs name --{flag}, which --help lacks"
+        );
     }
     let out = std::process::Command::new(handler::binary())
         .arg("only-one-argument")
@@ -476,4 +522,328 @@ fn help_explains_every_option_and_the_exit_statuses() {
         );
         ended.assert(0, &["backend Pread", "workers 2", "background fill on"]);
     }
+}
+
+// From object storage: the memory file behind nginx (HTTP ranges) and moto (S3, every request
+// signed), the servers userfaultfd-objstore's tests start (shared: support/objstore).
+
+/// nginx serving the memory file for `memory` as `name`; `None` (a skip notice printed, a
+/// failure in strict mode) without nginx.
+fn nginx_serving(name: &str, memory: MemoryType) -> Option<Nginx> {
+    let nginx = Nginx::start()?;
+    vmm::write_memory_file(&nginx.www().join(name), memory_file_len(memory));
+    Some(nginx)
+}
+
+#[test]
+fn serves_every_memory_type_from_an_http_url() {
+    for memory in MemoryType::ALL {
+        if !available(memory) {
+            continue;
+        }
+        let Some(nginx) = nginx_serving("mem", memory) else {
+            return;
+        };
+        let url = nginx.url("mem");
+        let dir = TestDir::new(&format!("http-{memory:?}"));
+        // Small chunks and a progress line every 50 ms: several chunks, several lines.
+        let ended = restore_from(
+            &dir,
+            &url,
+            &releases::V1_12,
+            true,
+            memory,
+            &[
+                "--chunk-size",
+                "64K",
+                "--parallelism",
+                "2",
+                "--progress",
+                "0.05",
+            ],
+            &[],
+        );
+        let object = format!("object {url} ({} bytes", memory_file_len(memory));
+        ended.assert(
+            0,
+            &[
+                &object,
+                "chunks of 65536 bytes, parallelism 2",
+                "workers 4",
+                "balloon discards served as zeros",
+                "objstore: ",
+                "MiB fetched",
+                "Firecracker's process exited",
+            ],
+        );
+        if memory == MemoryType::Hugetlb {
+            // Opened in base pages, answered in the guest's 2 MiB pages.
+            ended.assert(0, &["opening the object again to answer in them"]);
+        }
+    }
+}
+
+#[test]
+fn record_and_replay_from_an_http_url_with_a_disk_cache() {
+    let memory = MemoryType::Anonymous;
+    let Some(nginx) = nginx_serving("mem", memory) else {
+        return;
+    };
+    let url = nginx.url("mem");
+    let dir = TestDir::new("http-record-replay");
+    let ws = dir.join("guest.ws");
+    let cache = dir.join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    let (ws_arg, cache_arg) = (ws.to_str().unwrap(), cache.to_str().unwrap());
+    let ended = restore_from(
+        &dir,
+        &url,
+        &releases::V1_12,
+        true,
+        memory,
+        &[
+            "--record",
+            ws_arg,
+            "--cache-dir",
+            cache_arg,
+            "--chunk-size",
+            "64K",
+        ],
+        &[],
+    );
+    ended.assert(
+        0,
+        &[
+            "recording to",
+            "recorded 160 pages to",
+            &format!("cache {cache_arg} (budget 68719476736 bytes)"),
+        ],
+    );
+    // The record is tied to the object's length and ETag, the chunks are in the cache: the
+    // replay fetches nothing but the first byte, and fills the rest in the background.
+    let ended = restore_from(
+        &dir,
+        &url,
+        &releases::V1_12,
+        true,
+        memory,
+        &[
+            "--replay",
+            ws_arg,
+            "--cache-dir",
+            cache_arg,
+            "--chunk-size",
+            "64K",
+            "--background-fill",
+        ],
+        &[],
+    );
+    ended.assert(0, &["replaying", "background fill on", "stats:"]);
+    let last = ended
+        .stderr
+        .lines()
+        .rfind(|l| l.contains("objstore: "))
+        .expect("a progress line");
+    assert!(
+        last.contains("0.0 MiB fetched") && !last.contains("cache: 0 reads"),
+        "the second restore did not come from the cache: {last}"
+    );
+    // A record of another object (here: another length) is refused before Firecracker
+    // connects, not after it has sent its memory.
+    vmm::write_memory_file(&nginx.www().join("other"), memory_file_len(memory) * 2);
+    let running = handler::start_no_wait(
+        &dir.join("other.sock"),
+        nginx.url("other"),
+        &["--replay", ws_arg],
+    );
+    running
+        .wait(DEADLINE)
+        .assert(3, &["--replay", "another snapshot"]);
+    assert!(!dir.join("other.sock").exists());
+}
+
+#[test]
+fn serves_from_an_s3_url_and_refuses_bad_credentials() {
+    let memory = MemoryType::Anonymous;
+    let len = memory_file_len(memory);
+    let bytes: Vec<u8> = (0..len).map(vmm::snapshot_byte).collect();
+    let Some(moto) = Moto::start("vm/memory", &bytes) else {
+        return;
+    };
+    let endpoint = moto.endpoint();
+    let url = format!("s3://{BUCKET}/vm/memory");
+    let env = |secret: &'static str| -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", endpoint.clone()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", moto.key_id.clone()),
+            (
+                "AWS_SECRET_ACCESS_KEY",
+                if secret.is_empty() {
+                    moto.secret.clone()
+                } else {
+                    secret.into()
+                },
+            ),
+            ("AWS_SESSION_TOKEN", String::new()),
+        ]
+    };
+    let good = env("");
+    let good: Vec<(&str, &str)> = good.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let dir = TestDir::new("s3");
+    let ended = restore_from(
+        &dir,
+        &url,
+        &releases::V1_12,
+        true,
+        memory,
+        &["--parallelism", "2"],
+        &good,
+    );
+    ended.assert(
+        0,
+        &[
+            &format!("object {url}"),
+            "objstore: ",
+            "Firecracker's process exited",
+        ],
+    );
+    let bad = env("not-the-secret");
+    let bad: Vec<(&str, &str)> = bad.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let running = handler::start_with_env(&dir.join("bad.sock"), &url, &[], &bad);
+    running
+        .wait(DEADLINE)
+        .assert(3, &["opening the memory object", &url, "HTTP 403"]);
+}
+
+#[test]
+fn a_missing_object_or_an_unreachable_store_exits_3_naming_the_url() {
+    // Nothing listens on port 1 (tcpmux): connections are refused, retried until the deadline.
+    // (Not a port found free: another test's server could take it meanwhile.)
+    let url = "http://127.0.0.1:1/mem".to_string();
+    let dir = TestDir::new("unreachable");
+    let running = handler::start_no_wait(&dir.join("uffd.sock"), &url, &["--fetch-deadline", "1"]);
+    running.wait(DEADLINE).assert(
+        3,
+        &[
+            &format!("opening the memory object {url}"),
+            "deadline passed",
+            "Connection refused",
+        ],
+    );
+    assert!(!dir.join("uffd.sock").exists());
+    // A stop signal while the first request is being retried ends the run at once.
+    let running =
+        handler::start_no_wait(&dir.join("uffd.sock"), &url, &["--fetch-deadline", "600"]);
+    running.wait_for_output("opening the memory object");
+    running.signal(libc::SIGTERM);
+    running
+        .wait(DEADLINE)
+        .assert(0, &["stopped by signal 15 while opening the memory object"]);
+    // Options for the other kind of memory are a usage error.
+    let running = handler::start_no_wait(&dir.join("uffd.sock"), &url, &["--backend", "pread"]);
+    running
+        .wait(DEADLINE)
+        .assert(2, &["--backend does not apply to a URL"]);
+    let running = handler::start_no_wait(
+        &dir.join("uffd.sock"),
+        dir.join("mem"),
+        &["--chunk-size", "1M"],
+    );
+    running
+        .wait(DEADLINE)
+        .assert(2, &["--chunk-size does not apply to a local memory file"]);
+    // A 404 fails at once.
+    let Some(nginx) = Nginx::start() else {
+        return;
+    };
+    let missing = nginx.url("missing");
+    let running = handler::start_no_wait(&dir.join("uffd.sock"), &missing, &[]);
+    running.wait(DEADLINE).assert(
+        3,
+        &[&format!("opening the memory object {missing}"), "HTTP 404"],
+    );
+}
+
+#[test]
+fn the_progress_line_repeats_until_background_fill_completes_the_object() {
+    let memory = MemoryType::Anonymous;
+    let Some(nginx) = nginx_serving("mem", memory) else {
+        return;
+    };
+    let dir = TestDir::new("progress");
+    let socket = dir.join("uffd.sock");
+    let running = handler::start(
+        &socket,
+        nginx.url("mem"),
+        &[
+            "--progress",
+            "0.05",
+            "--background-fill",
+            "--chunk-size",
+            "64K",
+        ],
+    );
+    // The guest touches nothing: the object is fetched and placed by the background fill.
+    let (guest, _stream) = serve_a_few_pages(&socket, pages_for(memory).iter().sum());
+    running.wait_for_output("| complete");
+    guest.touch_and_check_all(2).unwrap();
+    running.signal(libc::SIGTERM);
+    let ended = running.wait(DEADLINE);
+    ended.assert(
+        0,
+        &["background fill on", "| complete", "stopped by signal 15"],
+    );
+    let lines = ended.stderr.matches("uffd-handler: objstore: ").count();
+    // At least the completing line and the final one; none after completion but the final.
+    assert!(lines >= 2, "{}", ended.stderr);
+    let after = ended.stderr.split("| complete").nth(1).unwrap();
+    assert_eq!(after.matches("objstore: ").count(), 1, "{}", ended.stderr);
+}
+
+#[test]
+fn a_replay_of_huge_pages_opens_the_object_in_huge_pages() {
+    let memory = MemoryType::Hugetlb;
+    if !available(memory) {
+        return;
+    }
+    let Some(nginx) = nginx_serving("mem", memory) else {
+        return;
+    };
+    let url = nginx.url("mem");
+    let dir = TestDir::new("http-huge-replay");
+    let ws = dir.join("guest.ws");
+    let ws_arg = ws.to_str().unwrap();
+    let ended = restore_from(
+        &dir,
+        &url,
+        &releases::V1_12,
+        true,
+        memory,
+        &["--record", ws_arg],
+        &[],
+    );
+    ended.assert(
+        0,
+        &[
+            "opening the object again to answer in them",
+            "recorded 5 pages",
+        ],
+    );
+    // The record's pages are 2 MiB: the object is opened in them from the start.
+    let ended = restore_from(
+        &dir,
+        &url,
+        &releases::V1_12,
+        true,
+        memory,
+        &["--replay", ws_arg],
+        &[],
+    );
+    ended.assert(0, &["replaying", "stats:"]);
+    assert!(
+        !ended.stderr.contains("opening the object again"),
+        "{}",
+        ended.stderr
+    );
 }

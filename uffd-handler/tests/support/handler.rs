@@ -1,6 +1,7 @@
 //! The `uffd-handler` binary, run as a process: started, signalled, waited for with a
 //! deadline (killed if it passes), its standard error collected.
 
+use std::ffi::OsStr;
 use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -52,10 +53,20 @@ impl Ended {
     }
 }
 
-/// Starts the handler on `socket` and `memory` with `options`; waits until it listens
-/// (unless it exits first).
-pub fn start(socket: &Path, memory: &Path, options: &[&str]) -> Running {
-    let running = start_no_wait(socket, memory, options);
+/// Starts the handler on `socket` and `memory` (a path or a URL) with `options`; waits until
+/// it listens (unless it exits first).
+pub fn start(socket: &Path, memory: impl AsRef<OsStr>, options: &[&str]) -> Running {
+    start_with_env(socket, memory, options, &[])
+}
+
+/// [`start`], with these environment variables set (the S3 configuration).
+pub fn start_with_env(
+    socket: &Path,
+    memory: impl AsRef<OsStr>,
+    options: &[&str],
+    env: &[(&str, &str)],
+) -> Running {
+    let running = start_no_wait_with_env(socket, memory, options, env);
     let started = Instant::now();
     while !socket.exists() {
         if started.elapsed() > DEADLINE || running.stderr().contains("refus") {
@@ -67,11 +78,21 @@ pub fn start(socket: &Path, memory: &Path, options: &[&str]) -> Running {
 }
 
 /// Starts the handler without waiting for its socket.
-pub fn start_no_wait(socket: &Path, memory: &Path, options: &[&str]) -> Running {
+pub fn start_no_wait(socket: &Path, memory: impl AsRef<OsStr>, options: &[&str]) -> Running {
+    start_no_wait_with_env(socket, memory, options, &[])
+}
+
+fn start_no_wait_with_env(
+    socket: &Path,
+    memory: impl AsRef<OsStr>,
+    options: &[&str],
+    env: &[(&str, &str)],
+) -> Running {
     let mut child = Command::new(binary())
         .args(options)
         .arg(socket)
         .arg(memory)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -1,11 +1,17 @@
 //! What the handler's tests share: the userfaultfd crate's test support (memory types,
-//! skipping, child processes), the release fixtures, a Firecracker player, and the handler
-//! binary run as a process.
+//! skipping, child processes), the release fixtures, a Firecracker player, the handler
+//! binary run as a process, and the object-storage servers of userfaultfd-objstore's tests
+//! (nginx and moto on loopback).
 #![allow(dead_code, unused_imports)]
 
+// Shared with userfaultfd's tests, whose rust-version (1.85) predates `is_multiple_of`; this
+// crate's (1.88) makes clippy suggest it.
 #[path = "../../../userfaultfd/tests/support/mod.rs"]
+#[allow(clippy::manual_is_multiple_of)]
 pub mod common;
 pub mod handler;
+#[path = "../../../objstore/tests/support/mod.rs"]
+pub mod objstore;
 pub mod releases;
 pub mod vmm;
 
