@@ -16,6 +16,8 @@
 //! | track which pages of a range were written since the last look (Linux 6.7+) | [`DirtyTracker`] |
 //! | serve faults yourself: read events, place pages | [`UffdBuilder`] → [`Uffd`]: [`register`](Uffd::register), [`read_event`](Uffd::read_event) / [`read_events`](Uffd::read_events), [`copy`](Uffd::copy), [`zeropage`](Uffd::zeropage), [`r#continue`](Uffd::continue), [`wake`](Uffd::wake), [`write_protect`](Uffd::write_protect), [`poison`](Uffd::poison), [`r#move`](Uffd::move) |
 //! | serve faults from a tokio runtime | `AsyncUffd` (cargo feature `tokio`) |
+//! | serve a snapshot straight from object storage (`http://`, `https://`, `s3://`) | the crate [`userfaultfd-objstore`](https://docs.rs/userfaultfd-objstore): a [`serve::PageSource`] for the page server |
+//! | restore a Firecracker snapshot lazily (its `Uffd` memory backend) | the binary `uffd-handler` (the repository's [`uffd-handler/`](https://github.com/userfaultfd-rs/userfaultfd-rs/tree/main/uffd-handler)), built on the page server |
 //! | ask what the running kernel supports | [`probe`] |
 //! | move from crates.io `userfaultfd` 0.9 | [`migration`]: change the dependency line and the `Errno` import |
 //!
@@ -43,8 +45,9 @@
 //!
 //! Runnable examples are in the repository's
 //! [`userfaultfd/examples`](https://github.com/userfaultfd-rs/userfaultfd-rs/tree/main/userfaultfd/examples):
-//! `lazy_restore` (the page server), `probe` (what this kernel supports), `manpage` (the
-//! userfaultfd(2) demo), `dirty_tracking`, `async_server` (feature `tokio`).
+//! `lazy_restore` (the page server), `record_replay` (the page server's working sets), `probe`
+//! (what this kernel supports), `manpage` (the userfaultfd(2) demo), `dirty_tracking`,
+//! `async_server` (feature `tokio`), `uffd_stress` (the kernel's uffd-stress on this crate).
 //!
 //! # Safety model
 //!
