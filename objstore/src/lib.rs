@@ -240,6 +240,14 @@ fn start(store: Arc<dyn Store>, options: &Options) -> Result<Arc<ObjectSource>, 
     Ok(Arc::new(source))
 }
 
+/// Whether `len` bytes, rounded up to whole pages of `page` bytes, fit one mapping.
+fn mappable(len: u64, page: usize) -> bool {
+    usize::try_from(len)
+        .ok()
+        .and_then(|len| len.checked_next_multiple_of(page))
+        .is_some_and(|bytes| bytes <= isize::MAX as usize)
+}
+
 /// The length and ETag, retried like any range.
 fn probe(
     store: &dyn Store,
@@ -260,6 +268,15 @@ fn probe(
             })
         };
         match Remote::probe(store, agent) {
+            // The object is mapped whole, in whole pages: a length beyond what this address
+            // space can map (a broken or hostile store) is the store's error, refused here
+            // rather than overflowing the buffer's size.
+            Ok((len, _)) if !mappable(len, options.page_size) => {
+                return Err(error(Cause::Invalid(format!(
+                    "Content-Range gives a length of {len} bytes, more than this address \
+                     space can map"
+                ))))
+            }
             Ok(found) => return Ok(found),
             Err(Failure::Fatal(cause)) => return Err(error(cause)),
             Err(Failure::Transient(why)) => {

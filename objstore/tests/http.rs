@@ -429,3 +429,38 @@ fn restore_on_every_memory_type() {
         assert_eq!(restore.mismatches(12), Vec::<usize>::new(), "{memory:?}");
     }
 }
+
+/// A store that reports a length no address space can map (`Content-Range: bytes
+/// 0-1/18446744073709551615`, from a broken or hostile server) is refused by `open` with an
+/// error naming the object and the length: never an overflow panic or an allocation abort.
+#[test]
+fn a_length_beyond_the_address_space_is_refused() {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/mem", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            // The request's head, then one answer whatever it asked.
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let _ = conn.write_all(
+                b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-1/18446744073709551615\r\n\
+                  Content-Length: 2\r\nETag: \"x\"\r\nConnection: close\r\n\r\nab",
+            );
+        }
+    });
+    let mut o = options(4 << 20);
+    o.deadline = Duration::from_secs(10);
+    let e = match open(&url, &o) {
+        Ok(_) => panic!("{url}: a length of 2^64-1 bytes was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains(&url) && e.contains("18446744073709551615") && e.contains("address space"),
+        "{e}"
+    );
+}
