@@ -92,7 +92,7 @@ impl Shared {
     fn fetch_part(&self, from: usize, to: usize) -> Result<(), FetchError> {
         let start = (from * self.page) as u64;
         let end = ((to * self.page) as u64).min(self.remote.len);
-        let deadline = Instant::now() + self.opts.deadline;
+        let deadline = crate::remote::after(self.opts.deadline);
         let mut backoff = self.backoff(deadline);
         let mut pos = start;
         let mut attempts = 0;

@@ -127,7 +127,6 @@ mod stats;
 mod store;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 pub use error::{Cause, FetchError, OpenError};
 pub use options::Options;
@@ -254,7 +253,7 @@ fn probe(
     agent: &ureq::Agent,
     options: &Options,
 ) -> Result<(u64, Option<String>), OpenError> {
-    let deadline = Instant::now() + options.deadline;
+    let deadline = remote::after(options.deadline);
     let mut backoff = Backoff::new(options.backoff_initial, options.backoff_max, deadline);
     let mut attempts = 0;
     loop {

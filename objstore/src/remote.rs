@@ -200,6 +200,14 @@ impl Remote {
     }
 }
 
+/// `d` from now, or a century from now where `d` reaches past what an `Instant` can hold
+/// (`Duration::MAX` in the options means "never"; adding it would panic).
+pub(crate) fn after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
 /// Exponential backoff with full jitter, bounded by a deadline.
 pub(crate) struct Backoff {
     next: Duration,

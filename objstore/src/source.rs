@@ -125,7 +125,7 @@ impl Drop for ObjectSource {
 
 fn progress_loop(shared: std::sync::Weak<Shared>, every: Duration, opened: Instant) {
     let step = Duration::from_millis(100).min(every);
-    let mut next = Instant::now() + every;
+    let mut next = crate::remote::after(every);
     loop {
         std::thread::sleep(step);
         let Some(s) = shared.upgrade() else { return };

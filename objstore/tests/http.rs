@@ -430,29 +430,35 @@ fn restore_on_every_memory_type() {
     }
 }
 
-/// A store that reports a length no address space can map (`Content-Range: bytes
-/// 0-1/18446744073709551615`, from a broken or hostile server) is refused by `open` with an
-/// error naming the object and the length: never an overflow panic or an allocation abort.
-#[test]
-fn a_length_beyond_the_address_space_is_refused() {
+/// A one-line store on 127.0.0.1: every request gets `answer`. Its URL (path `/mem`).
+fn answering(answer: &'static [u8]) -> String {
     use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/mem", listener.local_addr().unwrap());
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { return };
-            // The request's head, then one answer whatever it asked.
+            // The request's head, then the answer whatever it asked.
             let mut reader = BufReader::new(conn.try_clone().unwrap());
             let mut line = String::new();
             while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
                 line.clear();
             }
-            let _ = conn.write_all(
-                b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-1/18446744073709551615\r\n\
-                  Content-Length: 2\r\nETag: \"x\"\r\nConnection: close\r\n\r\nab",
-            );
+            let _ = conn.write_all(answer);
         }
     });
+    url
+}
+
+/// A store that reports a length no address space can map (`Content-Range: bytes
+/// 0-1/18446744073709551615`, from a broken or hostile server) is refused by `open` with an
+/// error naming the object and the length: never an overflow panic or an allocation abort.
+#[test]
+fn a_length_beyond_the_address_space_is_refused() {
+    let url = answering(
+        b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-1/18446744073709551615\r\n\
+          Content-Length: 2\r\nETag: \"x\"\r\nConnection: close\r\n\r\nab",
+    );
     let mut o = options(4 << 20);
     o.deadline = Duration::from_secs(10);
     let e = match open(&url, &o) {
@@ -463,4 +469,28 @@ fn a_length_beyond_the_address_space_is_refused() {
         e.contains(&url) && e.contains("18446744073709551615") && e.contains("address space"),
         "{e}"
     );
+}
+
+/// `Duration::MAX` as the deadline and the progress period ("never") is accepted: nothing
+/// overflows computing a deadline, when opening, fetching or printing progress.
+#[test]
+fn unbounded_durations_are_accepted() {
+    let mut answer = format!(
+        "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-{}/{PAGE}\r\n\
+         Content-Length: {PAGE}\r\nETag: \"x\"\r\nConnection: close\r\n\r\n",
+        PAGE - 1
+    )
+    .into_bytes();
+    answer.extend(std::iter::repeat_n(0x5a, PAGE));
+    let url = answering(answer.leak());
+    let mut o = options(PAGE);
+    o.deadline = Duration::MAX;
+    o.progress = Some(Duration::MAX);
+    let source = open(&url, &o).unwrap_or_else(|e| panic!("{e}"));
+    let mut scratch = vec![0u8; PAGE];
+    match source.fetch(0, PAGE, &mut scratch) {
+        Ok(Chunk::Data(d)) => assert!(d.len() == PAGE && d.iter().all(|&b| b == 0x5a)),
+        Ok(_) => panic!("{url}: not the page's data"),
+        Err(e) => panic!("{url}: {e}"),
+    }
 }
