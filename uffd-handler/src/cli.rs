@@ -274,11 +274,20 @@ fn parse_size(text: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
-/// Seconds, possibly fractional (`0.5`).
+/// The longest period accepted: ten years. The deadlines are instants (now plus the period),
+/// and an instant far enough ahead does not exist: `1e19` would panic when added.
+const MAX_SECONDS: f64 = 10.0 * 365.0 * 24.0 * 3600.0;
+
+/// Seconds, possibly fractional (`0.5`), at most [`MAX_SECONDS`].
 fn parse_seconds(text: &str) -> Result<Duration, String> {
     let secs: f64 = text
         .parse()
         .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if secs > MAX_SECONDS {
+        return Err(format!(
+            "{text:?} is more than {MAX_SECONDS} seconds (ten years)"
+        ));
+    }
     Duration::try_from_secs_f64(secs).map_err(|e| format!("{text:?}: {e}"))
 }
 
@@ -298,6 +307,14 @@ mod tests {
         assert_eq!(parse_seconds("0.5"), Ok(Duration::from_millis(500)));
         assert!(parse_seconds("-1").is_err());
         assert!(parse_seconds("soon").is_err());
+        // Added to Instant::now() for a deadline, 1e19 seconds panicked (--handshake-timeout).
+        assert!(parse_seconds("1e19").is_err());
+        assert!(parse_seconds("inf").is_err());
+        assert!(parse_seconds("NaN").is_err());
+        assert_eq!(
+            parse_seconds("315360000"),
+            Ok(Duration::from_secs(315_360_000))
+        );
     }
 
     #[test]
