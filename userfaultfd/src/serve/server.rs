@@ -662,7 +662,8 @@ impl Unreadable {
 
 impl Drop for Unreadable {
     fn drop(&mut self) {
-        // SAFETY: our own mapping of one page, in no region, unused from now on.
+        // SAFETY: our own mapping of one page, never registered (a try that fell inside a
+        // region is dropped before registration), unused from now on.
         unsafe { libc::munmap(self.0, super::source::page_size()) };
     }
 }
@@ -679,8 +680,9 @@ impl Drop for Unreadable {
 /// pending) or `ESRCH` cannot tell: counted as registered, so that a failed start never
 /// unregisters what the caller may have registered.
 fn registered_already(uffd: &Uffd, r: &Region, unreadable: &Unreadable) -> bool {
-    // SAFETY: the source is unreadable, so the kernel places nothing at the destination
-    // (see above); waking is off.
+    // SAFETY: the source's first base page is unreadable, and the kernel copies a page (a
+    // huge page too) from its first byte on, so it places nothing at the destination (see
+    // above); waking is off.
     let probe = unsafe {
         uffd.copy(
             unreadable.0.cast_const(),
