@@ -169,7 +169,8 @@ fn refault_with_one_free_huge_page() {
     let expected = snapshot(4, HUGE);
     assert!(zero_page(3) && !zero_page(1));
     let file = snapshot_file(&expected, HUGE);
-    // SAFETY: the test region holds no Rust object.
+    // SAFETY: the test region holds no Rust object; the snapshot file (MappedFile::new's
+    // contract) is the test's own, neither truncated nor written while mapped.
     let server = unsafe {
         Server::builder()
             .fault_around(HUGE) // one page per fault
