@@ -150,6 +150,8 @@ fn assert_outside_fault_stops(server: Server, addr: usize, unregister: (usize, u
         "the server neither answered nor stopped: {:?}",
         server.stats()
     );
+    // A timeout past what `Instant` holds is "for ever", not an overflow panic.
+    assert!(server.wait_stopped(std::time::Duration::MAX));
     let finished = server.stop();
     let e = finished
         .outcome

@@ -961,11 +961,12 @@ impl Server {
     }
 
     /// Waits until the server stops by itself (fatal error, or the process exited), at most
-    /// `timeout`; returns whether it has.
+    /// `timeout` (`Duration::MAX`: until it does); returns whether it has.
     pub fn wait_stopped(&self, timeout: Duration) -> bool {
-        let deadline = std::time::Instant::now() + timeout;
+        // `None`: a timeout past what `Instant` can hold (`Duration::MAX`) waits for ever.
+        let deadline = std::time::Instant::now().checked_add(timeout);
         while !self.is_stopped() {
-            if std::time::Instant::now() >= deadline {
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(1));
