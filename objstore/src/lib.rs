@@ -129,7 +129,7 @@ mod store;
 use std::sync::Arc;
 
 pub use error::{Cause, FetchError, OpenError};
-pub use options::Options;
+pub use options::{Options, MAX_PARALLELISM};
 pub use source::ObjectSource;
 pub use stats::Stats;
 pub use store::S3Config;
@@ -180,10 +180,11 @@ pub fn open_s3(
     config: &S3Config,
     options: &Options,
 ) -> Result<Arc<ObjectSource>, OpenError> {
+    // No endpoint: AWS itself, over https.
     if config
         .endpoint
         .as_deref()
-        .is_some_and(|e| e.starts_with("https://"))
+        .is_none_or(|e| e.starts_with("https://"))
         && !cfg!(feature = "https")
     {
         return Err(OpenError::Config(

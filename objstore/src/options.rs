@@ -18,7 +18,7 @@ pub struct Options {
     /// base page size, or 2 MiB for hugetlbfs). An answer to the page server is a whole
     /// number of these. Default: the base page size.
     pub page_size: usize,
-    /// Range requests in flight at once (fetch threads). Default 4.
+    /// Range requests in flight at once (fetch threads): 1 to [`MAX_PARALLELISM`]. Default 4.
     pub parallelism: usize,
     /// Connecting to the store gives up after this long (then the request is retried).
     /// Default 5 s.
@@ -101,8 +101,12 @@ impl Options {
                 self.chunk_size
             ));
         }
-        if self.parallelism == 0 {
-            return Err("parallelism is 0".into());
+        if self.parallelism == 0 || self.parallelism > MAX_PARALLELISM {
+            return Err(format!(
+                "parallelism {} is not between 1 and {MAX_PARALLELISM} (each is a thread with \
+                 a connection)",
+                self.parallelism
+            ));
         }
         if self.request_timeout.is_zero() || self.connect_timeout.is_zero() {
             return Err("a zero timeout".into());
@@ -110,6 +114,10 @@ impl Options {
         Ok(())
     }
 }
+
+/// The most ranges in flight [`Options::parallelism`] may ask for: each is a thread and a
+/// connection, and a store is not helped by more.
+pub const MAX_PARALLELISM: usize = 256;
 
 /// The base page size.
 pub(crate) fn base_page_size() -> usize {
@@ -136,6 +144,9 @@ mod tests {
             .unwrap_err()
             .contains("page_size 3000"));
         assert!(with(|o| o.parallelism = 0)
+            .unwrap_err()
+            .contains("parallelism"));
+        assert!(with(|o| o.parallelism = usize::MAX)
             .unwrap_err()
             .contains("parallelism"));
         assert_eq!(
