@@ -70,7 +70,9 @@ fn stress(memory: MemoryType, pages: usize, secs: f64) {
         let server = unsafe {
             Server::builder()
                 .workers(1 + rounds % 3)
-                .fault_around([0, 4, 64][rounds % 3] * ps)
+                .fault_around(
+                    ([0, 4, 64][rounds % 3] * ps).min(userfaultfd::serve::MAX_FAULT_AROUND),
+                )
                 .background_fill(rounds % 2 == 0)
                 .region(Served::new(region.addr(), region.len()).page_size(ps))
                 .start(uffd, Arc::new(TestSource::new(expected.to_vec(), ps)))
