@@ -92,32 +92,14 @@ fn serving_faults_allocates_nothing() {
     serve_counting(false);
 }
 
-/// The test source, said to never block (or not).
-struct Said(TestSource, bool);
-
-impl userfaultfd::serve::PageSource for Said {
-    fn len(&self) -> u64 {
-        self.0.len()
-    }
-    fn fetch<'a>(
-        &'a self,
-        offset: u64,
-        len: usize,
-        scratch: &'a mut [u8],
-    ) -> std::io::Result<userfaultfd::serve::Chunk<'a>> {
-        self.0.fetch(offset, len, scratch)
-    }
-    fn never_blocks(&self) -> bool {
-        self.1
-    }
-}
-
 fn serve_counting(never_blocks: bool) {
     let memory = MemoryType::Anonymous;
     let uffd = serve_uffd(memory, RegisterMode::MISSING).unwrap();
     let region = Arc::new(Region::new(memory, 512).unwrap());
     let ps = region.page_size();
     let expected = snapshot(region.pages(), ps);
+    let mut source = TestSource::new(expected.clone(), ps);
+    source.never_blocks = never_blocks;
     // SAFETY: the test region holds no Rust object.
     let server = unsafe {
         Server::builder()
@@ -125,10 +107,7 @@ fn serve_counting(never_blocks: bool) {
             .fault_around(0) // one page per fault: as many faults as pages
             .record(true)
             .region(Served::new(region.addr(), region.len()))
-            .start(
-                uffd,
-                Arc::new(Said(TestSource::new(expected.clone(), ps), never_blocks)),
-            )
+            .start(uffd, Arc::new(source))
     }
     .unwrap();
     // Warm up: the first faults, and one REMOVE event; and every worker started (a thread's

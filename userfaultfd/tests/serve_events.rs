@@ -214,26 +214,6 @@ fn moved_ranges_are_served_at_their_new_address() {
     region.forget_mapping();
 }
 
-/// A test source, said to never block (or not).
-struct Said(TestSource, bool);
-
-impl userfaultfd::serve::PageSource for Said {
-    fn len(&self) -> u64 {
-        self.0.len()
-    }
-    fn fetch<'a>(
-        &'a self,
-        offset: u64,
-        len: usize,
-        scratch: &'a mut [u8],
-    ) -> std::io::Result<userfaultfd::serve::Chunk<'a>> {
-        self.0.fetch(offset, len, scratch)
-    }
-    fn never_blocks(&self) -> bool {
-        self.1
-    }
-}
-
 /// A `REMOVE` of a page of a block whose fetch is held. A worker that reads and serves
 /// itself (a source that never blocks) is held in the fetch: the event stays pending, the
 /// placement meets it (`EAGAIN`, nothing done), reads it, marks the page discarded, and
@@ -256,11 +236,12 @@ fn pending_event(never_blocks: bool) {
     let gate = Arc::new(Gate::default());
     let mut source = TestSource::new(expected.clone(), ps);
     source.gate = Some(Arc::clone(&gate));
+    source.never_blocks = never_blocks;
     // SAFETY: the test region holds no Rust object.
     let server = unsafe {
         Server::builder()
             .region(Served::new(region.addr(), region.len()))
-            .start(uffd, Arc::new(Said(source, never_blocks)))
+            .start(uffd, Arc::new(source))
     }
     .unwrap();
     // A fault whose block (all 64 pages) is held in the source...

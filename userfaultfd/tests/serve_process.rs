@@ -294,8 +294,9 @@ fn source_error_reports_and_stops_inline() {
     let ps = MemoryType::Anonymous.page_size();
     let mut source = TestSource::new(snapshot(64, ps), ps);
     source.fail_at = Some(10);
+    source.never_blocks = true;
     report_and_stop_with(
-        Arc::new(Claims(source)),
+        Arc::new(source),
         1,
         &["reading the page source", "injected read error"],
     );
@@ -761,27 +762,6 @@ fn a_failed_start_gives_back_the_descriptor_and_the_callers_registration() {
     }
 }
 
-/// A test source that says it never blocks (so the single worker reads and serves itself)
-/// but holds its first fetch at a gate: the worker is then stuck, and events stay pending.
-struct Claims(TestSource);
-
-impl userfaultfd::serve::PageSource for Claims {
-    fn len(&self) -> u64 {
-        self.0.len()
-    }
-    fn fetch<'a>(
-        &'a self,
-        offset: u64,
-        len: usize,
-        scratch: &'a mut [u8],
-    ) -> std::io::Result<userfaultfd::serve::Chunk<'a>> {
-        self.0.fetch(offset, len, scratch)
-    }
-    fn never_blocks(&self) -> bool {
-        true
-    }
-}
-
 /// The range (start, end) whose SIGBUS the handler below reports by exiting with 42.
 static MOVED: [std::sync::atomic::AtomicUsize; 2] = [
     std::sync::atomic::AtomicUsize::new(0),
@@ -823,6 +803,9 @@ fn fail_closed_poisons_pages_moved_during_the_poisoning() {
         let mut source = TestSource::new(snapshot(64, ps), ps);
         source.fail_at = Some(40);
         source.gate = Some(Arc::clone(&gate));
+        // Said to never block, so the single worker reads and serves itself: held at the
+        // gate, it leaves events pending.
+        source.never_blocks = true;
         // SAFETY: installs a handler for SIGBUS in this child process.
         unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();
@@ -836,7 +819,7 @@ fn fail_closed_poisons_pages_moved_during_the_poisoning() {
                 .fault_around(ps)
                 .error_policy(ErrorPolicy::FailClosed)
                 .region(Served::new(region.addr(), region.len()))
-                .start(uffd, Arc::new(Claims(source)))
+                .start(uffd, Arc::new(source))
         }
         .map_err(|e| e.to_string())?;
         // The only worker's fetch (page 40, which fails) is held...
