@@ -53,6 +53,13 @@ pub struct Options {
     /// Byte offsets in the object, in the order a previous run first touched them (a recorded
     /// working set): their chunks are fetched in that order, ahead of faults.
     pub working_set: Vec<u64>,
+    /// A PEM file of certificate authorities to trust for `https`, *in addition to* the
+    /// public roots compiled in (Mozilla's, from `webpki-roots`): a private CA of an
+    /// on-premises store. `None`: the file the standard variable `SSL_CERT_FILE` names, when
+    /// set and the object is behind `https`; else the public roots only. A file that cannot
+    /// be read or holds no certificate fails [`open`](crate::open) (`OpenError::Tls`). Needs
+    /// the `https` feature. Default `None`.
+    pub ca_certificates: Option<PathBuf>,
     /// Print a progress line (bytes fetched, rate, requests, retries, cache hits) on standard
     /// error this often while the source lives. `None`: never. Default `None`.
     pub progress: Option<Duration>,
@@ -74,6 +81,7 @@ impl Default for Options {
             cache_budget: 64 << 30,
             background: false,
             working_set: Vec::new(),
+            ca_certificates: None,
             progress: None,
         }
     }

@@ -13,6 +13,10 @@ pub(crate) trait Store: Send + Sync {
     /// The object's name in errors and progress lines (the URL, `s3://bucket/key`).
     fn name(&self) -> &str;
 
+    /// Whether requests go over `https`.
+    #[cfg_attr(not(feature = "https"), allow(dead_code))]
+    fn https(&self) -> bool;
+
     /// `GET` of `range` (`Range: bytes=a-b`), with `If-Match: etag` when given. (ureq's
     /// error is large; it is classified at once, one per request.)
     #[allow(clippy::result_large_err)]
@@ -44,6 +48,10 @@ impl Store for HttpStore {
     fn name(&self) -> &str {
         // A presigned URL's query holds a signature: never print it.
         self.url.split('?').next().unwrap_or(&self.url)
+    }
+
+    fn https(&self) -> bool {
+        self.url.starts_with("https://")
     }
 
     #[allow(clippy::result_large_err)]
@@ -164,6 +172,10 @@ impl S3Store {
 impl Store for S3Store {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn https(&self) -> bool {
+        self.url.starts_with("https://")
     }
 
     #[allow(clippy::result_large_err)]

@@ -41,7 +41,8 @@ The object is opened before the socket is made (one request learns its length an
 then fetched in chunks of --chunk-size, --parallelism ranges at once, each chunk once however
 many faults land in it; a fault waits only for its own page. s3:// is configured from the
 environment as the AWS tools are: AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID,
-AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_S3_FORCE_PATH_STYLE. --replay also fetches the
+AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_S3_FORCE_PATH_STYLE. https trusts the public
+roots compiled in plus the PEM file of --ca-file, or else of SSL_CERT_FILE. --replay also fetches the
 recorded pages first, in their order; --background-fill also fetches the whole object behind
 them. A record made from an object is tied to its length and ETag (a record of the same bytes
 as a local file is another snapshot's). A progress line (bytes fetched, rate, requests,
@@ -109,6 +110,14 @@ pub struct Cli {
     /// 3, while serving --error-policy decides. [default: 120]
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     pub fetch_deadline: Option<Duration>,
+
+    /// URL only: trust the certificate authorities in FILE (PEM) for https, in addition to
+    /// the public roots compiled in (Mozilla's): the private CA of an on-premises store.
+    /// Without it, the file the environment's SSL_CERT_FILE names is added when set. A
+    /// certificate that does not verify fails at once (exit 3 at start), it is not retried.
+    /// [default: none]
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
 
     /// URL only: print the object's progress line (bytes fetched, rate, requests, retries,
     /// cache hits) every SECONDS until every byte has arrived, and at the end (0: only at the
@@ -232,6 +241,7 @@ impl Cli {
                 ("--fetch-timeout", self.fetch_timeout.is_some()),
                 ("--fetch-deadline", self.fetch_deadline.is_some()),
                 ("--progress", self.progress.is_some()),
+                ("--ca-file", self.ca_file.is_some()),
             ]
             .into_iter()
             .find_map(|(name, given)| given.then_some(name)),
