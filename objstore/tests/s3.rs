@@ -104,6 +104,60 @@ fn restore_from_s3_under_injected_failures() {
     assert!(source.stats().retries > 0, "{}", source.progress_line());
 }
 
+/// S3 over https: nginx terminates TLS (a certificate of a CA made at test time, trusted
+/// through `Options::ca_certificates`) in front of moto, which checks every signature (of
+/// the https endpoint's host): every byte right.
+#[cfg(feature = "https")]
+#[test]
+fn restore_from_s3_over_https() {
+    let len = 8 * MIB;
+    let Some(s3) = Moto::start("vm/memory", &snapshot(6, len)) else {
+        return;
+    };
+    let Some(pki) = support::tls::Pki::new() else {
+        return;
+    };
+    let Some(tls) = support::nginx::Nginx::start_tls_proxy(&pki.cert(), &pki.key(), s3.port) else {
+        return;
+    };
+    let mut opts = options();
+    opts.ca_certificates = Some(pki.ca());
+    let endpoint = format!("https://127.0.0.1:{}", tls.port);
+    let source = open_s3(
+        BUCKET,
+        "vm/memory",
+        &config(endpoint.clone(), &s3.key_id, &s3.secret),
+        &opts,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(source.len(), len);
+    let restore = Restore::start(source.clone(), len as usize, 2);
+    restore
+        .touch(
+            &shuffled(len as usize / PAGE, 6),
+            2,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert_eq!(restore.mismatches(6), Vec::<usize>::new());
+    // The same endpoint without the CA: refused at once, naming the TLS cause.
+    opts.ca_certificates = None;
+    if std::env::var_os("SSL_CERT_FILE").is_none() {
+        let e = open_s3(
+            BUCKET,
+            "vm/memory",
+            &config(endpoint, &s3.key_id, &s3.secret),
+            &opts,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("TLS handshake refused") && e.contains("s3://"),
+            "{e}"
+        );
+    }
+}
+
 /// A wrong secret: moto refuses the signature; the error names the object and the code.
 #[test]
 fn wrong_secret_refused() {

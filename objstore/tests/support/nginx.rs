@@ -12,6 +12,9 @@ pub struct Nginx {
     dir: TempDir,
     /// With TLS: the certificate chain and key files.
     tls: Option<(PathBuf, PathBuf)>,
+    /// A port on 127.0.0.1 to proxy every request to (the Host header kept), instead of
+    /// serving `www()`.
+    upstream: Option<u16>,
 }
 
 const BINARY: &str = "/usr/sbin/nginx";
@@ -21,18 +24,28 @@ impl Nginx {
     /// installed.
     #[track_caller]
     pub fn start() -> Option<Nginx> {
-        Nginx::start_with(None)
+        Nginx::start_with(None, None)
     }
 
     /// nginx serving `www()` over TLS only (`listen ... ssl`) with the certificate chain
     /// `cert` and its key `key`.
     #[track_caller]
     pub fn start_tls(cert: &Path, key: &Path) -> Option<Nginx> {
-        Nginx::start_with(Some((cert.to_path_buf(), key.to_path_buf())))
+        Nginx::start_with(Some((cert.to_path_buf(), key.to_path_buf())), None)
+    }
+
+    /// nginx terminating TLS for the plain-http server on 127.0.0.1:`upstream` (moto): the
+    /// request, its Host header included (a SigV4 signature covers it), goes upstream as is.
+    #[track_caller]
+    pub fn start_tls_proxy(cert: &Path, key: &Path, upstream: u16) -> Option<Nginx> {
+        Nginx::start_with(
+            Some((cert.to_path_buf(), key.to_path_buf())),
+            Some(upstream),
+        )
     }
 
     #[track_caller]
-    fn start_with(tls: Option<(PathBuf, PathBuf)>) -> Option<Nginx> {
+    fn start_with(tls: Option<(PathBuf, PathBuf)>, upstream: Option<u16>) -> Option<Nginx> {
         if !Path::new(BINARY).exists() {
             machine_lacks("nginx (Debian package nginx-light)");
             return None;
@@ -45,6 +58,7 @@ impl Nginx {
             port: free_port(),
             dir,
             tls,
+            upstream,
         };
         n.spawn();
         Some(n)
@@ -72,13 +86,20 @@ impl Nginx {
                 key.display()
             ),
         };
+        let location = match self.upstream {
+            None => String::new(),
+            Some(port) => format!(
+                "proxy_pass http://127.0.0.1:{port}; proxy_set_header Host $http_host; \
+                 proxy_http_version 1.1; proxy_set_header Connection \"\";"
+            ),
+        };
         let conf = format!(
             "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
              error_log {d}/error.log;\nevents {{ worker_connections 512; }}\n\
              http {{\n access_log off;\n client_body_temp_path {d}/tmp;\n proxy_temp_path {d}/tmp;\n\
              fastcgi_temp_path {d}/tmp;\n uwsgi_temp_path {d}/tmp;\n scgi_temp_path {d}/tmp;\n\
              keepalive_requests 100000;\n sendfile on;\n\
-             server {{ {listen} root {d}/www; location / {{ }} }}\n}}\n"
+             server {{ {listen} root {d}/www; location / {{ {location} }} }}\n}}\n"
         );
         let path = self.dir.path().join("nginx.conf");
         std::fs::write(&path, conf).unwrap();
