@@ -61,7 +61,11 @@
 //! - Faults in consecutive chunks read ahead [`Options::parallelism`] chunks.
 //! - A recorded working set ([`Options::working_set`]) is fetched in its order from the
 //!   start, ahead of everything but faults; [`Options::background`] fetches the rest
-//!   behind it, on all but one fetch thread (one stays free for faults).
+//!   behind it, on threads of its own at the lowest CPU priority (nice 19), which start a
+//!   chunk only while no fault or working-set fetch waits. The fetches faults wait for run
+//!   at the priority of the thread that called [`open`], never at nice 19: a fault on a
+//!   chunk the fill is fetching takes the rest of it over (the `background` module's docs
+//!   say why threads of their own: a thread cannot undo a lowered priority unprivileged).
 //!
 //! # Failures
 //!
@@ -127,6 +131,7 @@
 //! them.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod background;
 mod cache;
 mod error;
 mod fetch;

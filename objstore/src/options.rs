@@ -46,9 +46,12 @@ pub struct Options {
     /// The most bytes of chunk data the disk cache holds for one object; chunks past it are
     /// not written. Default 64 GiB.
     pub cache_budget: u64,
-    /// After start, fetch every chunk not yet fetched in the background (at lower priority
-    /// than faults and the working set). Default `false`: only what is touched, read ahead on
-    /// sequential access, and the working set.
+    /// After start, fetch every chunk not yet fetched in the background, in order: on
+    /// `parallelism - 1` threads of their own (at least one) at nice 19, the lowest CPU
+    /// priority, each starting a chunk only while no fault, working-set or read-ahead fetch
+    /// waits. A fault on a chunk being filled takes the rest of it over at the priority of
+    /// the fetch threads ([`Stats::handoffs`](crate::Stats::handoffs)). Default `false`: only
+    /// what is touched, read ahead on sequential access, and the working set.
     pub background: bool,
     /// Byte offsets in the object, in the order a previous run first touched them (a recorded
     /// working set): their chunks are fetched in that order, ahead of faults.

@@ -42,6 +42,11 @@ pub(crate) struct Shared {
     pub(crate) ready: Condvar,
     pub(crate) closed: AtomicBool,
     pub(crate) last_demand: AtomicUsize,
+    /// The next chunk the background fill looks at.
+    pub(crate) next_background: AtomicUsize,
+    /// Per chunk: a fault waits for it while it runs; a background thread fetching it hands
+    /// the rest to the fetch threads ([`crate::background`]).
+    pub(crate) urgent: Box<[AtomicBool]>,
     /// Chunks whose every page has arrived.
     pub(crate) done: AtomicUsize,
     pub(crate) cache: Option<DiskCache>,
@@ -64,12 +69,14 @@ impl Shared {
             state: (0..chunks).map(|_| AtomicU8::new(IDLE)).collect(),
             parts_left: (0..chunks).map(|_| AtomicU8::new(0)).collect(),
             errors: Mutex::new(vec![None; chunks]),
-            queue: WorkQueue::new(opts.parallelism),
+            queue: WorkQueue::new(),
             ready_lock: Mutex::new(()),
             ready: Condvar::new(),
             closed: AtomicBool::new(false),
             // No chunk before the first: read-ahead starts at the second consecutive chunk.
             last_demand: AtomicUsize::new(usize::MAX - 1),
+            next_background: AtomicUsize::new(0),
+            urgent: (0..chunks).map(|_| AtomicBool::new(false)).collect(),
             done: AtomicUsize::new(0),
             cache,
             counters: Counters::default(),
@@ -134,6 +141,7 @@ impl Shared {
         if s == QUEUED && priority != Priority::Demand {
             return; // already queued at this priority or above, or lower: a fault bumps it
         }
+        debug_assert!(priority != Priority::Background, "the fill is not queued");
         let _ = state.compare_exchange(IDLE, QUEUED, Ordering::AcqRel, Ordering::Acquire);
         self.queue.push(Task {
             chunk,
@@ -148,6 +156,14 @@ impl Shared {
     pub(crate) fn demand(&self, page: usize) {
         let chunk = page / self.pages_per_chunk;
         self.want(chunk, page, Priority::Demand);
+        // Running already, maybe on a background thread (at nice 19): that one hands the
+        // rest over. (Loaded after `want`: a background thread that claimed the chunk
+        // meanwhile is seen.)
+        if self.state[chunk].load(Ordering::Acquire) == RUNNING
+            && !self.urgent[chunk].load(Ordering::Relaxed)
+        {
+            self.urgent[chunk].store(true, Ordering::Release);
+        }
         let prev = self.last_demand.swap(chunk, Ordering::Relaxed);
         if prev.wrapping_add(1) == chunk {
             let ahead = self.opts.parallelism;
@@ -157,17 +173,13 @@ impl Shared {
         }
     }
 
-    /// Queues the chunks of a working set in order, then (with `background`) the rest.
+    /// Queues the chunks of a working set in order (the background fill, if any, starts
+    /// once they have all been taken).
     pub(crate) fn plan(&self) {
         for &offset in &self.opts.working_set {
             if offset < self.remote.len {
                 let page = (offset / self.page as u64) as usize;
                 self.want(page / self.pages_per_chunk, page, Priority::Prefetch);
-            }
-        }
-        if self.opts.background {
-            for chunk in 0..self.chunks {
-                self.want(chunk, chunk * self.pages_per_chunk, Priority::Background);
             }
         }
     }

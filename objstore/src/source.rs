@@ -36,6 +36,18 @@ impl ObjectSource {
                 return Err(e);
             }
         }
+        if shared.opts.background {
+            for i in 0..crate::background::threads(shared.opts.parallelism) {
+                let s = shared.clone();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("objstore-bg-{i}"))
+                    .spawn(move || s.background_loop());
+                if let Err(e) = spawned {
+                    shared.close();
+                    return Err(e);
+                }
+            }
+        }
         shared.plan();
         if let Some(every) = shared.opts.progress {
             let weak = Arc::downgrade(&shared);

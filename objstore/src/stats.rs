@@ -15,6 +15,7 @@ pub(crate) struct Counters {
     cache_bytes: AtomicU64,
     waits: AtomicU64,
     chunks_fetched: AtomicU64,
+    handoffs: AtomicU64,
 }
 
 impl Counters {
@@ -37,6 +38,9 @@ impl Counters {
     pub(crate) fn wait(&self) {
         self.waits.fetch_add(1, Relaxed);
     }
+    pub(crate) fn handoff(&self) {
+        self.handoffs.fetch_add(1, Relaxed);
+    }
     pub(crate) fn chunk_done(&self) {
         self.chunks_fetched.fetch_add(1, Relaxed);
     }
@@ -51,6 +55,7 @@ impl Counters {
             cache_bytes: self.cache_bytes.load(Relaxed),
             waits: self.waits.load(Relaxed),
             chunks_fetched: self.chunks_fetched.load(Relaxed),
+            handoffs: self.handoffs.load(Relaxed),
         }
     }
 }
@@ -75,6 +80,9 @@ pub struct Stats {
     pub waits: u64,
     /// Chunks fetched whole from the store.
     pub chunks_fetched: u64,
+    /// Background fetches that a fault caught in flight and handed over to the fetch
+    /// threads, which run at the caller's priority (the background threads run at nice 19).
+    pub handoffs: u64,
 }
 
 impl Stats {
@@ -131,6 +139,7 @@ mod tests {
             cache_bytes: 1 << 20,
             waits: 5,
             chunks_fetched: 12,
+            handoffs: 0,
         };
         assert_eq!(
             s.line(Duration::from_secs(2)),

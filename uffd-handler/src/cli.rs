@@ -141,8 +141,9 @@ pub struct Cli {
     /// After start, place the rest of guest memory in the background at the lowest CPU
     /// priority, block by block (faults keep priority): memory ends fully populated, as with
     /// an eager restore, but the guest runs at once. With a URL, the whole object is also
-    /// fetched in the background (behind the faults and the --replay pages, on all fetch
-    /// threads but one), so that the fill rarely waits for the network.
+    /// fetched in the background (behind the faults and the --replay pages, on threads of
+    /// its own at nice 19; the fetches faults wait for keep the handler's priority), so that
+    /// the fill rarely waits for the network.
     #[arg(long)]
     pub background_fill: bool,
 
