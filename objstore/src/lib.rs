@@ -174,7 +174,7 @@ use store::{HttpStore, S3Store, Store};
 pub fn open(url: &str, options: &Options) -> Result<Arc<ObjectSource>, OpenError> {
     if let Some(rest) = url.strip_prefix("s3://") {
         let (bucket, key) = split_s3(rest, url)?;
-        return open_s3(bucket, key, &S3Config::from_env(), options);
+        return open_s3(bucket, key, &S3Config::from_env()?, options);
     }
     let https = url.starts_with("https://");
     if !(url.starts_with("http://") || https) {

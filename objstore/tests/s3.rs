@@ -21,7 +21,8 @@ fn snapshot(version: u64, len: u64) -> Vec<u8> {
 }
 
 fn config(endpoint: String, key_id: &str, secret: &str) -> S3Config {
-    let mut c = S3Config::from_env();
+    // Not from the environment: s3_url_from_environment sets it meanwhile.
+    let mut c = S3Config::default();
     c.endpoint = Some(endpoint);
     c.region = "us-east-1".into();
     c.access_key_id = Some(key_id.into());
@@ -180,7 +181,8 @@ fn wrong_secret_refused() {
 }
 
 /// `s3://bucket/key` reads AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID,
-/// AWS_SECRET_ACCESS_KEY (the only test here that sets the environment).
+/// AWS_SECRET_ACCESS_KEY, AWS_S3_FORCE_PATH_STYLE (the only test here that sets the
+/// environment).
 #[test]
 fn s3_url_from_environment() {
     let len = 2 * MIB;
@@ -206,6 +208,18 @@ fn s3_url_from_environment() {
         support::expected(4, page * PAGE as u64, &mut want);
         assert_eq!(got, want);
     }
+    // A boolean in any of the usual spellings; anything else refused, naming it.
+    std::env::set_var("AWS_S3_FORCE_PATH_STYLE", "YES");
+    open(&format!("s3://{BUCKET}/env/memory"), &options()).unwrap();
+    std::env::set_var("AWS_S3_FORCE_PATH_STYLE", "maybe");
+    let e = open(&format!("s3://{BUCKET}/env/memory"), &options())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("AWS_S3_FORCE_PATH_STYLE") && e.contains("\"maybe\""),
+        "{e}"
+    );
+    std::env::remove_var("AWS_S3_FORCE_PATH_STYLE");
 }
 
 /// Temporary credentials (an assumed role's key, secret and session token): the token is

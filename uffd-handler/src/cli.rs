@@ -41,7 +41,8 @@ The object is opened before the socket is made (one request learns its length an
 then fetched in chunks of --chunk-size, --parallelism ranges at once, each chunk once however
 many faults land in it; a fault waits only for its own page. s3:// is configured from the
 environment as the AWS tools are: AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID,
-AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_S3_FORCE_PATH_STYLE. https trusts the public
+AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_S3_FORCE_PATH_STYLE (true/false, 1/0, yes/no,
+on/off; anything else exits 3). https trusts the public
 roots compiled in plus the PEM file of --ca-file, or else of SSL_CERT_FILE. --replay also fetches the
 recorded pages first, in their order; --background-fill also fetches the whole object behind
 them. A record made from an object is tied to its length and ETag (a record of the same bytes
