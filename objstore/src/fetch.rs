@@ -82,7 +82,10 @@ impl Shared {
                 }
             }
             Err(e) => {
-                self.errors.lock().unwrap_or_else(PoisonError::into_inner)[k] = Some(e);
+                self.errors
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(k, e);
                 self.state[k].store(FAILED, Ordering::Release);
                 self.notify();
             }

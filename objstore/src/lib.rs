@@ -104,6 +104,12 @@
 //! ([`ObjectSource::complete`]) or the server stopped. Bytes read from the disk cache are
 //! not kept.
 //!
+//! The page bitmap and the per-chunk state (a few bytes per chunk) are sized by the length
+//! the store reports, and allocated zeroed without being written: like the buffer, they take
+//! memory only where chunks arrive. A length no machine can hold (a broken or hostile store)
+//! fails [`open`] with an error naming the object and the length — the allocation is
+//! fallible, never an abort.
+//!
 //! # Wiring into a handler
 //!
 //! A handler that takes a memory file takes a URL the same way: [`open`] for `http://`,
@@ -248,22 +254,28 @@ fn start(store: Arc<dyn Store>, options: &Options) -> Result<Arc<ObjectSource>, 
         etag,
         hedge_after: options.hedge_after,
     };
-    let cache = match (&options.cache_dir, &remote.etag) {
-        (Some(dir), Some(etag)) => Some(
+    // The memory first: a length no machine can hold fails here, naming the object, before
+    // anything is written to the disk cache.
+    let name = remote.store.name().to_string();
+    let mut shared = shared::Shared::new(remote, options.clone()).map_err(|e| {
+        OpenError::Io(
+            format!("{name}: an object of {len} bytes (the length its store reports)"),
+            e,
+        )
+    })?;
+    if let (Some(dir), Some(etag)) = (&options.cache_dir, &shared.remote.etag) {
+        shared.cache = Some(
             cache::DiskCache::open(
                 dir,
-                remote.store.name(),
+                &name,
                 etag,
                 len,
                 options.chunk_size as u64,
                 options.cache_budget,
             )
             .map_err(|e| OpenError::Io(format!("opening the cache in {}", dir.display()), e))?,
-        ),
-        _ => None,
-    };
-    let shared = shared::Shared::new(remote, options.clone(), cache)
-        .map_err(|e| OpenError::Io(format!("mapping {len} bytes for the object"), e))?;
+        );
+    }
     let source = ObjectSource::start(shared)
         .map_err(|e| OpenError::Io("starting the fetch threads".into(), e))?;
     Ok(Arc::new(source))

@@ -2,6 +2,7 @@
 //! and its page bitmap, each chunk's state (single flight), the work queue, the disk cache —
 //! and what a fault does with it: queue its chunk (and read ahead), then wait for its page.
 
+use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use crate::cache::DiskCache;
 use crate::error::{Cause, FetchError};
-use crate::memory::{Arrived, Buffer};
+use crate::memory::{zeroed, Arrived, Buffer};
 use crate::queue::{Priority, Task, WorkQueue};
 use crate::remote::Remote;
 use crate::stats::Counters;
@@ -35,7 +36,9 @@ pub(crate) struct Shared {
     pub(crate) state: Box<[AtomicU8]>,
     /// Parts of a running chunk still being fetched (1 or 2).
     pub(crate) parts_left: Box<[AtomicU8]>,
-    pub(crate) errors: Mutex<Vec<Option<FetchError>>>,
+    /// The error of each chunk that failed for good (few: a map, not an array the object's
+    /// length sizes).
+    pub(crate) errors: Mutex<HashMap<usize, FetchError>>,
     pub(crate) queue: WorkQueue,
     /// Waiters for arrived pages.
     pub(crate) ready_lock: Mutex<()>,
@@ -54,21 +57,28 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(
-        remote: Remote,
-        opts: Options,
-        cache: Option<DiskCache>,
-    ) -> io::Result<Shared> {
+    /// The state of an object of `remote.len` bytes (the disk cache is set afterwards).
+    /// Every allocation the length sizes can fail, with an error saying which (the caller
+    /// names the object and its length); nothing is written to them here.
+    pub(crate) fn new(remote: Remote, opts: Options) -> io::Result<Shared> {
         let page = opts.page_size;
         let pages_per_chunk = opts.chunk_size / page;
         let pages = remote.len.div_ceil(page as u64) as usize;
         let chunks = pages.div_ceil(pages_per_chunk);
+        let arrived = Arrived::new(pages)?;
+        // IDLE is 0: zeroed states are idle chunks.
+        let state = zeroed(chunks, "the chunk states")?;
+        let parts_left = zeroed(chunks, "the chunk parts")?;
+        let urgent = zeroed(chunks, "the chunk flags")?;
+        let buffer = Buffer::new(pages * page).map_err(|e| {
+            io::Error::new(e.kind(), format!("mapping {} bytes: {e}", pages * page))
+        })?;
         Ok(Shared {
-            buffer: Buffer::new(pages * page)?,
-            arrived: Arrived::new(pages),
-            state: (0..chunks).map(|_| AtomicU8::new(IDLE)).collect(),
-            parts_left: (0..chunks).map(|_| AtomicU8::new(0)).collect(),
-            errors: Mutex::new(vec![None; chunks]),
+            buffer,
+            arrived,
+            state,
+            parts_left,
+            errors: Mutex::new(HashMap::new()),
             queue: WorkQueue::new(),
             ready_lock: Mutex::new(()),
             ready: Condvar::new(),
@@ -76,9 +86,9 @@ impl Shared {
             // No chunk before the first: read-ahead starts at the second consecutive chunk.
             last_demand: AtomicUsize::new(usize::MAX - 1),
             next_background: AtomicUsize::new(0),
-            urgent: (0..chunks).map(|_| AtomicBool::new(false)).collect(),
+            urgent,
             done: AtomicUsize::new(0),
-            cache,
+            cache: None,
             counters: Counters::default(),
             remote,
             page,
@@ -211,7 +221,7 @@ impl Shared {
             }
             if self.state[chunk].load(Ordering::Acquire) == FAILED {
                 let errors = self.errors.lock().unwrap_or_else(PoisonError::into_inner);
-                if let Some(e) = &errors[chunk] {
+                if let Some(e) = errors.get(&chunk) {
                     return Err(e.clone().into());
                 }
             }
