@@ -24,8 +24,14 @@ impl Shared {
     }
 
     /// Runs `task`: claims its chunk (unless it is a claimed remainder) and fetches it, or
-    /// the part of it the task names.
+    /// the part of it the task names; counted in `busy` meanwhile.
     pub(crate) fn run(&self, task: Task) {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        self.run_task(task);
+        self.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn run_task(&self, task: Task) {
         let k = task.chunk;
         let (first, end) = self.chunk_pages(k);
         let part = if task.claimed {

@@ -97,6 +97,12 @@
 //! The cache is read with `pread`, never mapped: a failing cache disk turns the cache off
 //! ([`ObjectSource::cache_error`]) and the chunks come from the network, never `SIGBUS`.
 //!
+//! Each cached chunk has a checksum (XXH64, in the map). A chunk is verified once per
+//! source, on its first read: read whole and hashed, the part the fault asked for copied
+//! out on the way; later faults on it are one `pread` of their pages, unhashed. A chunk whose
+//! checksum does not match is never served: it is dropped from the cache, fetched again
+//! from the store and written again ([`Stats::cache_discarded`]).
+//!
 //! # Memory
 //!
 //! Bytes fetched from the network stay in the source's mapping while it lives (the guest's
@@ -139,6 +145,7 @@
 
 mod background;
 mod cache;
+mod checksum;
 mod error;
 mod fetch;
 mod memory;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::cache::DiskCache;
+use crate::cache::{DiskCache, Verified};
 use crate::error::{Cause, FetchError};
 use crate::memory::{zeroed, Arrived, Buffer};
 use crate::queue::{Priority, Task, WorkQueue};
@@ -52,6 +52,8 @@ pub(crate) struct Shared {
     pub(crate) urgent: Box<[AtomicBool]>,
     /// Chunks whose every page has arrived.
     pub(crate) done: AtomicUsize,
+    /// Tasks being run (fetching, or writing their chunk to the disk cache).
+    pub(crate) busy: AtomicUsize,
     pub(crate) cache: Option<DiskCache>,
     pub(crate) counters: Counters,
 }
@@ -88,6 +90,7 @@ impl Shared {
             next_background: AtomicUsize::new(0),
             urgent,
             done: AtomicUsize::new(0),
+            busy: AtomicUsize::new(0),
             cache: None,
             counters: Counters::default(),
             remote,
@@ -132,7 +135,28 @@ impl Shared {
         // The last page of the object may be partial: its tail is zeros.
         let data = n.min((self.remote.len - offset) as usize);
         let buf = &mut scratch[..n];
-        self.cache.as_ref()?.read(offset, &mut buf[..data]).ok()?;
+        let cache = self.cache.as_ref()?;
+        if cache.verified(k) {
+            // The warm path: one pread of the pages asked for.
+            cache.read(offset, &mut buf[..data]).ok()?;
+        } else {
+            // The chunk's first read: whole, checked against its checksum.
+            let (a, b) = self.chunk_pages(k);
+            let span = (a * self.page) as u64..((b * self.page) as u64).min(self.remote.len);
+            match cache.verify(k, span, offset, &mut buf[..data]).ok()? {
+                Verified::Intact(first) => {
+                    if first {
+                        self.counters.cache_verified();
+                    }
+                }
+                Verified::Corrupt(dropped) => {
+                    if dropped {
+                        self.counters.cache_discarded();
+                    }
+                    return None; // fetched from the store instead
+                }
+            }
+        }
         buf[data..].fill(0);
         self.counters.cache_hit(n as u64);
         Some(buf)

@@ -16,6 +16,8 @@ pub(crate) struct Counters {
     waits: AtomicU64,
     chunks_fetched: AtomicU64,
     handoffs: AtomicU64,
+    cache_verified: AtomicU64,
+    cache_discarded: AtomicU64,
 }
 
 impl Counters {
@@ -38,6 +40,12 @@ impl Counters {
     pub(crate) fn wait(&self) {
         self.waits.fetch_add(1, Relaxed);
     }
+    pub(crate) fn cache_verified(&self) {
+        self.cache_verified.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn cache_discarded(&self) {
+        self.cache_discarded.fetch_add(1, Relaxed);
+    }
     pub(crate) fn handoff(&self) {
         self.handoffs.fetch_add(1, Relaxed);
     }
@@ -56,6 +64,8 @@ impl Counters {
             waits: self.waits.load(Relaxed),
             chunks_fetched: self.chunks_fetched.load(Relaxed),
             handoffs: self.handoffs.load(Relaxed),
+            cache_verified: self.cache_verified.load(Relaxed),
+            cache_discarded: self.cache_discarded.load(Relaxed),
         }
     }
 }
@@ -83,6 +93,12 @@ pub struct Stats {
     /// Background fetches that a fault caught in flight and handed over to the fetch
     /// threads, which run at the caller's priority (the background threads run at nice 19).
     pub handoffs: u64,
+    /// Chunks of the disk cache read back whole and found intact (their checksum matched):
+    /// once per chunk per source, on its first read; later reads are not checked again.
+    pub cache_verified: u64,
+    /// Chunks of the disk cache whose checksum did not match on their first read: dropped
+    /// from the cache, never served, fetched again from the store.
+    pub cache_discarded: u64,
 }
 
 impl Stats {
@@ -140,6 +156,8 @@ mod tests {
             waits: 5,
             chunks_fetched: 12,
             handoffs: 0,
+            cache_verified: 3,
+            cache_discarded: 0,
         };
         assert_eq!(
             s.line(Duration::from_secs(2)),
