@@ -49,9 +49,20 @@ pub struct Options {
     /// After start, fetch every chunk not yet fetched in the background, in order: on
     /// `parallelism - 1` threads of their own (at least one) at nice 19, the lowest CPU
     /// priority, each starting a chunk only while no fault, working-set or read-ahead fetch
-    /// waits. A fault on a chunk being filled takes the rest of it over at the priority of
-    /// the fetch threads ([`Stats::handoffs`](crate::Stats::handoffs)). Default `false`: only
-    /// what is touched, read ahead on sequential access, and the working set.
+    /// waits. Default `false`: only what is touched, read ahead on sequential access, and
+    /// the working set.
+    ///
+    /// Why threads of their own, rather than a fetch thread lowering its priority for the
+    /// length of a background task: an unprivileged thread can raise its nice value but not
+    /// lower it again (that needs `CAP_SYS_NICE` or a matching `RLIMIT_NICE`), so the fetch
+    /// thread would go on running faults' fetches at nice 19. The fill's threads lower their
+    /// priority once, when they start (their hedged requests' threads inherit it), and never
+    /// take a fault's or the working set's task; the fetch threads never take fill work and
+    /// keep the nice value of the thread that called [`open`](crate::open). So a fetch a
+    /// fault waits for never runs at nice 19, even when a fault lands in a chunk the fill is
+    /// fetching: the fill's thread notices within one read of the body (or before its next
+    /// retry) and hands the rest of the chunk, from its first page not yet arrived, to the
+    /// fetch threads ([`Stats::handoffs`](crate::Stats::handoffs)).
     pub background: bool,
     /// Byte offsets in the object, in the order a previous run first touched them (a recorded
     /// working set): their chunks are fetched in that order, ahead of faults.
