@@ -2,36 +2,73 @@
 //!
 //! Each object version (its name, ETag, length, and the chunk size) has two files, named
 //! `<object hash>-<version hash>`: `.data`, a sparse file of the object's length holding the
-//! chunks fetched so far at their offsets, and `.map`, a header and one byte per chunk (1:
-//! present). A chunk is written to `.data` once all its bytes have arrived; `.map` is written
-//! by [`DiskCache::persist`] after `fdatasync` of `.data`, so a chunk marked present is on
-//! disk even after a crash (a crash before it loses only the marks: those chunks are fetched
-//! again).
+//! chunks fetched so far at their offsets, and `.map`, a header and, per chunk, the XXH64
+//! checksum of its bytes ([`crate::checksum`]; 0: absent). A chunk is written to `.data`
+//! once all its bytes have arrived; `.map` is written by [`DiskCache::persist`] after
+//! `fdatasync` of `.data`, so a chunk marked present is on disk even after a crash (a crash
+//! before it loses only the marks: those chunks are fetched again).
+//!
+//! A chunk is verified once per source, when it is first read back: the whole chunk is read
+//! and hashed (the part a fault asked for copied out on the way), and compared with its
+//! checksum. A match marks it verified, and every later fault on it is one `pread` of just
+//! its pages, as before: the warm path does no hashing. (Faults racing on a chunk's first
+//! read each verify it: rare, and no bytes are served unverified.) A mismatch (bit rot, a torn write,
+//! the file changed behind the cache's back) drops the chunk from the cache — it is fetched
+//! again from the store, written again, and counted in
+//! [`Stats::cache_discarded`](crate::Stats::cache_discarded) — and its bytes are never
+//! served. Bytes of a verified chunk that rot later, while the source lives, are not
+//! detected (the next source verifies them again).
 //!
 //! Opening a version deletes the files of the object's other versions (a changed object
 //! invalidates its cache), and the least recently opened objects' files while the directory
 //! holds more than the budget. Chunks are read with `pread`, never mapped: a failing cache
 //! disk gives an error (and the chunk comes from the network), never `SIGBUS`. An object
 //! without an ETag is not cached on disk: nothing would tell a changed object from the one
-//! cached. The cache relies on the file system for the integrity of what it reads back (a
-//! data file of the wrong length is discarded; bit rot inside it is not detected).
+//! cached. A data file of the wrong length is discarded whole.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::ops::Range;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
+use crate::checksum::{xxh64, Xxh64};
+use crate::memory::zeroed;
 use crate::sigv4::sha256_hex;
 
-const MAGIC: &[u8; 8] = b"UFOBJC01";
+/// The map's header. (Version 01 had no checksums: its marks are void.)
+const MAGIC: &[u8; 8] = b"UFOBJC02";
+
+/// Bytes read and hashed at a time when a chunk is verified.
+const VERIFY_STEP: usize = 256 << 10;
+
+/// The checksum kept for a chunk's bytes: never 0, which means absent.
+fn checksum(data: &[u8]) -> u64 {
+    xxh64(data).max(1)
+}
+
+/// What reading a chunk back for the first time found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Verified {
+    /// Its checksum matched: the bytes asked for are in the buffer given (`true` for the
+    /// caller that marked it verified, which counts it).
+    Intact(bool),
+    /// It did not: the chunk was dropped from the cache (`true` for the caller that
+    /// dropped it, which counts it).
+    Corrupt(bool),
+}
 
 pub(crate) struct DiskCache {
     data: File,
     map_path: PathBuf,
-    /// One byte per chunk: 1 when present on disk (written, and marked).
-    present: Mutex<Vec<u8>>,
+    /// Per chunk: the checksum of its bytes on disk (written, and marked); 0 when absent.
+    sums: Box<[AtomicU64]>,
+    /// Per chunk: read back and found intact by this source (or written by it).
+    verified: Box<[AtomicBool]>,
+    /// Serializes writing the map.
+    persisting: Mutex<()>,
     chunk_size: u64,
     len: u64,
     /// Bytes this object may still add to the directory.
@@ -113,17 +150,27 @@ impl DiskCache {
         }
         // Opened now: the most recently used (for eviction by others).
         let _ = data.set_modified(std::time::SystemTime::now());
-        let mut present = vec![0u8; chunks];
+        let sums: Box<[AtomicU64]> = zeroed(chunks, "the cache's chunk map")?;
+        let verified = zeroed(chunks, "the cache's chunk map")?;
         if let (true, Ok(map)) = (intact, fs::read(&map_path)) {
-            if map.len() == MAGIC.len() + chunks && map.starts_with(MAGIC) {
-                present.copy_from_slice(&map[MAGIC.len()..]);
+            if map.len() == MAGIC.len() + 8 * chunks && map.starts_with(MAGIC) {
+                for (sum, bytes) in sums.iter().zip(map[MAGIC.len()..].chunks_exact(8)) {
+                    let value = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
+                    sum.store(value, Ordering::Relaxed);
+                }
             }
         }
-        let mine = present.iter().filter(|&&p| p == 1).count() as u64 * chunk_size;
+        let present = sums
+            .iter()
+            .filter(|s| s.load(Ordering::Relaxed) != 0)
+            .count() as u64;
+        let mine = present * chunk_size;
         Ok(DiskCache {
             data,
             map_path,
-            present: Mutex::new(present),
+            sums,
+            verified,
+            persisting: Mutex::new(()),
             chunk_size,
             len,
             room: AtomicU64::new(budget.saturating_sub(others_bytes).saturating_sub(mine)),
@@ -149,8 +196,55 @@ impl DiskCache {
     }
 
     pub(crate) fn has(&self, chunk: usize) -> bool {
-        !self.disabled.load(Ordering::Acquire)
-            && self.present.lock().unwrap_or_else(PoisonError::into_inner)[chunk] == 1
+        !self.disabled.load(Ordering::Acquire) && self.sums[chunk].load(Ordering::Acquire) != 0
+    }
+
+    /// Whether chunk `chunk` was found intact (or written) by this source.
+    pub(crate) fn verified(&self, chunk: usize) -> bool {
+        self.verified[chunk].load(Ordering::Acquire)
+    }
+
+    /// Reads chunk `chunk` (the object's bytes `span`) back whole, hashing it, and copies
+    /// the bytes at `offset` (inside `span`) into `dst` on the way. A mismatch drops the
+    /// chunk from the cache (fetched again, written again). A short read or an I/O error
+    /// disables the cache.
+    pub(crate) fn verify(
+        &self,
+        chunk: usize,
+        span: Range<u64>,
+        offset: u64,
+        dst: &mut [u8],
+    ) -> io::Result<Verified> {
+        let want = self.sums[chunk].load(Ordering::Acquire);
+        let mut hash = Xxh64::new();
+        let mut piece = vec![0u8; VERIFY_STEP.min((span.end - span.start) as usize)];
+        let mut at = span.start;
+        while at < span.end {
+            let n = piece.len().min((span.end - at) as usize);
+            self.read(at, &mut piece[..n])?;
+            hash.update(&piece[..n]);
+            // The part of `[offset, offset + dst.len())` in this piece.
+            let from = at.max(offset);
+            let to = (at + n as u64).min(offset + dst.len() as u64);
+            if from < to {
+                dst[(from - offset) as usize..(to - offset) as usize]
+                    .copy_from_slice(&piece[(from - at) as usize..(to - at) as usize]);
+            }
+            at += n as u64;
+        }
+        if hash.finish().max(1) == want {
+            let first = !self.verified[chunk].swap(true, Ordering::AcqRel);
+            return Ok(Verified::Intact(first));
+        }
+        // Only the checksum that was checked is dropped (another thread may have dropped it
+        // already, and the chunk been fetched and written again since).
+        let dropped = self.sums[chunk]
+            .compare_exchange(want, 0, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if dropped {
+            self.room.fetch_add(self.chunk_size, Ordering::AcqRel);
+        }
+        Ok(Verified::Corrupt(dropped))
     }
 
     /// Reads `dst.len()` bytes at `offset` of the object (inside a present chunk). A short
@@ -184,7 +278,9 @@ impl DiskCache {
             self.fail(format!("writing the cache at {offset}: {e}"));
             return;
         }
-        self.present.lock().unwrap_or_else(PoisonError::into_inner)[chunk] = 1;
+        // Written by this source from bytes it fetched: verified.
+        self.verified[chunk].store(true, Ordering::Release);
+        self.sums[chunk].store(checksum(src), Ordering::Release);
     }
 
     /// Makes the chunks written so far durable, then marks them present on disk.
@@ -192,16 +288,24 @@ impl DiskCache {
         if self.disabled.load(Ordering::Acquire) {
             return;
         }
-        let present = self.present.lock().unwrap_or_else(PoisonError::into_inner);
+        let guard = self
+            .persisting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // The checksums are read before the data is synced: a chunk's bytes are written
+        // before its checksum is set (Release/Acquire), so each one read here marks bytes
+        // the sync makes durable.
+        let mut bytes = MAGIC.to_vec();
+        for sum in self.sums.iter() {
+            bytes.extend_from_slice(&sum.load(Ordering::Acquire).to_le_bytes());
+        }
         let result = self.data.sync_data().and_then(|()| {
             let tmp = self.map_path.with_extension("map.tmp");
-            let mut bytes = MAGIC.to_vec();
-            bytes.extend_from_slice(&present);
             fs::write(&tmp, &bytes)?;
             File::open(&tmp)?.sync_all()?;
             fs::rename(&tmp, &self.map_path)
         });
-        drop(present);
+        drop(guard);
         if let Err(e) = result {
             self.fail(format!("persisting the cache map: {e}"));
         }

@@ -34,6 +34,11 @@ pub enum Cause {
     /// Still failing when the deadline passed: the last transient failure (5xx, reset,
     /// timeout, short body).
     Deadline(String),
+    /// The TLS handshake failed for good: the store's certificate does not verify against
+    /// the trusted roots (unknown issuer, expired, issued for another name), or no TLS
+    /// version or cipher suite in common. Not retried: waiting does not change a
+    /// certificate. See [`Options::ca_certificates`](crate::Options::ca_certificates).
+    Tls(String),
     /// The source was dropped while the range was wanted.
     Closed,
 }
@@ -45,6 +50,7 @@ impl fmt::Display for Cause {
             Cause::Refused(status, why) => write!(f, "refused with HTTP {status} ({why})"),
             Cause::Invalid(why) => write!(f, "unusable answer: {why}"),
             Cause::Deadline(last) => write!(f, "deadline passed; last failure: {last}"),
+            Cause::Tls(why) => write!(f, "TLS handshake refused: {why}"),
             Cause::Closed => write!(f, "the source was closed"),
         }
     }
@@ -91,6 +97,11 @@ pub enum OpenError {
     Config(String),
     /// The first request (the object's length and ETag) failed.
     Fetch(FetchError),
+    /// The extra trust roots for `https` could not be used
+    /// ([`Options::ca_certificates`](crate::Options::ca_certificates) or `SSL_CERT_FILE`:
+    /// unreadable, not PEM, no certificate in it), or are asked for without the `https`
+    /// feature.
+    Tls(String),
     /// Setting up memory, threads or the cache failed.
     Io(String, io::Error),
 }
@@ -102,6 +113,7 @@ impl fmt::Display for OpenError {
             OpenError::Options(s) => write!(f, "objstore::open: invalid options: {s}"),
             OpenError::Config(s) => write!(f, "objstore::open: S3 configuration: {s}"),
             OpenError::Fetch(e) => write!(f, "objstore::open: {e}"),
+            OpenError::Tls(s) => write!(f, "objstore::open: trust roots for https: {s}"),
             OpenError::Io(what, e) => write!(f, "objstore::open: {what}: {e}"),
         }
     }

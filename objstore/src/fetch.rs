@@ -20,19 +20,31 @@ impl Shared {
     pub(crate) fn fetch_loop(self: Arc<Shared>) {
         while let Some(task) = self.queue.pop() {
             self.run(task);
-            if task.priority == Priority::Background && !task.claimed {
-                self.queue.background_done();
-            }
         }
     }
 
-    fn run(&self, task: Task) {
+    /// Runs `task`: claims its chunk (unless it is a claimed remainder) and fetches it, or
+    /// the part of it the task names; counted in `busy` meanwhile.
+    pub(crate) fn run(&self, task: Task) {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        self.run_task(task);
+        self.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn run_task(&self, task: Task) {
         let k = task.chunk;
         let (first, end) = self.chunk_pages(k);
         let part = if task.claimed {
             task.from..task.to
         } else {
-            let claimed = [IDLE, QUEUED].iter().any(|&from| {
+            // The fill takes only chunks nobody asked for: a queued chunk is a fault's or the
+            // working set's, fetched at their priority.
+            let claimable: &[u8] = if task.priority == Priority::Background {
+                &[IDLE]
+            } else {
+                &[IDLE, QUEUED]
+            };
+            let claimed = claimable.iter().any(|&from| {
                 self.state[k]
                     .compare_exchange(from, RUNNING, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
@@ -56,14 +68,30 @@ impl Shared {
             }
             start..end
         };
-        match self.fetch_part(part.start, part.end) {
-            Ok(()) => {
+        let handoff = (task.priority == Priority::Background).then_some(k);
+        match self.fetch_part(part.start, part.end, handoff) {
+            Ok(Some(page)) => {
+                // A fault wants this chunk: the rest goes to the fetch threads (this part's
+                // count in `parts_left` goes with it).
+                self.counters.handoff();
+                self.queue.push(Task {
+                    chunk: k,
+                    from: page,
+                    to: part.end,
+                    claimed: true,
+                    priority: Priority::Demand,
+                });
+            }
+            Ok(None) => {
                 if self.parts_left[k].fetch_sub(1, Ordering::AcqRel) == 1 {
                     self.chunk_done(k);
                 }
             }
             Err(e) => {
-                self.errors.lock().unwrap_or_else(PoisonError::into_inner)[k] = Some(e);
+                self.errors
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(k, e);
                 self.state[k].store(FAILED, Ordering::Release);
                 self.notify();
             }
@@ -89,7 +117,16 @@ impl Shared {
 
     /// Fetches pages `[from, to)` into the buffer, marking them as their bytes arrive;
     /// retries transient failures from the last byte received until the deadline.
-    fn fetch_part(&self, from: usize, to: usize) -> Result<(), FetchError> {
+    ///
+    /// `handoff`: the chunk, when run by a background thread: once a fault marks it urgent,
+    /// this stops and returns the first page not yet arrived (`Ok(Some(page))`), whose
+    /// fetch the caller hands over; `Ok(None)`: every page arrived.
+    fn fetch_part(
+        &self,
+        from: usize,
+        to: usize,
+        handoff: Option<usize>,
+    ) -> Result<Option<usize>, FetchError> {
         let start = (from * self.page) as u64;
         let end = ((to * self.page) as u64).min(self.remote.len);
         let deadline = crate::remote::after(self.opts.deadline);
@@ -100,11 +137,15 @@ impl Shared {
             if self.closed.load(Ordering::Acquire) {
                 return Err(self.remote.error(start..end, Cause::Closed, attempts));
             }
+            if self.urgent(handoff) {
+                return Ok(Some((pos / self.page as u64) as usize));
+            }
             attempts += 1;
             let before = pos;
             let last = match self.remote.open_range(&(pos..end), &self.counters) {
-                Ok(body) => match self.stream(body, start, &mut pos, end) {
-                    Ok(()) => return Ok(()),
+                Ok(body) => match self.stream(body, start, &mut pos, end, handoff) {
+                    Ok(true) => return Ok(None),
+                    Ok(false) => return Ok(Some((pos / self.page as u64) as usize)),
                     Err(why) => why,
                 },
                 Err(Failure::Fatal(cause)) => {
@@ -113,6 +154,9 @@ impl Shared {
                 Err(Failure::Transient(why)) => why,
             };
             self.counters.retry();
+            if self.urgent(handoff) {
+                return Ok(Some((pos / self.page as u64) as usize));
+            }
             if pos > before {
                 // Progress: the store is up; start the backoff over.
                 backoff = self.backoff(deadline);
@@ -129,9 +173,22 @@ impl Shared {
         Backoff::new(self.opts.backoff_initial, self.opts.backoff_max, deadline)
     }
 
+    /// Whether the background fetch of chunk `handoff` must hand over: a fault waits for it.
+    fn urgent(&self, handoff: Option<usize>) -> bool {
+        handoff.is_some_and(|k| self.urgent[k].load(Ordering::Acquire))
+    }
+
     /// Reads `body` (the bytes from `*pos` to `end`) into the buffer, marking each page
-    /// whose bytes have all arrived (a part starts at `start`, page-aligned).
-    fn stream(&self, mut body: Body, start: u64, pos: &mut u64, end: u64) -> Result<(), String> {
+    /// whose bytes have all arrived (a part starts at `start`, page-aligned). `Ok(true)`:
+    /// all arrived; `Ok(false)`: stopped early to hand over (see [`Shared::fetch_part`]).
+    fn stream(
+        &self,
+        mut body: Body,
+        start: u64,
+        pos: &mut u64,
+        end: u64,
+        handoff: Option<usize>,
+    ) -> Result<bool, String> {
         let page = self.page as u64;
         let mut marked = (*pos / page).max(start / page) as usize;
         while *pos < end {
@@ -162,10 +219,14 @@ impl Shared {
             if self.closed.load(Ordering::Acquire) {
                 return Err("the source was closed".into());
             }
+            if *pos < end && self.urgent(handoff) {
+                // Dropping the body closes its connection.
+                return Ok(false);
+            }
         }
         // Read to the end, so that the connection goes back to the pool.
         let mut rest = [0u8; 1];
         let _ = body.read(&mut rest);
-        Ok(())
+        Ok(true)
     }
 }

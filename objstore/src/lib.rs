@@ -32,6 +32,18 @@
 //! The HTTP client is `ureq`: blocking, pooled connections, no async runtime (the page
 //! server's workers are threads). `https` needs the default cargo feature `https` (rustls).
 //!
+//! # Trust for https
+//!
+//! A server's certificate must chain to a root in Mozilla's set compiled in (`webpki-roots`;
+//! the system's `/etc/ssl/certs` is not read) or to a certificate of one extra PEM file:
+//! [`Options::ca_certificates`] when set, else the file the standard variable
+//! `SSL_CERT_FILE` names (read by [`open`] for an `https` object or endpoint). The file
+//! *adds* roots — the private CA of an on-premises store — it never replaces the public ones.
+//! A file that cannot be read or holds no certificate fails [`open`] (`OpenError::Tls`). A
+//! certificate that does not verify (unknown issuer, expired, another name) fails at once
+//! with [`Cause::Tls`]: it is not retried until the deadline, since waiting does not change
+//! a certificate.
+//!
 //! # The chunk cache
 //!
 //! [`open`] first asks for byte 0 (`Range: bytes=0-0`) to learn the object's length and
@@ -49,7 +61,11 @@
 //! - Faults in consecutive chunks read ahead [`Options::parallelism`] chunks.
 //! - A recorded working set ([`Options::working_set`]) is fetched in its order from the
 //!   start, ahead of everything but faults; [`Options::background`] fetches the rest
-//!   behind it, on all but one fetch thread (one stays free for faults).
+//!   behind it, on threads of its own at the lowest CPU priority (nice 19), which start a
+//!   chunk only while no fault or working-set fetch waits. The fetches faults wait for run
+//!   at the priority of the thread that called [`open`], never at nice 19: a fault on a
+//!   chunk the fill is fetching takes the rest of it over (the `background` module's docs
+//!   say why threads of their own: a thread cannot undo a lowered priority unprivileged).
 //!
 //! # Failures
 //!
@@ -61,6 +77,7 @@
 //! | still failing after [`Options::deadline`] from the range's first attempt | the fault fails with a [`FetchError`] (`Cause::Deadline`, the last failure): the page server's `ErrorPolicy` decides (stop with faults blocked, or `SIGBUS`). Until then faults wait: a store that is down and comes back costs time, not the guest |
 //! | the object was replaced (`If-Match` refused with 412, another ETag, another length) | fails at once with `Cause::Changed`: no byte of the new object is served, so the memory never mixes pages of two versions |
 //! | another 4xx (403, 404, ...), a wrong `Content-Range`, no `Range` support | fails at once (`Cause::Refused`, `Cause::Invalid`) |
+//! | a TLS certificate that does not verify, no TLS version or cipher suite in common | fails at once (`Cause::Tls`, naming the certificate problem) |
 //!
 //! A page is served only from bytes that arrived for it: never zeros in place of data that
 //! could not be fetched. Every error's text names the object, the byte range, the attempts
@@ -80,12 +97,24 @@
 //! The cache is read with `pread`, never mapped: a failing cache disk turns the cache off
 //! ([`ObjectSource::cache_error`]) and the chunks come from the network, never `SIGBUS`.
 //!
+//! Each cached chunk has a checksum (XXH64, in the map). A chunk is verified once per
+//! source, on its first read: read whole and hashed, the part the fault asked for copied
+//! out on the way; later faults on it are one `pread` of their pages, unhashed. A chunk whose
+//! checksum does not match is never served: it is dropped from the cache, fetched again
+//! from the store and written again ([`Stats::cache_discarded`]).
+//!
 //! # Memory
 //!
 //! Bytes fetched from the network stay in the source's mapping while it lives (the guest's
 //! copy is the page server's placement): drop the source when the restore is complete
 //! ([`ObjectSource::complete`]) or the server stopped. Bytes read from the disk cache are
 //! not kept.
+//!
+//! The page bitmap and the per-chunk state (a few bytes per chunk) are sized by the length
+//! the store reports, and allocated zeroed without being written: like the buffer, they take
+//! memory only where chunks arrive. A length no machine can hold (a broken or hostile store)
+//! fails [`open`] with an error naming the object and the length — the allocation is
+//! fallible, never an abort.
 //!
 //! # Wiring into a handler
 //!
@@ -104,6 +133,7 @@
 //! | `--fetch-deadline SECONDS` | [`deadline`](Options::deadline) | 120 s |
 //! | `--background-fill` | [`background`](Options::background) (and the server's `background_fill`) | off |
 //! | `--replay FILE` | [`Options::working_set_from`] and [`page_size`](Options::page_size) from the record (and the server's `replay`) | none |
+//! | `--ca-file FILE` (else `SSL_CERT_FILE`) | [`ca_certificates`](Options::ca_certificates) | none |
 //! | `--progress SECONDS` | [`ObjectSource::progress_line`], printed by the handler until [`ObjectSource::complete`] | 10 s |
 //!
 //! Two things differ from a local file. Guest memory on hugetlbfs needs
@@ -113,7 +143,9 @@
 //! them.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod background;
 mod cache;
+mod checksum;
 mod error;
 mod fetch;
 mod memory;
@@ -125,6 +157,8 @@ mod sigv4;
 mod source;
 mod stats;
 mod store;
+#[cfg(feature = "https")]
+mod tls;
 
 use std::sync::Arc;
 
@@ -153,7 +187,7 @@ use store::{HttpStore, S3Store, Store};
 pub fn open(url: &str, options: &Options) -> Result<Arc<ObjectSource>, OpenError> {
     if let Some(rest) = url.strip_prefix("s3://") {
         let (bucket, key) = split_s3(rest, url)?;
-        return open_s3(bucket, key, &S3Config::from_env(), options);
+        return open_s3(bucket, key, &S3Config::from_env()?, options);
     }
     let https = url.starts_with("https://");
     if !(url.starts_with("http://") || https) {
@@ -203,7 +237,15 @@ fn split_s3<'a>(rest: &'a str, url: &str) -> Result<(&'a str, &'a str), OpenErro
 
 fn start(store: Arc<dyn Store>, options: &Options) -> Result<Arc<ObjectSource>, OpenError> {
     options.validate().map_err(OpenError::Options)?;
-    let agent = ureq::AgentBuilder::new()
+    #[cfg_attr(not(feature = "https"), allow(unused_mut))]
+    let mut agent = ureq::AgentBuilder::new();
+    #[cfg(feature = "https")]
+    if let Some(config) = tls_config(&*store, options)? {
+        agent = agent.tls_config(config);
+    }
+    #[cfg(not(feature = "https"))]
+    refuse_ca_certificates(options)?;
+    let agent = agent
         .timeout_connect(options.connect_timeout)
         .timeout_read(options.request_timeout)
         .timeout_write(options.request_timeout)
@@ -219,25 +261,61 @@ fn start(store: Arc<dyn Store>, options: &Options) -> Result<Arc<ObjectSource>, 
         etag,
         hedge_after: options.hedge_after,
     };
-    let cache = match (&options.cache_dir, &remote.etag) {
-        (Some(dir), Some(etag)) => Some(
+    // The memory first: a length no machine can hold fails here, naming the object, before
+    // anything is written to the disk cache.
+    let name = remote.store.name().to_string();
+    let mut shared = shared::Shared::new(remote, options.clone()).map_err(|e| {
+        OpenError::Io(
+            format!("{name}: an object of {len} bytes (the length its store reports)"),
+            e,
+        )
+    })?;
+    if let (Some(dir), Some(etag)) = (&options.cache_dir, &shared.remote.etag) {
+        shared.cache = Some(
             cache::DiskCache::open(
                 dir,
-                remote.store.name(),
+                &name,
                 etag,
                 len,
                 options.chunk_size as u64,
                 options.cache_budget,
             )
             .map_err(|e| OpenError::Io(format!("opening the cache in {}", dir.display()), e))?,
-        ),
-        _ => None,
-    };
-    let shared = shared::Shared::new(remote, options.clone(), cache)
-        .map_err(|e| OpenError::Io(format!("mapping {len} bytes for the object"), e))?;
+        );
+    }
     let source = ObjectSource::start(shared)
         .map_err(|e| OpenError::Io("starting the fetch threads".into(), e))?;
     Ok(Arc::new(source))
+}
+
+/// The TLS configuration when extra trust roots are given (`None`: ureq's, the public
+/// roots): [`Options::ca_certificates`], else `SSL_CERT_FILE` for an https store.
+#[cfg(feature = "https")]
+fn tls_config(
+    store: &dyn Store,
+    options: &Options,
+) -> Result<Option<Arc<rustls::ClientConfig>>, OpenError> {
+    if let Some(path) = &options.ca_certificates {
+        return tls::config_with(path, "ca_certificates").map(Some);
+    }
+    match std::env::var_os(tls::SSL_CERT_FILE).filter(|v| !v.is_empty()) {
+        Some(path) if store.https() => {
+            tls::config_with(std::path::Path::new(&path), tls::SSL_CERT_FILE).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Without TLS, extra trust roots are refused (`SSL_CERT_FILE` is ignored: there is no
+/// https to use it for).
+#[cfg(not(feature = "https"))]
+fn refuse_ca_certificates(options: &Options) -> Result<(), OpenError> {
+    match &options.ca_certificates {
+        Some(_) => Err(OpenError::Tls(
+            "ca_certificates needs the cargo feature `https`".into(),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Whether `len` bytes, rounded up to whole pages of `page` bytes, fit one mapping.

@@ -1,9 +1,18 @@
 //! Where fetched bytes land: an anonymous mapping of the object's size (`MAP_NORESERVE`: only
 //! what arrives takes memory), and the atomic bitmap of pages whose bytes have all arrived.
+//!
+//! The bitmap and the per-chunk state arrays are sized by the object's length, which the
+//! store reports: a broken or hostile store can claim any length. They are allocated with
+//! [`zeroed`], which can fail (an error from [`open`](crate::open) naming the object and its
+//! length, never an abort) and writes nothing: zeroed memory from the allocator is fresh
+//! pages from the kernel for large sizes (glibc's `calloc` maps them), so, like the buffer,
+//! the bookkeeping takes memory only where chunks are fetched. (`Vec::try_reserve` and
+//! filling with zeros would make every byte resident at `open`.)
 
+use std::alloc::Layout;
 use std::io;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
 /// An anonymous, private, read-write mapping of `len` bytes, unmapped on drop.
 pub(crate) struct Buffer {
@@ -17,6 +26,38 @@ pub(crate) struct Buffer {
 unsafe impl Send for Buffer {}
 // SAFETY: as above.
 unsafe impl Sync for Buffer {}
+
+/// Types whose all-zero bytes are a valid value, ready to use.
+///
+/// # Safety
+///
+/// Only for types for which all-zero bytes are a valid value.
+pub(crate) unsafe trait Zeroable {}
+// SAFETY: an atomic integer has the representation of the integer: zero bytes are 0.
+unsafe impl Zeroable for AtomicU64 {}
+// SAFETY: as above.
+unsafe impl Zeroable for AtomicU8 {}
+// SAFETY: AtomicBool has the representation of bool: a zero byte is `false`.
+unsafe impl Zeroable for AtomicBool {}
+
+/// `n` zeroed values, allocated fallibly and without writing them (`alloc_zeroed`); `what`
+/// names the array in the error.
+pub(crate) fn zeroed<T: Zeroable>(n: usize, what: &str) -> io::Result<Box<[T]>> {
+    let fail = |why: String| io::Error::new(io::ErrorKind::OutOfMemory, format!("{what}: {why}"));
+    let layout = Layout::array::<T>(n)
+        .map_err(|_| fail(format!("{n} entries do not fit the address space")))?;
+    if layout.size() == 0 {
+        return Ok(Box::default());
+    }
+    // SAFETY: the layout has a non-zero size.
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<T>();
+    if ptr.is_null() {
+        return Err(fail(format!("allocating {} bytes failed", layout.size())));
+    }
+    // SAFETY: `ptr` is a fresh allocation of `Layout::array::<T>(n)` (the layout `Box<[T]>`
+    // frees with), holding `n` zeroed values, which are valid `T`s (Zeroable).
+    Ok(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, n)) })
+}
 
 impl Buffer {
     pub(crate) fn new(len: usize) -> io::Result<Buffer> {
@@ -84,11 +125,11 @@ pub(crate) struct Arrived {
 }
 
 impl Arrived {
-    pub(crate) fn new(pages: usize) -> Arrived {
-        Arrived {
-            words: (0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+    pub(crate) fn new(pages: usize) -> io::Result<Arrived> {
+        Ok(Arrived {
+            words: zeroed(pages.div_ceil(64), "the page bitmap")?,
             pages,
-        }
+        })
     }
 
     pub(crate) fn is_set(&self, page: usize) -> bool {
@@ -139,7 +180,7 @@ mod tests {
 
     #[test]
     fn arrived_runs() {
-        let a = Arrived::new(200);
+        let a = Arrived::new(200).unwrap();
         assert_eq!(a.run_end(0, 200), 0);
         a.set(3, 130);
         assert!(!a.is_set(2) && a.is_set(3) && a.is_set(129) && !a.is_set(130));
@@ -151,5 +192,19 @@ mod tests {
         assert!(a.all(3, 200) && !a.all(0, 10));
         a.set(0, 64);
         assert!(a.all(0, 64));
+    }
+
+    #[test]
+    fn zeroed_arrays() {
+        let a: Box<[AtomicU8]> = zeroed(5000, "x").unwrap();
+        assert!(a.iter().all(|v| v.load(Ordering::Relaxed) == 0));
+        assert!(zeroed::<AtomicU64>(0, "x").unwrap().is_empty());
+        // More than the address space: an error naming the array, not an abort.
+        let e = zeroed::<AtomicU64>(usize::MAX / 4, "the page bitmap").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::OutOfMemory);
+        assert!(e.to_string().starts_with("the page bitmap: "), "{e}");
+        // Fits the address space, not the machine (4 PiB): refused by the allocator.
+        let e = zeroed::<AtomicU64>(1 << 49, "the chunk states").unwrap_err();
+        assert!(e.to_string().contains("allocating"), "{e}");
     }
 }

@@ -46,13 +46,34 @@ pub struct Options {
     /// The most bytes of chunk data the disk cache holds for one object; chunks past it are
     /// not written. Default 64 GiB.
     pub cache_budget: u64,
-    /// After start, fetch every chunk not yet fetched in the background (at lower priority
-    /// than faults and the working set). Default `false`: only what is touched, read ahead on
-    /// sequential access, and the working set.
+    /// After start, fetch every chunk not yet fetched in the background, in order: on
+    /// `parallelism - 1` threads of their own (at least one) at nice 19, the lowest CPU
+    /// priority, each starting a chunk only while no fault, working-set or read-ahead fetch
+    /// waits. Default `false`: only what is touched, read ahead on sequential access, and
+    /// the working set.
+    ///
+    /// Why threads of their own, rather than a fetch thread lowering its priority for the
+    /// length of a background task: an unprivileged thread can raise its nice value but not
+    /// lower it again (that needs `CAP_SYS_NICE` or a matching `RLIMIT_NICE`), so the fetch
+    /// thread would go on running faults' fetches at nice 19. The fill's threads lower their
+    /// priority once, when they start (their hedged requests' threads inherit it), and never
+    /// take a fault's or the working set's task; the fetch threads never take fill work and
+    /// keep the nice value of the thread that called [`open`](crate::open). So a fetch a
+    /// fault waits for never runs at nice 19, even when a fault lands in a chunk the fill is
+    /// fetching: the fill's thread notices within one read of the body (or before its next
+    /// retry) and hands the rest of the chunk, from its first page not yet arrived, to the
+    /// fetch threads ([`Stats::handoffs`](crate::Stats::handoffs)).
     pub background: bool,
     /// Byte offsets in the object, in the order a previous run first touched them (a recorded
     /// working set): their chunks are fetched in that order, ahead of faults.
     pub working_set: Vec<u64>,
+    /// A PEM file of certificate authorities to trust for `https`, *in addition to* the
+    /// public roots compiled in (Mozilla's, from `webpki-roots`): a private CA of an
+    /// on-premises store. `None`: the file the standard variable `SSL_CERT_FILE` names, when
+    /// set and the object is behind `https`; else the public roots only. A file that cannot
+    /// be read or holds no certificate fails [`open`](crate::open) (`OpenError::Tls`). Needs
+    /// the `https` feature. Default `None`.
+    pub ca_certificates: Option<PathBuf>,
     /// Print a progress line (bytes fetched, rate, requests, retries, cache hits) on standard
     /// error this often while the source lives. `None`: never. Default `None`.
     pub progress: Option<Duration>,
@@ -74,6 +95,7 @@ impl Default for Options {
             cache_budget: 64 << 30,
             background: false,
             working_set: Vec::new(),
+            ca_certificates: None,
             progress: None,
         }
     }

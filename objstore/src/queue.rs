@@ -1,5 +1,6 @@
 //! The fetch threads' work: ranges of chunks by priority — faults first, then the working
-//! set and read-ahead, then the background fill.
+//! set and read-ahead. The background fill is not queued: its threads
+//! ([`crate::background`]) take the next chunk of the object while this queue is empty.
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, PoisonError};
@@ -11,7 +12,8 @@ pub(crate) enum Priority {
     Demand,
     /// The working set, read-ahead of sequential access.
     Prefetch,
-    /// The rest of the object, when [`Options::background`](crate::Options::background).
+    /// The rest of the object, when [`Options::background`](crate::Options::background): run
+    /// by the background threads only, never queued here.
     Background,
 }
 
@@ -32,26 +34,29 @@ pub(crate) struct Task {
 struct Queues {
     demand: VecDeque<Task>,
     prefetch: VecDeque<Task>,
-    background: VecDeque<Task>,
-    /// Background tasks being fetched: at most `background_limit`, so that a fault finds a
-    /// free fetch thread.
-    background_running: usize,
     closed: bool,
 }
 
-/// The queues, and the condition the fetch threads wait on.
+impl Queues {
+    fn empty(&self) -> bool {
+        self.demand.is_empty() && self.prefetch.is_empty()
+    }
+}
+
+/// The queues, and the conditions the fetch threads and the background threads wait on
+/// (two: a task pushed must wake a thread that can take it).
 pub(crate) struct WorkQueue {
     queues: Mutex<Queues>,
     ready: Condvar,
-    background_limit: usize,
+    empty: Condvar,
 }
 
 impl WorkQueue {
-    pub(crate) fn new(threads: usize) -> WorkQueue {
+    pub(crate) fn new() -> WorkQueue {
         WorkQueue {
             queues: Mutex::default(),
             ready: Condvar::new(),
-            background_limit: threads.saturating_sub(1).max(1),
+            empty: Condvar::new(),
         }
     }
 
@@ -62,7 +67,7 @@ impl WorkQueue {
             Priority::Demand if task.claimed => q.demand.push_front(task),
             Priority::Demand => q.demand.push_back(task),
             Priority::Prefetch => q.prefetch.push_back(task),
-            Priority::Background => q.background.push_back(task),
+            Priority::Background => unreachable!("background work is not queued"),
         }
         drop(q);
         self.ready.notify_one();
@@ -75,36 +80,78 @@ impl WorkQueue {
             if q.closed {
                 return None;
             }
-            if let Some(t) = q.demand.pop_front() {
-                return Some(t);
-            }
-            if let Some(t) = q.prefetch.pop_front() {
-                return Some(t);
-            }
-            if q.background_running < self.background_limit {
-                if let Some(t) = q.background.pop_front() {
-                    q.background_running += 1;
-                    return Some(t);
+            let task = q.demand.pop_front().or_else(|| q.prefetch.pop_front());
+            if let Some(task) = task {
+                if q.empty() {
+                    self.empty.notify_all();
                 }
+                return Some(task);
             }
             q = self.ready.wait(q).unwrap_or_else(PoisonError::into_inner);
         }
     }
 
-    /// A background task popped earlier is finished.
-    pub(crate) fn background_done(&self) {
+    /// Blocks until no fault, working-set or read-ahead task is waiting (`true`), or the
+    /// queue is closed (`false`): the background fill starts nothing while they wait.
+    pub(crate) fn wait_empty(&self) -> bool {
         let mut q = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
-        q.background_running -= 1;
-        drop(q);
-        self.ready.notify_one();
+        loop {
+            if q.closed {
+                return false;
+            }
+            if q.empty() {
+                return true;
+            }
+            q = self.empty.wait(q).unwrap_or_else(PoisonError::into_inner);
+        }
     }
 
-    /// Wakes every thread: `pop` returns `None` from now on.
+    /// Wakes every thread: `pop` returns `None` and `wait_empty` `false` from now on.
     pub(crate) fn close(&self) {
         self.queues
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .closed = true;
         self.ready.notify_all();
+        self.empty.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn task(chunk: usize, priority: Priority) -> Task {
+        Task {
+            chunk,
+            from: 0,
+            to: 0,
+            claimed: false,
+            priority,
+        }
+    }
+
+    #[test]
+    fn faults_first_and_the_background_waits_for_an_empty_queue() {
+        let q = Arc::new(WorkQueue::new());
+        q.push(task(1, Priority::Prefetch));
+        q.push(task(2, Priority::Demand));
+        let waiter = {
+            let q = q.clone();
+            std::thread::spawn(move || q.wait_empty())
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            !waiter.is_finished(),
+            "background started with tasks queued"
+        );
+        assert_eq!(q.pop().map(|t| t.chunk), Some(2));
+        assert_eq!(q.pop().map(|t| t.chunk), Some(1));
+        assert!(waiter.join().unwrap());
+        q.close();
+        assert!(!q.wait_empty());
+        assert_eq!(q.pop(), None);
     }
 }

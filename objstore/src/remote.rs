@@ -70,7 +70,13 @@ fn classify(err: ureq::Error) -> Failure {
                 }
             }
         }
-        ureq::Error::Transport(t) => Failure::Transient(t.to_string()),
+        ureq::Error::Transport(t) => {
+            #[cfg(feature = "https")]
+            if let Some(why) = crate::tls::fatal(&t) {
+                return Failure::Fatal(Cause::Tls(why));
+            }
+            Failure::Transient(t.to_string())
+        }
     }
 }
 

@@ -2,14 +2,15 @@
 //! and its page bitmap, each chunk's state (single flight), the work queue, the disk cache —
 //! and what a fault does with it: queue its chunk (and read ahead), then wait for its page.
 
+use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::cache::DiskCache;
+use crate::cache::{DiskCache, Verified};
 use crate::error::{Cause, FetchError};
-use crate::memory::{Arrived, Buffer};
+use crate::memory::{zeroed, Arrived, Buffer};
 use crate::queue::{Priority, Task, WorkQueue};
 use crate::remote::Remote;
 use crate::stats::Counters;
@@ -35,43 +36,62 @@ pub(crate) struct Shared {
     pub(crate) state: Box<[AtomicU8]>,
     /// Parts of a running chunk still being fetched (1 or 2).
     pub(crate) parts_left: Box<[AtomicU8]>,
-    pub(crate) errors: Mutex<Vec<Option<FetchError>>>,
+    /// The error of each chunk that failed for good (few: a map, not an array the object's
+    /// length sizes).
+    pub(crate) errors: Mutex<HashMap<usize, FetchError>>,
     pub(crate) queue: WorkQueue,
     /// Waiters for arrived pages.
     pub(crate) ready_lock: Mutex<()>,
     pub(crate) ready: Condvar,
     pub(crate) closed: AtomicBool,
     pub(crate) last_demand: AtomicUsize,
+    /// The next chunk the background fill looks at.
+    pub(crate) next_background: AtomicUsize,
+    /// Per chunk: a fault waits for it while it runs; a background thread fetching it hands
+    /// the rest to the fetch threads ([`crate::background`]).
+    pub(crate) urgent: Box<[AtomicBool]>,
     /// Chunks whose every page has arrived.
     pub(crate) done: AtomicUsize,
+    /// Tasks being run (fetching, or writing their chunk to the disk cache).
+    pub(crate) busy: AtomicUsize,
     pub(crate) cache: Option<DiskCache>,
     pub(crate) counters: Counters,
 }
 
 impl Shared {
-    pub(crate) fn new(
-        remote: Remote,
-        opts: Options,
-        cache: Option<DiskCache>,
-    ) -> io::Result<Shared> {
+    /// The state of an object of `remote.len` bytes (the disk cache is set afterwards).
+    /// Every allocation the length sizes can fail, with an error saying which (the caller
+    /// names the object and its length); nothing is written to them here.
+    pub(crate) fn new(remote: Remote, opts: Options) -> io::Result<Shared> {
         let page = opts.page_size;
         let pages_per_chunk = opts.chunk_size / page;
         let pages = remote.len.div_ceil(page as u64) as usize;
         let chunks = pages.div_ceil(pages_per_chunk);
+        let arrived = Arrived::new(pages)?;
+        // IDLE is 0: zeroed states are idle chunks.
+        let state = zeroed(chunks, "the chunk states")?;
+        let parts_left = zeroed(chunks, "the chunk parts")?;
+        let urgent = zeroed(chunks, "the chunk flags")?;
+        let buffer = Buffer::new(pages * page).map_err(|e| {
+            io::Error::new(e.kind(), format!("mapping {} bytes: {e}", pages * page))
+        })?;
         Ok(Shared {
-            buffer: Buffer::new(pages * page)?,
-            arrived: Arrived::new(pages),
-            state: (0..chunks).map(|_| AtomicU8::new(IDLE)).collect(),
-            parts_left: (0..chunks).map(|_| AtomicU8::new(0)).collect(),
-            errors: Mutex::new(vec![None; chunks]),
-            queue: WorkQueue::new(opts.parallelism),
+            buffer,
+            arrived,
+            state,
+            parts_left,
+            errors: Mutex::new(HashMap::new()),
+            queue: WorkQueue::new(),
             ready_lock: Mutex::new(()),
             ready: Condvar::new(),
             closed: AtomicBool::new(false),
             // No chunk before the first: read-ahead starts at the second consecutive chunk.
             last_demand: AtomicUsize::new(usize::MAX - 1),
+            next_background: AtomicUsize::new(0),
+            urgent,
             done: AtomicUsize::new(0),
-            cache,
+            busy: AtomicUsize::new(0),
+            cache: None,
             counters: Counters::default(),
             remote,
             page,
@@ -115,7 +135,28 @@ impl Shared {
         // The last page of the object may be partial: its tail is zeros.
         let data = n.min((self.remote.len - offset) as usize);
         let buf = &mut scratch[..n];
-        self.cache.as_ref()?.read(offset, &mut buf[..data]).ok()?;
+        let cache = self.cache.as_ref()?;
+        if cache.verified(k) {
+            // The warm path: one pread of the pages asked for.
+            cache.read(offset, &mut buf[..data]).ok()?;
+        } else {
+            // The chunk's first read: whole, checked against its checksum.
+            let (a, b) = self.chunk_pages(k);
+            let span = (a * self.page) as u64..((b * self.page) as u64).min(self.remote.len);
+            match cache.verify(k, span, offset, &mut buf[..data]).ok()? {
+                Verified::Intact(first) => {
+                    if first {
+                        self.counters.cache_verified();
+                    }
+                }
+                Verified::Corrupt(dropped) => {
+                    if dropped {
+                        self.counters.cache_discarded();
+                    }
+                    return None; // fetched from the store instead
+                }
+            }
+        }
         buf[data..].fill(0);
         self.counters.cache_hit(n as u64);
         Some(buf)
@@ -134,6 +175,7 @@ impl Shared {
         if s == QUEUED && priority != Priority::Demand {
             return; // already queued at this priority or above, or lower: a fault bumps it
         }
+        debug_assert!(priority != Priority::Background, "the fill is not queued");
         let _ = state.compare_exchange(IDLE, QUEUED, Ordering::AcqRel, Ordering::Acquire);
         self.queue.push(Task {
             chunk,
@@ -148,6 +190,14 @@ impl Shared {
     pub(crate) fn demand(&self, page: usize) {
         let chunk = page / self.pages_per_chunk;
         self.want(chunk, page, Priority::Demand);
+        // Running already, maybe on a background thread (at nice 19): that one hands the
+        // rest over. (Loaded after `want`: a background thread that claimed the chunk
+        // meanwhile is seen.)
+        if self.state[chunk].load(Ordering::Acquire) == RUNNING
+            && !self.urgent[chunk].load(Ordering::Relaxed)
+        {
+            self.urgent[chunk].store(true, Ordering::Release);
+        }
         let prev = self.last_demand.swap(chunk, Ordering::Relaxed);
         if prev.wrapping_add(1) == chunk {
             let ahead = self.opts.parallelism;
@@ -157,17 +207,13 @@ impl Shared {
         }
     }
 
-    /// Queues the chunks of a working set in order, then (with `background`) the rest.
+    /// Queues the chunks of a working set in order (the background fill, if any, starts
+    /// once they have all been taken).
     pub(crate) fn plan(&self) {
         for &offset in &self.opts.working_set {
             if offset < self.remote.len {
                 let page = (offset / self.page as u64) as usize;
                 self.want(page / self.pages_per_chunk, page, Priority::Prefetch);
-            }
-        }
-        if self.opts.background {
-            for chunk in 0..self.chunks {
-                self.want(chunk, chunk * self.pages_per_chunk, Priority::Background);
             }
         }
     }
@@ -199,7 +245,7 @@ impl Shared {
             }
             if self.state[chunk].load(Ordering::Acquire) == FAILED {
                 let errors = self.errors.lock().unwrap_or_else(PoisonError::into_inner);
-                if let Some(e) = &errors[chunk] {
+                if let Some(e) = errors.get(&chunk) {
                     return Err(e.clone().into());
                 }
             }

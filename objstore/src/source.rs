@@ -36,6 +36,18 @@ impl ObjectSource {
                 return Err(e);
             }
         }
+        if shared.opts.background {
+            for i in 0..crate::background::threads(shared.opts.parallelism) {
+                let s = shared.clone();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("objstore-bg-{i}"))
+                    .spawn(move || s.background_loop());
+                if let Err(e) = spawned {
+                    shared.close();
+                    return Err(e);
+                }
+            }
+        }
         shared.plan();
         if let Some(every) = shared.opts.progress {
             let weak = Arc::downgrade(&shared);
@@ -114,10 +126,22 @@ impl std::fmt::Debug for ObjectSource {
     }
 }
 
+/// How long dropping a source waits for fetches to stop before it writes the cache map.
+const DROP_WAIT: Duration = Duration::from_secs(2);
+
 impl Drop for ObjectSource {
+    /// Closes the source, and with a disk cache writes its map. A fetch whose last page has
+    /// arrived may still be writing its chunk to the cache (the fault was answered first):
+    /// the map is written once the running fetches have stopped (they stop at their next
+    /// read of the body), so that such a chunk is in it; a fetch blocked on the network is
+    /// waited for at most 2 seconds.
     fn drop(&mut self) {
         self.shared.close();
         if let Some(cache) = &self.shared.cache {
+            let until = Instant::now() + DROP_WAIT;
+            while self.shared.busy.load(Ordering::Acquire) > 0 && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             cache.persist();
         }
     }

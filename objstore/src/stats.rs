@@ -15,6 +15,9 @@ pub(crate) struct Counters {
     cache_bytes: AtomicU64,
     waits: AtomicU64,
     chunks_fetched: AtomicU64,
+    handoffs: AtomicU64,
+    cache_verified: AtomicU64,
+    cache_discarded: AtomicU64,
 }
 
 impl Counters {
@@ -37,6 +40,15 @@ impl Counters {
     pub(crate) fn wait(&self) {
         self.waits.fetch_add(1, Relaxed);
     }
+    pub(crate) fn cache_verified(&self) {
+        self.cache_verified.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn cache_discarded(&self) {
+        self.cache_discarded.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn handoff(&self) {
+        self.handoffs.fetch_add(1, Relaxed);
+    }
     pub(crate) fn chunk_done(&self) {
         self.chunks_fetched.fetch_add(1, Relaxed);
     }
@@ -51,6 +63,9 @@ impl Counters {
             cache_bytes: self.cache_bytes.load(Relaxed),
             waits: self.waits.load(Relaxed),
             chunks_fetched: self.chunks_fetched.load(Relaxed),
+            handoffs: self.handoffs.load(Relaxed),
+            cache_verified: self.cache_verified.load(Relaxed),
+            cache_discarded: self.cache_discarded.load(Relaxed),
         }
     }
 }
@@ -75,6 +90,15 @@ pub struct Stats {
     pub waits: u64,
     /// Chunks fetched whole from the store.
     pub chunks_fetched: u64,
+    /// Background fetches that a fault caught in flight and handed over to the fetch
+    /// threads, which run at the caller's priority (the background threads run at nice 19).
+    pub handoffs: u64,
+    /// Chunks of the disk cache read back whole and found intact (their checksum matched):
+    /// once per chunk per source, on its first read; later reads are not checked again.
+    pub cache_verified: u64,
+    /// Chunks of the disk cache whose checksum did not match on their first read: dropped
+    /// from the cache, never served, fetched again from the store.
+    pub cache_discarded: u64,
 }
 
 impl Stats {
@@ -131,6 +155,9 @@ mod tests {
             cache_bytes: 1 << 20,
             waits: 5,
             chunks_fetched: 12,
+            handoffs: 0,
+            cache_verified: 3,
+            cache_discarded: 0,
         };
         assert_eq!(
             s.line(Duration::from_secs(2)),

@@ -13,6 +13,10 @@ pub(crate) trait Store: Send + Sync {
     /// The object's name in errors and progress lines (the URL, `s3://bucket/key`).
     fn name(&self) -> &str;
 
+    /// Whether requests go over `https`.
+    #[cfg_attr(not(feature = "https"), allow(dead_code))]
+    fn https(&self) -> bool;
+
     /// `GET` of `range` (`Range: bytes=a-b`), with `If-Match: etag` when given. (ureq's
     /// error is large; it is classified at once, one per request.)
     #[allow(clippy::result_large_err)]
@@ -44,6 +48,10 @@ impl Store for HttpStore {
     fn name(&self) -> &str {
         // A presigned URL's query holds a signature: never print it.
         self.url.split('?').next().unwrap_or(&self.url)
+    }
+
+    fn https(&self) -> bool {
+        self.url.starts_with("https://")
     }
 
     #[allow(clippy::result_large_err)]
@@ -82,23 +90,74 @@ pub struct S3Config {
     pub path_style: Option<bool>,
 }
 
+impl Default for S3Config {
+    /// AWS itself in `us-east-1`, unsigned requests: set the fields that differ.
+    fn default() -> S3Config {
+        S3Config {
+            endpoint: None,
+            region: "us-east-1".into(),
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+            path_style: None,
+        }
+    }
+}
+
 impl S3Config {
     /// From the environment, as the AWS CLI and SDKs read it: `AWS_ENDPOINT_URL_S3` or
     /// `AWS_ENDPOINT_URL`, `AWS_REGION` or `AWS_DEFAULT_REGION`, `AWS_ACCESS_KEY_ID`,
-    /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`; and `AWS_S3_FORCE_PATH_STYLE`
-    /// (`true`/`false`) for the addressing style.
-    pub fn from_env() -> S3Config {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        S3Config {
-            endpoint: var("AWS_ENDPOINT_URL_S3").or_else(|| var("AWS_ENDPOINT_URL")),
-            region: var("AWS_REGION")
-                .or_else(|| var("AWS_DEFAULT_REGION"))
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`; and `AWS_S3_FORCE_PATH_STYLE` for the
+    /// addressing style: `true`, `1`, `yes`, `on` or `false`, `0`, `no`, `off`, in any case.
+    /// An empty variable counts as unset.
+    ///
+    /// # Errors
+    ///
+    /// `OpenError::Config` naming the variable and its value: `AWS_S3_FORCE_PATH_STYLE`
+    /// holds something else (a typo must not silently pick the other addressing style), or
+    /// a variable is not UTF-8.
+    pub fn from_env() -> Result<S3Config, OpenError> {
+        S3Config::from_lookup(|name| match std::env::var(name) {
+            Ok(v) => Ok(Some(v)),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(v)) => Err(OpenError::Config(format!(
+                "{name}={}: not UTF-8",
+                v.to_string_lossy()
+            ))),
+        })
+    }
+
+    /// As [`from_env`](Self::from_env), with `lookup` for the environment.
+    fn from_lookup(
+        lookup: impl Fn(&str) -> Result<Option<String>, OpenError>,
+    ) -> Result<S3Config, OpenError> {
+        let var = |name: &str| Ok::<_, OpenError>(lookup(name)?.filter(|v| !v.is_empty()));
+        let path_style = match var("AWS_S3_FORCE_PATH_STYLE")? {
+            Some(v) => Some(parse_bool("AWS_S3_FORCE_PATH_STYLE", &v)?),
+            None => None,
+        };
+        Ok(S3Config {
+            endpoint: var("AWS_ENDPOINT_URL_S3")?.or(var("AWS_ENDPOINT_URL")?),
+            region: var("AWS_REGION")?
+                .or(var("AWS_DEFAULT_REGION")?)
                 .unwrap_or_else(|| "us-east-1".into()),
-            access_key_id: var("AWS_ACCESS_KEY_ID"),
-            secret_access_key: var("AWS_SECRET_ACCESS_KEY"),
-            session_token: var("AWS_SESSION_TOKEN"),
-            path_style: var("AWS_S3_FORCE_PATH_STYLE").map(|v| v == "true" || v == "1"),
-        }
+            access_key_id: var("AWS_ACCESS_KEY_ID")?,
+            secret_access_key: var("AWS_SECRET_ACCESS_KEY")?,
+            session_token: var("AWS_SESSION_TOKEN")?,
+            path_style,
+        })
+    }
+}
+
+/// A boolean environment variable: `true`/`1`/`yes`/`on` or `false`/`0`/`no`/`off`, in any
+/// case; anything else is an error naming the variable and the value.
+fn parse_bool(name: &str, value: &str) -> Result<bool, OpenError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(OpenError::Config(format!(
+            "{name}={value:?}: not a boolean (true, 1, yes, on, false, 0, no, off)"
+        ))),
     }
 }
 
@@ -164,6 +223,10 @@ impl S3Store {
 impl Store for S3Store {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn https(&self) -> bool {
+        self.url.starts_with("https://")
     }
 
     #[allow(clippy::result_large_err)]
@@ -261,6 +324,30 @@ mod tests {
         c.secret_access_key = None;
         let e = S3Store::new("b", "k", &c).unwrap_err();
         assert!(e.to_string().contains("must be set together"), "{e}");
+    }
+
+    #[test]
+    fn booleans_from_the_environment() {
+        let with = |value: &'static str| {
+            S3Config::from_lookup(move |name| {
+                Ok((name == "AWS_S3_FORCE_PATH_STYLE").then(|| value.to_string()))
+            })
+            .map(|c| c.path_style)
+        };
+        for v in ["true", "TRUE", "True", "1", "yes", "YES", "on", "On"] {
+            assert_eq!(with(v).unwrap(), Some(true), "{v}");
+        }
+        for v in ["false", "FALSE", "0", "no", "No", "off", "OFF"] {
+            assert_eq!(with(v).unwrap(), Some(false), "{v}");
+        }
+        assert_eq!(with("").unwrap(), None);
+        for v in ["ture", "2", "y", "enabled"] {
+            let e = with(v).unwrap_err().to_string();
+            assert!(
+                e.contains("AWS_S3_FORCE_PATH_STYLE") && e.contains(&format!("{v:?}")),
+                "{e}"
+            );
+        }
     }
 
     #[test]

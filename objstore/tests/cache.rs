@@ -122,3 +122,43 @@ fn damaged_cache_falls_back_to_the_network() {
     assert!(error.contains("reading the cache"), "{error}");
     assert!(source.stats().bytes_fetched > 0, "{:?}", source.stats());
 }
+
+/// A byte of one cached chunk is flipped between two restores: the second restore verifies
+/// each chunk on its first read, drops that one, fetches exactly it again (1 request, 1 MiB)
+/// (in one or two requests, 1 MiB) and serves every byte right; the third reads nothing from the network (the chunk was
+/// written again). Each chunk is verified once per restore, however many reads it serves.
+#[test]
+fn corrupted_chunk_is_fetched_again() {
+    let Some(nginx) = Nginx::start() else { return };
+    let cache = TempDir::new("cache");
+    write_snapshot(&nginx.www().join("mem"), 5, LEN);
+    let opts = options(&cache);
+    restore(&nginx.url("mem"), &opts, 5);
+    let data = &cache_files(&cache, "data")[0];
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(data)
+            .unwrap();
+        let at = 5 * MIB + 12_345;
+        let mut byte = [0u8; 1];
+        f.read_exact_at(&mut byte, at).unwrap();
+        byte[0] ^= 0x20;
+        f.write_all_at(&byte, at).unwrap();
+    }
+    let second = restore(&nginx.url("mem"), &opts, 5);
+    assert_eq!(second.cache_discarded, 1, "{second:?}");
+    assert_eq!(second.chunks_fetched, 1, "{second:?}");
+    assert_eq!(second.bytes_fetched, MIB, "{second:?}");
+    // One request, or two when the first fault was inside the chunk (from the page, and
+    // the part before it).
+    assert!(second.requests <= 2, "{second:?}");
+    assert_eq!(second.cache_verified, 15, "{second:?}");
+    let third = restore(&nginx.url("mem"), &opts, 5);
+    assert_eq!(third.requests, 0, "{third:?}");
+    assert_eq!(third.cache_discarded, 0, "{third:?}");
+    assert_eq!(third.cache_verified, 16, "{third:?}");
+    assert!(third.cache_reads > 16, "{third:?}");
+}

@@ -471,6 +471,82 @@ fn a_length_beyond_the_address_space_is_refused() {
     );
 }
 
+/// A store answering every request with `Content-Range: bytes 0-0/{len}` and one byte.
+fn claiming(len: u64) -> String {
+    answering(
+        format!(
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-0/{len}\r\n\
+             Content-Length: 1\r\nETag: \"x\"\r\nConnection: close\r\n\r\na"
+        )
+        .into_bytes()
+        .leak(),
+    )
+}
+
+/// Lengths this address space could name but no machine can hold (64 PiB, 1 PiB, 128 TiB):
+/// `open` fails with an error naming the object and the length — the bookkeeping (page
+/// bitmap, chunk states) is allocated fallibly, the buffer's mapping checked — never an
+/// allocation abort.
+#[test]
+fn a_length_no_machine_can_hold_fails_open_naming_it() {
+    for len in [1u64 << 56, 1 << 50, 1 << 47] {
+        let url = claiming(len);
+        let mut o = options(4 << 20);
+        o.deadline = Duration::from_secs(10);
+        let e = match open(&url, &o) {
+            Ok(_) => panic!("{url}: a length of {len} bytes was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            e.contains(&url) && e.contains(&format!("an object of {len} bytes")),
+            "{e}"
+        );
+        eprintln!("{e}");
+    }
+}
+
+/// Resident memory of this process, in bytes.
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        << 10
+}
+
+/// An object of 64 TiB in 4 KiB chunks (16 Gi chunks: 50 GiB of bookkeeping if it were
+/// written) either opens without making its bookkeeping resident — zeroed allocations are
+/// fresh pages, untouched until chunks arrive — or, where the allocator refuses that much,
+/// fails naming the object and its length. Never an abort, never an OOM kill.
+#[test]
+fn a_huge_object_opens_without_touching_its_bookkeeping() {
+    let len = 64u64 << 40;
+    let url = claiming(len);
+    let mut o = options(PAGE);
+    o.deadline = Duration::from_secs(10);
+    let before = rss();
+    match open(&url, &o) {
+        Ok(source) => {
+            assert_eq!(source.len(), len);
+            let grown = rss().saturating_sub(before);
+            // Other tests of this binary run meanwhile: a generous bound, far below 50 GiB.
+            assert!(grown < 1 << 30, "{grown} bytes became resident");
+            eprintln!("opened; {grown} bytes became resident");
+        }
+        Err(e) => {
+            let e = e.to_string();
+            assert!(
+                e.contains(&url) && e.contains(&format!("an object of {len} bytes")),
+                "{e}"
+            );
+            eprintln!("refused: {e}");
+        }
+    }
+}
+
 /// `Duration::MAX` as the deadline and the progress period ("never") is accepted: nothing
 /// overflows computing a deadline, when opening, fetching or printing progress.
 #[test]

@@ -21,7 +21,8 @@ fn snapshot(version: u64, len: u64) -> Vec<u8> {
 }
 
 fn config(endpoint: String, key_id: &str, secret: &str) -> S3Config {
-    let mut c = S3Config::from_env();
+    // Not from the environment: s3_url_from_environment sets it meanwhile.
+    let mut c = S3Config::default();
     c.endpoint = Some(endpoint);
     c.region = "us-east-1".into();
     c.access_key_id = Some(key_id.into());
@@ -104,6 +105,60 @@ fn restore_from_s3_under_injected_failures() {
     assert!(source.stats().retries > 0, "{}", source.progress_line());
 }
 
+/// S3 over https: nginx terminates TLS (a certificate of a CA made at test time, trusted
+/// through `Options::ca_certificates`) in front of moto, which checks every signature (of
+/// the https endpoint's host): every byte right.
+#[cfg(feature = "https")]
+#[test]
+fn restore_from_s3_over_https() {
+    let len = 8 * MIB;
+    let Some(s3) = Moto::start("vm/memory", &snapshot(6, len)) else {
+        return;
+    };
+    let Some(pki) = support::tls::Pki::new() else {
+        return;
+    };
+    let Some(tls) = support::nginx::Nginx::start_tls_proxy(&pki.cert(), &pki.key(), s3.port) else {
+        return;
+    };
+    let mut opts = options();
+    opts.ca_certificates = Some(pki.ca());
+    let endpoint = format!("https://127.0.0.1:{}", tls.port);
+    let source = open_s3(
+        BUCKET,
+        "vm/memory",
+        &config(endpoint.clone(), &s3.key_id, &s3.secret),
+        &opts,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(source.len(), len);
+    let restore = Restore::start(source.clone(), len as usize, 2);
+    restore
+        .touch(
+            &shuffled(len as usize / PAGE, 6),
+            2,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert_eq!(restore.mismatches(6), Vec::<usize>::new());
+    // The same endpoint without the CA: refused at once, naming the TLS cause.
+    opts.ca_certificates = None;
+    if std::env::var_os("SSL_CERT_FILE").is_none() {
+        let e = open_s3(
+            BUCKET,
+            "vm/memory",
+            &config(endpoint, &s3.key_id, &s3.secret),
+            &opts,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("TLS handshake refused") && e.contains("s3://"),
+            "{e}"
+        );
+    }
+}
+
 /// A wrong secret: moto refuses the signature; the error names the object and the code.
 #[test]
 fn wrong_secret_refused() {
@@ -126,7 +181,8 @@ fn wrong_secret_refused() {
 }
 
 /// `s3://bucket/key` reads AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID,
-/// AWS_SECRET_ACCESS_KEY (the only test here that sets the environment).
+/// AWS_SECRET_ACCESS_KEY, AWS_S3_FORCE_PATH_STYLE (the only test here that sets the
+/// environment).
 #[test]
 fn s3_url_from_environment() {
     let len = 2 * MIB;
@@ -152,6 +208,18 @@ fn s3_url_from_environment() {
         support::expected(4, page * PAGE as u64, &mut want);
         assert_eq!(got, want);
     }
+    // A boolean in any of the usual spellings; anything else refused, naming it.
+    std::env::set_var("AWS_S3_FORCE_PATH_STYLE", "YES");
+    open(&format!("s3://{BUCKET}/env/memory"), &options()).unwrap();
+    std::env::set_var("AWS_S3_FORCE_PATH_STYLE", "maybe");
+    let e = open(&format!("s3://{BUCKET}/env/memory"), &options())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("AWS_S3_FORCE_PATH_STYLE") && e.contains("\"maybe\""),
+        "{e}"
+    );
+    std::env::remove_var("AWS_S3_FORCE_PATH_STYLE");
 }
 
 /// Temporary credentials (an assumed role's key, secret and session token): the token is

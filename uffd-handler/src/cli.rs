@@ -41,7 +41,9 @@ The object is opened before the socket is made (one request learns its length an
 then fetched in chunks of --chunk-size, --parallelism ranges at once, each chunk once however
 many faults land in it; a fault waits only for its own page. s3:// is configured from the
 environment as the AWS tools are: AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID,
-AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_S3_FORCE_PATH_STYLE. --replay also fetches the
+AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_S3_FORCE_PATH_STYLE (true/false, 1/0, yes/no,
+on/off; anything else exits 3). https trusts the public
+roots compiled in plus the PEM file of --ca-file, or else of SSL_CERT_FILE. --replay also fetches the
 recorded pages first, in their order; --background-fill also fetches the whole object behind
 them. A record made from an object is tied to its length and ETag (a record of the same bytes
 as a local file is another snapshot's). A progress line (bytes fetched, rate, requests,
@@ -110,6 +112,14 @@ pub struct Cli {
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     pub fetch_deadline: Option<Duration>,
 
+    /// URL only: trust the certificate authorities in FILE (PEM) for https, in addition to
+    /// the public roots compiled in (Mozilla's): the private CA of an on-premises store.
+    /// Without it, the file the environment's SSL_CERT_FILE names is added when set. A
+    /// certificate that does not verify fails at once (exit 3 at start), it is not retried.
+    /// [default: none]
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+
     /// URL only: print the object's progress line (bytes fetched, rate, requests, retries,
     /// cache hits) every SECONDS until every byte has arrived, and at the end (0: only at the
     /// end). [default: 10]
@@ -132,8 +142,9 @@ pub struct Cli {
     /// After start, place the rest of guest memory in the background at the lowest CPU
     /// priority, block by block (faults keep priority): memory ends fully populated, as with
     /// an eager restore, but the guest runs at once. With a URL, the whole object is also
-    /// fetched in the background (behind the faults and the --replay pages, on all fetch
-    /// threads but one), so that the fill rarely waits for the network.
+    /// fetched in the background (behind the faults and the --replay pages, on threads of
+    /// its own at nice 19; the fetches faults wait for keep the handler's priority), so that
+    /// the fill rarely waits for the network.
     #[arg(long)]
     pub background_fill: bool,
 
@@ -232,6 +243,7 @@ impl Cli {
                 ("--fetch-timeout", self.fetch_timeout.is_some()),
                 ("--fetch-deadline", self.fetch_deadline.is_some()),
                 ("--progress", self.progress.is_some()),
+                ("--ca-file", self.ca_file.is_some()),
             ]
             .into_iter()
             .find_map(|(name, given)| given.then_some(name)),

@@ -136,6 +136,7 @@ fn options(cli: &Cli) -> Options {
         o.parallelism = v.into();
     }
     o.cache_dir.clone_from(&cli.cache_dir);
+    o.ca_certificates.clone_from(&cli.ca_file);
     if let Some(v) = cli.cache_budget {
         o.cache_budget = v as u64;
     }

@@ -18,6 +18,7 @@ use support::common::{spawn_child, MemoryType, Region};
 use support::handler::{self, DEADLINE};
 use support::objstore::nginx::Nginx;
 use support::objstore::s3::{Moto, BUCKET};
+use support::objstore::tls::Pki;
 use support::releases::{self, Family, PageSizeFields};
 use support::vmm::{self, send_with_fd};
 use support::TestDir;
@@ -469,6 +470,8 @@ fn help_explains_every_option_and_the_exit_statuses() {
         "--fetch-timeout",
         "--fetch-deadline",
         "--progress",
+        "--ca-file",
+        "SSL_CERT_FILE",
         "--fault-around",
         "--workers",
         "--background-fill",
@@ -581,6 +584,59 @@ fn serves_every_memory_type_from_an_http_url() {
             ended.assert(0, &["opening the object again to answer in them"]);
         }
     }
+}
+
+/// https from nginx with a certificate of a throwaway CA: trusted through --ca-file, or
+/// through SSL_CERT_FILE; without either the run exits 3 at once, naming the URL and the
+/// certificate problem.
+#[test]
+fn serves_from_an_https_url_trusting_the_ca_file() {
+    let memory = MemoryType::Anonymous;
+    let Some(pki) = Pki::new() else { return };
+    let Some(nginx) = Nginx::start_tls(&pki.cert(), &pki.key()) else {
+        return;
+    };
+    vmm::write_memory_file(&nginx.www().join("mem"), memory_file_len(memory));
+    let url = nginx.url("mem");
+    assert!(url.starts_with("https://"), "{url}");
+    let ca = pki.ca();
+    let ca = ca.to_str().unwrap();
+    let dir = TestDir::new("https-ca-file");
+    let object = format!("object {url} ({} bytes", memory_file_len(memory));
+    restore_from(
+        &dir,
+        &url,
+        &releases::V1_12,
+        true,
+        memory,
+        &["--ca-file", ca, "--chunk-size", "64K"],
+        &[],
+    )
+    .assert(0, &[&object, "Firecracker's process exited"]);
+    let dir = TestDir::new("https-ssl-cert-file");
+    restore_from(
+        &dir,
+        &url,
+        &releases::V1_12,
+        true,
+        memory,
+        &["--chunk-size", "64K"],
+        &[("SSL_CERT_FILE", ca)],
+    )
+    .assert(0, &[&object, "Firecracker's process exited"]);
+    let dir = TestDir::new("https-untrusted");
+    let started = Instant::now();
+    handler::start_no_wait(&dir.join("uffd.sock"), &url, &["--fetch-deadline", "600"])
+        .wait(DEADLINE)
+        .assert(
+            3,
+            &[
+                &format!("opening the memory object {url}"),
+                "TLS handshake refused",
+                "UnknownIssuer",
+            ],
+        );
+    assert!(started.elapsed() < Duration::from_secs(300));
 }
 
 #[test]

@@ -6,6 +6,7 @@ pub mod nginx;
 pub mod proxy;
 pub mod restore;
 pub mod s3;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 

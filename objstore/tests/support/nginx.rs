@@ -10,6 +10,11 @@ pub struct Nginx {
     child: Option<Child>,
     pub port: u16,
     dir: TempDir,
+    /// With TLS: the certificate chain and key files.
+    tls: Option<(PathBuf, PathBuf)>,
+    /// A port on 127.0.0.1 to proxy every request to (the Host header kept), instead of
+    /// serving `www()`.
+    upstream: Option<u16>,
 }
 
 const BINARY: &str = "/usr/sbin/nginx";
@@ -19,6 +24,28 @@ impl Nginx {
     /// installed.
     #[track_caller]
     pub fn start() -> Option<Nginx> {
+        Nginx::start_with(None, None)
+    }
+
+    /// nginx serving `www()` over TLS only (`listen ... ssl`) with the certificate chain
+    /// `cert` and its key `key`.
+    #[track_caller]
+    pub fn start_tls(cert: &Path, key: &Path) -> Option<Nginx> {
+        Nginx::start_with(Some((cert.to_path_buf(), key.to_path_buf())), None)
+    }
+
+    /// nginx terminating TLS for the plain-http server on 127.0.0.1:`upstream` (moto): the
+    /// request, its Host header included (a SigV4 signature covers it), goes upstream as is.
+    #[track_caller]
+    pub fn start_tls_proxy(cert: &Path, key: &Path, upstream: u16) -> Option<Nginx> {
+        Nginx::start_with(
+            Some((cert.to_path_buf(), key.to_path_buf())),
+            Some(upstream),
+        )
+    }
+
+    #[track_caller]
+    fn start_with(tls: Option<(PathBuf, PathBuf)>, upstream: Option<u16>) -> Option<Nginx> {
         if !Path::new(BINARY).exists() {
             machine_lacks("nginx (Debian package nginx-light)");
             return None;
@@ -30,6 +57,8 @@ impl Nginx {
             child: None,
             port: free_port(),
             dir,
+            tls,
+            upstream,
         };
         n.spawn();
         Some(n)
@@ -40,21 +69,37 @@ impl Nginx {
         self.dir.path().join("www")
     }
 
-    /// `http://127.0.0.1:port/name`.
+    /// `http://127.0.0.1:port/name`, or `https://` with TLS.
     pub fn url(&self, name: &str) -> String {
-        format!("http://127.0.0.1:{}/{name}", self.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}/{name}", self.port)
     }
 
     fn spawn(&mut self) {
         let d = self.dir.path().display();
+        let listen = match &self.tls {
+            None => format!("listen 127.0.0.1:{};", self.port),
+            Some((cert, key)) => format!(
+                "listen 127.0.0.1:{} ssl; ssl_certificate {}; ssl_certificate_key {};",
+                self.port,
+                cert.display(),
+                key.display()
+            ),
+        };
+        let location = match self.upstream {
+            None => String::new(),
+            Some(port) => format!(
+                "proxy_pass http://127.0.0.1:{port}; proxy_set_header Host $http_host; \
+                 proxy_http_version 1.1; proxy_set_header Connection \"\";"
+            ),
+        };
         let conf = format!(
             "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
              error_log {d}/error.log;\nevents {{ worker_connections 512; }}\n\
              http {{\n access_log off;\n client_body_temp_path {d}/tmp;\n proxy_temp_path {d}/tmp;\n\
              fastcgi_temp_path {d}/tmp;\n uwsgi_temp_path {d}/tmp;\n scgi_temp_path {d}/tmp;\n\
              keepalive_requests 100000;\n sendfile on;\n\
-             server {{ listen 127.0.0.1:{}; root {d}/www; location / {{ }} }}\n}}\n",
-            self.port
+             server {{ {listen} root {d}/www; location / {{ {location} }} }}\n}}\n"
         );
         let path = self.dir.path().join("nginx.conf");
         std::fs::write(&path, conf).unwrap();

@@ -36,6 +36,8 @@ struct State {
     down: AtomicBool,
     /// The next this many requests stall before their answer (whatever the rates).
     stall_next: AtomicU64,
+    /// Answers are relayed 16 KiB at a time, with this pause between pieces.
+    trickle: Mutex<Option<Duration>>,
     injected: Injected,
     rng: Mutex<u64>,
     stop: AtomicBool,
@@ -57,6 +59,7 @@ impl Proxy {
             stall,
             down: AtomicBool::new(false),
             stall_next: AtomicU64::new(0),
+            trickle: Mutex::new(None),
             injected: Injected::default(),
             rng: Mutex::new(seed | 1),
             stop: AtomicBool::new(false),
@@ -89,6 +92,12 @@ impl Proxy {
     /// The next `n` requests stall (before their answer) for the stall time.
     pub fn stall_next(&self, n: u64) {
         self.state.stall_next.store(n, Relaxed);
+    }
+
+    /// Every answer from now on is relayed 16 KiB at a time, `pause` between pieces (`None`:
+    /// at once).
+    pub fn set_trickle(&self, pause: Option<Duration>) {
+        *self.state.trickle.lock().unwrap() = pause;
     }
 
     pub fn set_rates(&self, rates: Rates) {
@@ -234,7 +243,16 @@ fn serve(s: &State, conn: TcpStream) -> std::io::Result<()> {
                 let _ = conn.shutdown(Shutdown::Both);
                 return Ok(());
             }
-            _ => conn.write_all(&answer)?,
+            _ => match *s.trickle.lock().unwrap() {
+                None => conn.write_all(&answer)?,
+                Some(pause) => {
+                    conn.write_all(&answer[..body_at])?;
+                    for piece in answer[body_at..].chunks(16 << 10) {
+                        std::thread::sleep(pause);
+                        conn.write_all(piece)?;
+                    }
+                }
+            },
         }
         // The upstream said Connection: close; so does the relayed answer.
         return Ok(());
