@@ -58,7 +58,8 @@
 //!   `PageSource::fetch` contract allows a shorter prefix; it asks again for the rest).
 //! - A chunk is fetched once (single flight): faults into a chunk in flight wait for their
 //!   page, they send nothing.
-//! - Faults in consecutive chunks read ahead [`Options::parallelism`] chunks.
+//! - Faults in consecutive chunks read ahead [`Options::parallelism`] chunks; a fault on a
+//!   read-ahead chunk moves the window on, so a sequential restore stays behind it.
 //! - A recorded working set ([`Options::working_set`]) is fetched in its order from the
 //!   start, ahead of everything but faults; [`Options::background`] fetches the rest
 //!   behind it, on threads of its own at the lowest CPU priority (nice 19), which start a

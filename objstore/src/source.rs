@@ -189,6 +189,7 @@ impl PageSource for ObjectSource {
             ));
         }
         let page = page as usize;
+        s.read_ahead(page / s.pages_per_chunk);
         if !s.arrived.is_set(page) {
             if let Some(bytes) = s.read_cached(page, len, scratch) {
                 return Ok(Chunk::Data(bytes));

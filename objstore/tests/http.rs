@@ -80,6 +80,46 @@ fn sequential_restore_one_request_per_chunk() {
     assert_eq!(source.stats().requests, len / MIB, "{:?}", source.stats());
 }
 
+/// Read-ahead keeps going while faults land on read-ahead chunks: a fault in chunk 0 reads
+/// chunks 1-4 ahead; once they have arrived, a fault in chunk 1 (no wait: its page is there)
+/// queues chunk 5, and so on, without any fault missing. Before the fix, read-ahead looked at
+/// missing pages only: faults on arrived chunks queued nothing, so the first fault past the
+/// window waited for its chunk (two chunks in six of a sequential restore).
+#[test]
+fn read_ahead_follows_faults_on_arrived_chunks() {
+    let Some(nginx) = Nginx::start() else { return };
+    let len = 16 * MIB;
+    write_snapshot(&nginx.www().join("mem"), 5, len);
+    let mut opts = options(1 << 20);
+    opts.hedge_after = None;
+    let source = open(&nginx.url("mem"), &opts).unwrap();
+    let mut scratch = vec![0u8; PAGE];
+    let wait_arrived = |chunks: std::ops::Range<u64>| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !chunks
+            .clone()
+            .all(|k| source.arrived(k * MIB + MIB - PAGE as u64))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "chunks {chunks:?} did not arrive"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    source.fetch(0, PAGE, &mut scratch).unwrap();
+    wait_arrived(0..5);
+    for k in 1..8u64 {
+        // Chunk k has arrived (read ahead): the fault does not wait, and chunk k + 4 follows.
+        assert!(source.arrived(k * MIB), "chunk {k} was not read ahead");
+        let waits = source.stats().waits;
+        source.fetch(k * MIB, PAGE, &mut scratch).unwrap();
+        assert_eq!(source.stats().waits, waits, "the fault in chunk {k} waited");
+        wait_arrived(k..k + 5);
+    }
+    assert_eq!(source.stats().requests, 1 + 4 + 7, "{:?}", source.stats());
+}
+
 /// Many threads faulting into one chunk send one request; a page is answered before its
 /// chunk has arrived (the body stalls after its first bytes), as a prefix of what was asked.
 #[test]
