@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -43,6 +43,9 @@ pub(crate) struct Shared {
     /// Waiters for arrived pages.
     pub(crate) ready_lock: Mutex<()>,
     pub(crate) ready: Condvar,
+    /// Threads in `wait_for`: with none, `notify` costs two loads (a stream marks pages
+    /// after every read of its body, a few KiB at a time).
+    pub(crate) waiters: AtomicUsize,
     pub(crate) closed: AtomicBool,
     /// The chunk of the latest fault (read-ahead follows its sequence).
     pub(crate) last_fault_chunk: AtomicUsize,
@@ -85,6 +88,7 @@ impl Shared {
             queue: WorkQueue::new(),
             ready_lock: Mutex::new(()),
             ready: Condvar::new(),
+            waiters: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             // "The chunk before chunk 0": a first fault in chunk 0 reads ahead at once, as a
             // restore that starts at the beginning goes on in order.
@@ -234,7 +238,15 @@ impl Shared {
         }
     }
 
+    /// Wakes the threads in `wait_for`, after a change they wait on (pages marked arrived,
+    /// a chunk failed, the source closed).
     pub(crate) fn notify(&self) {
+        // With `wait_for`'s fence: either this load sees the waiter, or the waiter's next
+        // look at the bitmap and states sees the change made before this call.
+        fence(Ordering::SeqCst);
+        if self.waiters.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         let _guard = self
             .ready_lock
             .lock()
@@ -255,6 +267,11 @@ impl Shared {
             .ready_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        // Counted under the lock, so that a `notify` that sees the count finds this thread
+        // waiting or about to look again (it cannot take the lock in between).
+        self.waiters.fetch_add(1, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        let _counted = Counted(&self.waiters);
         loop {
             if self.arrived.is_set(page) {
                 return Ok(());
@@ -277,5 +294,14 @@ impl Shared {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
+    }
+}
+
+/// Takes a waiter off the count when `wait_for` returns.
+struct Counted<'a>(&'a AtomicUsize);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

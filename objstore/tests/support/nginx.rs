@@ -15,6 +15,9 @@ pub struct Nginx {
     /// A port on 127.0.0.1 to proxy every request to (the Host header kept), instead of
     /// serving `www()`.
     upstream: Option<u16>,
+    /// Worker processes: 1 runs in the foreground process itself (no master), which a kill
+    /// stops at once; more run under a master, as nginx is deployed.
+    workers: usize,
 }
 
 const BINARY: &str = "/usr/sbin/nginx";
@@ -44,8 +47,30 @@ impl Nginx {
         )
     }
 
+    /// nginx serving `www()` as deployed: a master process and `workers` worker processes
+    /// (Debian's `worker_processes auto` is one per CPU). For the benchmark: the tests use one
+    /// process, which sends from one CPU.
+    #[allow(dead_code)] // the benchmark's; each test binary compiles this module
+    #[track_caller]
+    pub fn start_workers(workers: usize) -> Option<Nginx> {
+        let mut n = Nginx::configure(None, None, workers.max(1))?;
+        n.spawn();
+        Some(n)
+    }
+
     #[track_caller]
     fn start_with(tls: Option<(PathBuf, PathBuf)>, upstream: Option<u16>) -> Option<Nginx> {
+        let mut n = Nginx::configure(tls, upstream, 1)?;
+        n.spawn();
+        Some(n)
+    }
+
+    #[track_caller]
+    fn configure(
+        tls: Option<(PathBuf, PathBuf)>,
+        upstream: Option<u16>,
+        workers: usize,
+    ) -> Option<Nginx> {
         if !Path::new(BINARY).exists() {
             machine_lacks("nginx (Debian package nginx-light)");
             return None;
@@ -53,15 +78,14 @@ impl Nginx {
         let dir = TempDir::new("nginx");
         std::fs::create_dir_all(dir.path().join("www")).unwrap();
         std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
-        let mut n = Nginx {
+        Some(Nginx {
             child: None,
             port: free_port(),
             dir,
             tls,
             upstream,
-        };
-        n.spawn();
-        Some(n)
+            workers,
+        })
     }
 
     /// The directory nginx serves.
@@ -93,8 +117,13 @@ impl Nginx {
                  proxy_http_version 1.1; proxy_set_header Connection \"\";"
             ),
         };
+        let processes = if self.workers > 1 {
+            format!("master_process on;\nworker_processes {};", self.workers)
+        } else {
+            "master_process off;\nworker_processes 1;".to_string()
+        };
         let conf = format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+            "daemon off;\n{processes}\npid {d}/nginx.pid;\n\
              error_log {d}/error.log;\nevents {{ worker_connections 512; }}\n\
              http {{\n access_log off;\n client_body_temp_path {d}/tmp;\n proxy_temp_path {d}/tmp;\n\
              fastcgi_temp_path {d}/tmp;\n uwsgi_temp_path {d}/tmp;\n scgi_temp_path {d}/tmp;\n\
@@ -127,7 +156,13 @@ impl Nginx {
     /// Stops nginx (connections are refused until [`restart`](Self::restart)).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
+            if self.workers > 1 {
+                // A master stops its workers on SIGTERM (a SIGKILL would leave them running).
+                // SAFETY: signals our own child, not yet waited for.
+                unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+            } else {
+                let _ = c.kill();
+            }
             let _ = c.wait();
         }
     }
