@@ -362,6 +362,15 @@ impl Placer<'_> {
         let state = &self.shared.pages[m.region];
         let addr_of = |page: usize| (m.addr + (page - m.first_page) * ps) as *mut c_void;
         let zero_fill = matches!(fill, Fill::Copy(p) if p == self.shared.zeros.ptr);
+        // The source's bytes: what is placed is reported to it (`PageSource::placed`).
+        let from_source = matches!(fill, Fill::Copy(_)) && !zero_fill;
+        let region_offset = self.shared.regions[m.region].offset;
+        let report = |first: usize, pages: usize| {
+            if from_source {
+                let offset = region_offset + (first * ps) as u64;
+                self.shared.source.placed(offset, pages * ps);
+            }
+        };
         let mut guard = lock_read(&self.shared.map);
         if self.shared.epoch.load(Ordering::Acquire) != self.epoch {
             return Ok(Flow::Restart); // unmapped or moved since the lookup
@@ -465,6 +474,7 @@ impl Placer<'_> {
                         // Present: record it, wake a faulting thread, go on after it.
                         add(&self.counters.eexist, 1);
                         state.mark_placed(i, i + 1);
+                        report(i, 1);
                         if i == fault && origin == Origin::Fault {
                             guard.uffd()?.wake(dst, ps).map_err(|e| {
                                 uffd_error_at("waking a faulting thread", m.region, dst, ps, e)
@@ -514,6 +524,9 @@ impl Placer<'_> {
             };
             self.count(i, i + done, fault, fill, zero_fill, origin, ps);
             state.mark_placed(i, i + done);
+            if done > 0 {
+                report(i, done);
+            }
             i += done;
             limit = usize::MAX;
         }

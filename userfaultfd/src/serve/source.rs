@@ -63,6 +63,27 @@ pub trait PageSource: Send + Sync {
     fn never_blocks(&self) -> bool {
         false
     }
+
+    /// Told after the server placed bytes `[offset, offset + len)` of this source with
+    /// `UFFDIO_COPY`, or found their pages already present (`EEXIST`): the server has
+    /// recorded them placed and does not ask for them again. A source that keeps what it
+    /// fetched only to serve it (a network cache) may drop those bytes.
+    ///
+    /// The server asks again for a placed page only when the process faults on it after
+    /// discarding it without the server being told (an `madvise` the descriptor has no event
+    /// for): what that page held was given up, so any answer is valid there — but it must be
+    /// a valid answer (a source that dropped the bytes fetches them again, or answers for a
+    /// page it no longer has the same way it answers any other). A range may be reported
+    /// more than once (two workers placing overlapping blocks: the second finds the pages
+    /// present). Pages placed as zeros (a discarded page, a source's [`Chunk::Zeros`], a
+    /// hole) are not reported.
+    ///
+    /// Called on the thread that placed them, right after the placement, while the server's
+    /// map lock is held for reading (an `munmap` or `mremap` waits for it): keep it short.
+    /// The default does nothing.
+    fn placed(&self, offset: u64, len: usize) {
+        let _ = (offset, len);
+    }
 }
 
 /// The data extents of a file (`SEEK_DATA`/`SEEK_HOLE`), read once: holes are served as zero

@@ -79,12 +79,15 @@ pub struct TestSource {
     /// read messages and fetch on the same threads.
     pub never_blocks: bool,
     pub fetches: AtomicUsize,
+    /// Per page: how many times [`PageSource::placed`] reported it.
+    pub placed: Vec<AtomicUsize>,
+    /// Reports of bytes outside the source or not whole pages (must stay 0).
+    pub bad_reports: AtomicUsize,
 }
 
 impl TestSource {
     pub fn new(bytes: Vec<u8>, page_size: usize) -> TestSource {
         TestSource {
-            bytes,
             page_size,
             fail_at: None,
             panic_at: None,
@@ -92,7 +95,19 @@ impl TestSource {
             delay: None,
             never_blocks: false,
             fetches: AtomicUsize::new(0),
+            placed: (0..bytes.len() / page_size)
+                .map(|_| AtomicUsize::new(0))
+                .collect(),
+            bad_reports: AtomicUsize::new(0),
+            bytes,
         }
+    }
+
+    /// The pages [`PageSource::placed`] reported, in order, each once.
+    pub fn reported(&self) -> Vec<usize> {
+        (0..self.placed.len())
+            .filter(|&p| self.placed[p].load(Ordering::Relaxed) > 0)
+            .collect()
     }
 }
 
@@ -103,6 +118,22 @@ impl PageSource for TestSource {
 
     fn never_blocks(&self) -> bool {
         self.never_blocks
+    }
+
+    fn placed(&self, offset: u64, len: usize) {
+        let ps = self.page_size as u64;
+        let end = offset.checked_add(len as u64);
+        if !offset.is_multiple_of(ps)
+            || !(len as u64).is_multiple_of(ps)
+            || len == 0
+            || end.is_none_or(|e| e > self.bytes.len() as u64)
+        {
+            self.bad_reports.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        for p in offset / ps..(offset + len as u64) / ps {
+            self.placed[p as usize].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn fetch<'a>(&'a self, offset: u64, len: usize, _: &'a mut [u8]) -> io::Result<Chunk<'a>> {
