@@ -123,8 +123,8 @@ impl PageSource for TestSource {
     fn placed(&self, offset: u64, len: usize) {
         let ps = self.page_size as u64;
         let end = offset.checked_add(len as u64);
-        if !offset.is_multiple_of(ps)
-            || !(len as u64).is_multiple_of(ps)
+        if offset % ps != 0
+            || len as u64 % ps != 0
             || len == 0
             || end.is_none_or(|e| e > self.bytes.len() as u64)
         {
