@@ -100,13 +100,20 @@ impl Shared {
 
     /// Chunk `k` has arrived whole from the store: it is written to the disk cache.
     fn chunk_done(&self, k: usize) {
-        self.state[k].store(DONE, Ordering::Release);
-        self.counters.chunk_done();
+        // Written to the disk cache before the chunk is DONE: only a DONE chunk's bytes may
+        // be dropped (`release`), and the cache must not store dropped (zero) bytes.
         if let Some(cache) = &self.cache {
             let (a, b) = self.chunk_pages(k);
             let bytes = (b * self.page).min(self.remote.len as usize) - a * self.page;
-            // SAFETY: every page of the chunk has arrived: its bytes are final.
+            // SAFETY: every page of the chunk has arrived: its bytes are final, and stay
+            // until the chunk is DONE.
             cache.store(k, unsafe { self.buffer.read_slice(a * self.page, bytes) });
+        }
+        self.state[k].store(DONE, Ordering::SeqCst);
+        self.counters.chunk_done();
+        // Placed whole while it was being fetched (faults take pages as they arrive).
+        if self.opts.release_placed && self.all_placed(k) {
+            self.release(k);
         }
         if self.done.fetch_add(1, Ordering::AcqRel) + 1 == self.chunks {
             if let Some(cache) = &self.cache {

@@ -106,10 +106,18 @@
 //!
 //! # Memory
 //!
-//! Bytes fetched from the network stay in the source's mapping while it lives (the guest's
-//! copy is the page server's placement): drop the source when the restore is complete
-//! ([`ObjectSource::complete`]) or the server stopped. Bytes read from the disk cache are
-//! not kept.
+//! Bytes fetched from the network land in the source's mapping, and stay there until the
+//! page server has placed every page of their chunk: the server tells the source what it
+//! placed ([`PageSource::placed`](userfaultfd::serve::PageSource::placed)), and a chunk
+//! placed whole is dropped (`MADV_DONTNEED`; [`Stats::chunks_released`]). So a restore
+//! does not hold the guest's memory twice: the source keeps only chunks in flight and
+//! chunks the guest has not touched in full (with fault-around, the pages near those it
+//! touched are placed with them). A page of a dropped chunk that the server asks for again
+//! (a duplicate fault on a page it placed, or a page the process discarded without the
+//! server being told: see `placed`) is answered with zeros, without a fetch
+//! ([`Stats::asked_after_release`]). Used without a page server (calling `fetch` directly),
+//! nothing is dropped. Bytes read from the disk cache are never kept. Serving the same bytes
+//! of the object into several regions at once needs [`Options::release_placed`] off.
 //!
 //! The page bitmap and the per-chunk state (a few bytes per chunk) are sized by the length
 //! the store reports, and allocated zeroed without being written: like the buffer, they take

@@ -12,7 +12,7 @@
 use std::alloc::Layout;
 use std::io;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 /// An anonymous, private, read-write mapping of `len` bytes, unmapped on drop.
 pub(crate) struct Buffer {
@@ -37,6 +37,8 @@ pub(crate) unsafe trait Zeroable {}
 unsafe impl Zeroable for AtomicU64 {}
 // SAFETY: as above.
 unsafe impl Zeroable for AtomicU8 {}
+// SAFETY: as above.
+unsafe impl Zeroable for AtomicU32 {}
 // SAFETY: AtomicBool has the representation of bool: a zero byte is `false`.
 unsafe impl Zeroable for AtomicBool {}
 
@@ -98,6 +100,19 @@ impl Buffer {
         unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(at), len) }
     }
 
+    /// Gives the memory of `[at, at + len)` back to the system (`MADV_DONTNEED`: it reads
+    /// as zeros afterwards, and takes memory again only where written).
+    ///
+    /// # Safety
+    ///
+    /// The range lies in the buffer and no page of it is marked arrived: nobody reads it
+    /// until it is written again.
+    pub(crate) unsafe fn discard(&self, at: usize, len: usize) {
+        debug_assert!(at + len <= self.len);
+        // SAFETY: advice on a range of our own mapping that holds no value anyone reads.
+        unsafe { libc::madvise(self.base.as_ptr().add(at).cast(), len, libc::MADV_DONTNEED) };
+    }
+
     /// The bytes `[at, at + len)` to read.
     ///
     /// # Safety
@@ -118,7 +133,9 @@ impl Drop for Buffer {
     }
 }
 
-/// One bit per page: set once the page's bytes have all arrived; never cleared.
+/// One bit per page: set once the page's bytes have all arrived (cleared when a chunk's
+/// bytes are dropped after the page server placed them all); also used for the pages
+/// placed.
 pub(crate) struct Arrived {
     words: Box<[AtomicU64]>,
     pages: usize,
@@ -136,19 +153,21 @@ impl Arrived {
         self.words[page / 64].load(Ordering::Acquire) & (1 << (page % 64)) != 0
     }
 
-    /// Marks `[from, to)` arrived (Release: their bytes are visible to whoever sees a bit).
-    pub(crate) fn set(&self, from: usize, to: usize) {
-        let mut i = from;
-        while i < to {
-            let word = i / 64;
-            let hi = to.min((word + 1) * 64);
-            let bits = if hi - i == 64 {
-                u64::MAX
-            } else {
-                ((1u64 << (hi - i)) - 1) << (i % 64)
-            };
-            self.words[word].fetch_or(bits, Ordering::Release);
-            i = hi;
+    /// Marks `[from, to)` arrived (Release: their bytes are visible to whoever sees a bit);
+    /// returns how many of them were not marked before.
+    pub(crate) fn set(&self, from: usize, to: usize) -> usize {
+        let mut new = 0;
+        for (word, bits) in words_of(from, to) {
+            let old = self.words[word].fetch_or(bits, Ordering::AcqRel);
+            new += (bits & !old).count_ones() as usize;
+        }
+        new
+    }
+
+    /// Unmarks `[from, to)`.
+    pub(crate) fn clear(&self, from: usize, to: usize) {
+        for (word, bits) in words_of(from, to) {
+            self.words[word].fetch_and(!bits, Ordering::AcqRel);
         }
     }
 
@@ -174,6 +193,25 @@ impl Arrived {
     }
 }
 
+/// The words of a page bitmap holding bits `[from, to)`, each with the mask of those bits.
+fn words_of(from: usize, to: usize) -> impl Iterator<Item = (usize, u64)> {
+    let mut i = from;
+    std::iter::from_fn(move || {
+        if i >= to {
+            return None;
+        }
+        let word = i / 64;
+        let hi = to.min((word + 1) * 64);
+        let bits = if hi - i == 64 {
+            u64::MAX
+        } else {
+            ((1u64 << (hi - i)) - 1) << (i % 64)
+        };
+        i = hi;
+        Some((word, bits))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,8 +228,11 @@ mod tests {
         a.set(130, 200);
         assert_eq!(a.run_end(3, 500), 200);
         assert!(a.all(3, 200) && !a.all(0, 10));
-        a.set(0, 64);
+        assert_eq!(a.set(0, 64), 3, "pages 0-2 were new");
         assert!(a.all(0, 64));
+        a.clear(60, 131);
+        assert!(a.all(0, 60) && !a.is_set(60) && !a.is_set(130) && a.is_set(131));
+        assert_eq!(a.set(0, 200), 71);
     }
 
     #[test]

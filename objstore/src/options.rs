@@ -64,6 +64,19 @@ pub struct Options {
     /// retry) and hands the rest of the chunk, from its first page not yet arrived, to the
     /// fetch threads ([`Stats::handoffs`](crate::Stats::handoffs)).
     pub background: bool,
+    /// Drop a chunk's bytes from the source's memory once the page server has placed every
+    /// page of it ([`PageSource::placed`](userfaultfd::serve::PageSource::placed)): a restore
+    /// then does not hold the guest's memory twice. A page of a dropped chunk asked for again
+    /// is answered with zeros: with one region per byte of the object, the page server asks
+    /// for a page it placed only on a duplicate fault (the page is present: the zero page
+    /// writes nothing) or for a page the process discarded without the server being told
+    /// (zeros are what a discarded page reads). Default `true`.
+    ///
+    /// Set it to `false` when the page server serves the same bytes of the object into
+    /// several regions at once: once one region has placed a chunk whole, the other
+    /// region's faults in it would get zeros (and bytes a worker was handed but has not yet
+    /// copied could be dropped under it).
+    pub release_placed: bool,
     /// Byte offsets in the object, in the order a previous run first touched them (a recorded
     /// working set): their chunks are fetched in that order, ahead of faults.
     pub working_set: Vec<u64>,
@@ -94,6 +107,7 @@ impl Default for Options {
             cache_dir: None,
             cache_budget: 64 << 30,
             background: false,
+            release_placed: true,
             working_set: Vec::new(),
             ca_certificates: None,
             progress: None,

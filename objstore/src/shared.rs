@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{fence, AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -16,12 +16,14 @@ use crate::remote::Remote;
 use crate::stats::Counters;
 use crate::Options;
 
-// A chunk's state: IDLE -> QUEUED -> RUNNING (claimed by one fetch thread) -> DONE or FAILED.
+// A chunk's state: IDLE -> QUEUED -> RUNNING (claimed by one fetch thread) -> DONE or FAILED;
+// DONE -> RELEASED once the page server placed all its pages (its bytes dropped; final).
 pub(crate) const IDLE: u8 = 0;
 pub(crate) const QUEUED: u8 = 1;
 pub(crate) const RUNNING: u8 = 2;
 pub(crate) const DONE: u8 = 3;
 pub(crate) const FAILED: u8 = 4;
+pub(crate) const RELEASED: u8 = 5;
 
 /// Everything the fetch threads and the page server's workers share.
 pub(crate) struct Shared {
@@ -33,6 +35,10 @@ pub(crate) struct Shared {
     pub(crate) pages: usize,
     pub(crate) buffer: Buffer,
     pub(crate) arrived: Arrived,
+    /// The pages the page server reported placed (`PageSource::placed`).
+    pub(crate) placed: Arrived,
+    /// Per chunk: how many of its pages are marked in `placed`.
+    pub(crate) placed_count: Box<[AtomicU32]>,
     pub(crate) state: Box<[AtomicU8]>,
     /// Parts of a running chunk still being fetched (1 or 2).
     pub(crate) parts_left: Box<[AtomicU8]>,
@@ -72,6 +78,8 @@ impl Shared {
         let pages = remote.len.div_ceil(page as u64) as usize;
         let chunks = pages.div_ceil(pages_per_chunk);
         let arrived = Arrived::new(pages)?;
+        let placed = Arrived::new(pages)?;
+        let placed_count = zeroed(chunks, "the chunks' placed counts")?;
         // IDLE is 0: zeroed states are idle chunks.
         let state = zeroed(chunks, "the chunk states")?;
         let parts_left = zeroed(chunks, "the chunk parts")?;
@@ -82,6 +90,8 @@ impl Shared {
         Ok(Shared {
             buffer,
             arrived,
+            placed,
+            placed_count,
             state,
             parts_left,
             errors: Mutex::new(HashMap::new()),
@@ -236,6 +246,67 @@ impl Shared {
                 self.want(page / self.pages_per_chunk, page, Priority::Prefetch);
             }
         }
+    }
+
+    /// The page server placed pages `[from, to)`: a chunk whose every page is placed has its
+    /// bytes dropped (see [`release`](Self::release)).
+    pub(crate) fn placed(&self, from: usize, to: usize) {
+        let to = to.min(self.pages);
+        let mut page = from;
+        while page < to {
+            let k = page / self.pages_per_chunk;
+            let (a, b) = self.chunk_pages(k);
+            let end = to.min(b);
+            let new = self.placed.set(page, end) as u32;
+            // SeqCst, with `chunk_done`'s store of DONE and load of the count: one of the
+            // two sees the other's change, so a chunk placed whole before its fetch ended
+            // is released when it ends.
+            if new > 0
+                && self.placed_count[k].fetch_add(new, Ordering::SeqCst) + new == (b - a) as u32
+            {
+                self.release(k);
+            }
+            page = end;
+        }
+    }
+
+    /// Whether every page of chunk `k` has been reported placed.
+    pub(crate) fn all_placed(&self, k: usize) -> bool {
+        let (a, b) = self.chunk_pages(k);
+        self.placed_count[k].load(Ordering::SeqCst) as usize == b - a
+    }
+
+    /// Drops the bytes of chunk `k`, every page of which the page server placed, unless they
+    /// are not (all) in the buffer (fetching, failed, or answered from the disk cache).
+    ///
+    /// Final: the page server asks for a page it placed only in the cases
+    /// `PageSource::placed` lists, and the source then answers zeros (`ObjectSource::fetch`)
+    /// instead of fetching the chunk again: a duplicate fault (the zero page finds the page
+    /// present: nothing written, the thread woken) or a page the process discarded without
+    /// the server being told (zeros are what a discarded page reads). A fetch that read a
+    /// page's arrived bit before it was cleared here and copies after the `MADV_DONTNEED`
+    /// copies zeros, into the same two kinds of page. Serving the same bytes into two
+    /// regions is the case where zeros would be wrong: `Options::release_placed` off.
+    pub(crate) fn release(&self, k: usize) {
+        if self.state[k]
+            .compare_exchange(DONE, RELEASED, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return;
+        }
+        let (a, b) = self.chunk_pages(k);
+        // Unmarked first: a fault from now on is answered with zeros instead of reading the
+        // buffer.
+        self.arrived.clear(a, b);
+        // SAFETY: the chunk's pages lie in the buffer, none is marked arrived, and no fetch
+        // writes them (RELEASED is final: the chunk is never fetched again).
+        unsafe { self.buffer.discard(a * self.page, (b - a) * self.page) };
+        self.counters.released(((b - a) * self.page) as u64);
+    }
+
+    /// Whether chunk `k`'s bytes were dropped after the page server placed them all.
+    pub(crate) fn released(&self, k: usize) -> bool {
+        self.state[k].load(Ordering::Acquire) == RELEASED
     }
 
     /// Wakes the threads in `wait_for`, after a change they wait on (pages marked arrived,

@@ -88,7 +88,9 @@ impl ObjectSource {
         self.shared.cache.as_ref().and_then(DiskCache::error)
     }
 
-    /// Whether the page holding byte `offset` of the object has arrived.
+    /// Whether the page holding byte `offset` of the object is in the source's memory: it
+    /// has arrived and has not been dropped since (after the page server placed its whole
+    /// chunk).
     pub fn arrived(&self, offset: u64) -> bool {
         let page = (offset / self.shared.page as u64) as usize;
         page < self.shared.pages && self.shared.local(page)
@@ -106,12 +108,13 @@ impl ObjectSource {
         Some(userfaultfd::serve::SnapshotId::new(self.len(), tag))
     }
 
-    /// Whether every page of the object has arrived.
+    /// Whether every page of the object has arrived (each chunk in memory, in the disk cache,
+    /// or placed whole by the page server and dropped).
     pub fn complete(&self) -> bool {
         let s = &*self.shared;
         (0..s.chunks).all(|k| {
             let (a, b) = s.chunk_pages(k);
-            s.cached(k) || s.arrived.all(a, b)
+            s.cached(k) || s.arrived.all(a, b) || s.released(k)
         })
     }
 }
@@ -168,6 +171,23 @@ impl PageSource for ObjectSource {
         self.shared.remote.len
     }
 
+    /// Drops the bytes of every chunk whose pages have all been placed: the source's memory
+    /// then holds only what is fetched and not yet placed (see the crate docs, "Memory").
+    fn placed(&self, offset: u64, len: usize) {
+        let s = &*self.shared;
+        if !s.opts.release_placed {
+            return;
+        }
+        let page = s.page as u64;
+        // Whole pages inside the object only (the page server reports what it placed from
+        // this source, so anything else is ignored rather than trusted).
+        let first = offset.div_ceil(page);
+        let end = offset.saturating_add(len as u64) / page;
+        if first < end && first < s.pages as u64 {
+            s.placed(first as usize, end.min(s.pages as u64) as usize);
+        }
+    }
+
     fn fetch<'a>(
         &'a self,
         offset: u64,
@@ -189,7 +209,16 @@ impl PageSource for ObjectSource {
             ));
         }
         let page = page as usize;
-        s.read_ahead(page / s.pages_per_chunk);
+        let chunk = page / s.pages_per_chunk;
+        s.read_ahead(chunk);
+        if !s.arrived.is_set(page) && s.released(chunk) {
+            // Asked again for a page of a chunk the page server placed whole: a duplicate
+            // fault (the page is present) or a page discarded without the server being told.
+            // Zeros are right for both (`Shared::release`), and cost no fetch.
+            s.counters.asked_after_release();
+            let (_, end) = s.chunk_pages(chunk);
+            return Ok(Chunk::Zeros(len.min((end - page) * s.page)));
+        }
         if !s.arrived.is_set(page) {
             if let Some(bytes) = s.read_cached(page, len, scratch) {
                 return Ok(Chunk::Data(bytes));

@@ -18,6 +18,9 @@ pub(crate) struct Counters {
     handoffs: AtomicU64,
     cache_verified: AtomicU64,
     cache_discarded: AtomicU64,
+    chunks_released: AtomicU64,
+    bytes_released: AtomicU64,
+    asked_after_release: AtomicU64,
 }
 
 impl Counters {
@@ -52,6 +55,13 @@ impl Counters {
     pub(crate) fn chunk_done(&self) {
         self.chunks_fetched.fetch_add(1, Relaxed);
     }
+    pub(crate) fn asked_after_release(&self) {
+        self.asked_after_release.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn released(&self, bytes: u64) {
+        self.chunks_released.fetch_add(1, Relaxed);
+        self.bytes_released.fetch_add(bytes, Relaxed);
+    }
 
     pub(crate) fn snapshot(&self) -> Stats {
         Stats {
@@ -66,6 +76,9 @@ impl Counters {
             handoffs: self.handoffs.load(Relaxed),
             cache_verified: self.cache_verified.load(Relaxed),
             cache_discarded: self.cache_discarded.load(Relaxed),
+            chunks_released: self.chunks_released.load(Relaxed),
+            bytes_released: self.bytes_released.load(Relaxed),
+            asked_after_release: self.asked_after_release.load(Relaxed),
         }
     }
 }
@@ -99,6 +112,14 @@ pub struct Stats {
     /// Chunks of the disk cache whose checksum did not match on their first read: dropped
     /// from the cache, never served, fetched again from the store.
     pub cache_discarded: u64,
+    /// Chunks whose bytes were dropped from the source's memory because the page server
+    /// had placed every page of them ([`PageSource::placed`](userfaultfd::serve::PageSource::placed)).
+    pub chunks_released: u64,
+    /// The bytes those chunks held.
+    pub bytes_released: u64,
+    /// Requests for pages of those chunks, answered with zeros: duplicate faults on pages
+    /// already placed, or pages the process discarded without the server being told.
+    pub asked_after_release: u64,
 }
 
 impl Stats {
@@ -129,13 +150,14 @@ impl fmt::Display for Line<'_> {
         write!(
             f,
             "objstore: {mib:.1} MiB fetched in {secs:.1} s ({:.1} MiB/s), {} requests, {} retries, \
-             {} hedged, cache: {} reads ({:.1} MiB)",
+             {} hedged, cache: {} reads ({:.1} MiB), {:.1} MiB placed and dropped",
             mib / secs,
             s.requests,
             s.retries,
             s.hedges,
             s.cache_reads,
-            s.cache_bytes as f64 / (1 << 20) as f64
+            s.cache_bytes as f64 / (1 << 20) as f64,
+            s.bytes_released as f64 / (1 << 20) as f64
         )
     }
 }
@@ -158,11 +180,14 @@ mod tests {
             handoffs: 0,
             cache_verified: 3,
             cache_discarded: 0,
+            chunks_released: 8,
+            bytes_released: 32 << 20,
+            asked_after_release: 1,
         };
         assert_eq!(
             s.line(Duration::from_secs(2)),
             "objstore: 48.0 MiB fetched in 2.0 s (24.0 MiB/s), 12 requests, 2 retries, \
-             1 hedged, cache: 3 reads (1.0 MiB)"
+             1 hedged, cache: 3 reads (1.0 MiB), 32.0 MiB placed and dropped"
         );
     }
 }

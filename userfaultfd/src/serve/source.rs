@@ -69,13 +69,17 @@ pub trait PageSource: Send + Sync {
     /// recorded them placed and does not ask for them again. A source that keeps what it
     /// fetched only to serve it (a network cache) may drop those bytes.
     ///
-    /// The server asks again for a placed page only when the process faults on it after
-    /// discarding it without the server being told (an `madvise` the descriptor has no event
-    /// for): what that page held was given up, so any answer is valid there — but it must be
-    /// a valid answer (a source that dropped the bytes fetches them again, or answers for a
-    /// page it no longer has the same way it answers any other). A range may be reported
-    /// more than once (two workers placing overlapping blocks: the second finds the pages
-    /// present). Pages placed as zeros (a discarded page, a source's [`Chunk::Zeros`], a
+    /// Reported bytes may still be asked for, in three cases: a duplicate fault (a second
+    /// thread faulted on the page before the first placement, or two workers placed
+    /// overlapping blocks: the placement finds the page present, writes nothing and wakes
+    /// the thread); a page the process discarded without the server being told (an
+    /// `madvise` the descriptor has no event for: the placement replaces what the process
+    /// gave up, where a discarded page elsewhere reads zeros); and a second region served
+    /// from the same bytes of the source (each region's placements are reported). In the
+    /// first two, any answer is safe and zeros are the natural one; in the third, only the
+    /// bytes themselves are right, so a source that drops what was placed must either
+    /// fetch it again or not be used for such a layout. The same range may be reported more
+    /// than once. Pages placed as zeros (a discarded page, a source's [`Chunk::Zeros`], a
     /// hole) are not reported.
     ///
     /// Called on the thread that placed them, right after the placement, while the server's

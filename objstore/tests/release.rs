@@ -1,0 +1,125 @@
+//! The source drops a chunk's bytes once the page server has placed every page of it
+//! (`PageSource::placed`), so a restore does not hold the guest's memory twice; a page of a
+//! dropped chunk asked for again (a duplicate fault, a discard the server was not told of)
+//! is answered with zeros, never fetched again.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::nginx::Nginx;
+use support::restore::{shuffled, Restore, PAGE};
+use support::write_snapshot;
+use userfaultfd::serve::{Chunk, PageSource};
+use userfaultfd_objstore::{open, Options};
+
+const MIB: u64 = 1 << 20;
+
+fn options() -> Options {
+    let mut o = Options::default();
+    o.chunk_size = 1 << 20;
+    o.parallelism = 4;
+    o.hedge_after = None;
+    o.deadline = Duration::from_secs(60);
+    o
+}
+
+/// The bytes of page `offset` as the source answers them now.
+fn fetch_page(source: &dyn PageSource, offset: u64) -> Vec<u8> {
+    let mut scratch = vec![0u8; PAGE];
+    match source.fetch(offset, PAGE, &mut scratch).unwrap() {
+        Chunk::Data(d) => d[..PAGE].to_vec(),
+        Chunk::Zeros(_) => panic!("zeros"),
+    }
+}
+
+#[test]
+fn chunks_placed_whole_are_dropped() {
+    let Some(nginx) = Nginx::start() else { return };
+    let len = 16 * MIB;
+    write_snapshot(&nginx.www().join("mem"), 21, len);
+    let source = open(&nginx.url("mem"), &options()).unwrap();
+    // Two workers and two touching threads: duplicate faults, overlapping blocks.
+    let restore = Restore::start(source.clone(), len as usize, 2);
+    restore
+        .touch(
+            &shuffled(len as usize / PAGE, 21),
+            2,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert_eq!(restore.mismatches(21), Vec::<usize>::new());
+    // The last placements are reported just after their faulting threads were woken.
+    let until = Instant::now() + Duration::from_secs(30);
+    while source.stats().chunks_released < 16 {
+        assert!(Instant::now() < until, "{:?}", source.stats());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let stats = source.stats();
+    assert_eq!((stats.chunks_released, stats.bytes_released), (16, len));
+    assert_eq!(
+        stats.chunks_fetched, 16,
+        "a dropped chunk was fetched again: {stats:?}"
+    );
+    let kept: Vec<u64> = (0..16).filter(|&k| source.arrived(k * MIB)).collect();
+    assert!(
+        kept.is_empty(),
+        "chunks {kept:?} read as arrived: {stats:?}"
+    );
+    assert!(source.complete(), "every chunk arrived (and was dropped)");
+    // Asked again (a duplicate fault): zeros, no request.
+    let mut scratch = vec![0u8; 2 * PAGE];
+    match source.fetch(5 * MIB, 2 * PAGE, &mut scratch).unwrap() {
+        Chunk::Zeros(n) => assert_eq!(n, 2 * PAGE),
+        Chunk::Data(_) => panic!("data from a dropped chunk"),
+    }
+    let after = source.stats();
+    assert_eq!(after.requests, stats.requests, "{after:?}");
+    assert_eq!(after.asked_after_release, stats.asked_after_release + 1);
+    // The restored memory is untouched by all this.
+    assert_eq!(restore.mismatches(21), Vec::<usize>::new());
+}
+
+/// Without a page server (nothing reported placed), nothing is dropped; reports of ranges
+/// outside the object or of partial pages are ignored.
+#[test]
+fn nothing_is_dropped_unless_placed_whole() {
+    let Some(nginx) = Nginx::start() else { return };
+    let len = 4 * MIB;
+    write_snapshot(&nginx.www().join("mem"), 22, len);
+    let source = open(&nginx.url("mem"), &options()).unwrap();
+    for k in 0..4 {
+        fetch_page(&*source, k * MIB);
+    }
+    let until = Instant::now() + Duration::from_secs(30);
+    while !source.complete() {
+        assert!(Instant::now() < until, "{:?}", source.stats());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Chunk 0 placed but its last page; chunk 1 by halves, the second one partial; then
+    // ranges past the end.
+    source.placed(0, MIB as usize - PAGE);
+    source.placed(MIB, MIB as usize / 2);
+    source.placed(MIB + MIB / 2 + 1, MIB as usize / 2 - 1);
+    source.placed(len, PAGE);
+    source.placed(u64::MAX - 5, 10);
+    assert_eq!(source.stats().chunks_released, 0);
+    assert!((0..4).all(|k| source.arrived(k * MIB)));
+    // The rest of chunk 0: dropped.
+    source.placed(MIB - PAGE as u64, PAGE);
+    assert_eq!(source.stats().chunks_released, 1);
+    assert!(!source.arrived(0) && source.arrived(MIB));
+    // With `release_placed` off, a chunk placed whole stays.
+    let mut opts = options();
+    opts.release_placed = false;
+    let kept = open(&nginx.url("mem"), &opts).unwrap();
+    fetch_page(&*kept, 0);
+    let until = Instant::now() + Duration::from_secs(30);
+    while !kept.arrived(MIB - PAGE as u64) {
+        assert!(Instant::now() < until, "{:?}", kept.stats());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    kept.placed(0, MIB as usize);
+    assert_eq!(kept.stats().chunks_released, 0);
+    assert!(kept.arrived(0));
+}
