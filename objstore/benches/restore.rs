@@ -260,4 +260,31 @@ fn main() {
         "objstore, working set given, no touches (prefetch alone)",
         runs,
     );
+
+    // What the source still holds once a restore has touched everything: the chunks it
+    // fetched, less those it dropped after the page server placed them whole.
+    println!();
+    println!("| touch (cold, defaults) | fetched | dropped after placement | held by the source after the restore |");
+    println!("|---|---|---|---|");
+    for (name, order) in [
+        ("sequential", (0..pages).collect::<Vec<_>>()),
+        ("random", shuffled(pages, 1)),
+    ] {
+        let s = open(&url, &cold).unwrap();
+        let r = Restore::start_with(s.clone(), len, 1, None);
+        r.touch(&order, 1, Duration::from_secs(3600)).unwrap();
+        // The last placements are reported just after the faulting thread was woken.
+        let until = Instant::now() + Duration::from_secs(5);
+        while s.stats().bytes_released < s.stats().bytes_fetched && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let st = s.stats();
+        let mib = |b: u64| format!("{:.0} MiB", b as f64 / (1 << 20) as f64);
+        println!(
+            "| {name} | {} | {} | {} |",
+            mib(st.bytes_fetched),
+            mib(st.bytes_released),
+            mib(st.bytes_fetched - st.bytes_released)
+        );
+    }
 }
