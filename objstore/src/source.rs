@@ -192,7 +192,7 @@ impl PageSource for ObjectSource {
         &'a self,
         offset: u64,
         len: usize,
-        scratch: &'a mut [u8],
+        _scratch: &'a mut [u8],
     ) -> io::Result<Chunk<'a>> {
         let s = &*self.shared;
         let page = offset / s.page as u64;
@@ -211,27 +211,28 @@ impl PageSource for ObjectSource {
         let page = page as usize;
         let chunk = page / s.pages_per_chunk;
         s.read_ahead(chunk);
-        if !s.arrived.is_set(page) && s.released(chunk) {
-            // Asked again for a page of a chunk the page server placed whole: a duplicate
-            // fault (the page is present) or a page discarded without the server being told.
-            // Zeros are right for both (`Shared::release`), and cost no fetch.
-            s.counters.asked_after_release();
-            let (_, end) = s.chunk_pages(chunk);
-            return Ok(Chunk::Zeros(len.min((end - page) * s.page)));
-        }
-        if !s.arrived.is_set(page) {
-            if let Some(bytes) = s.read_cached(page, len, scratch) {
-                return Ok(Chunk::Data(bytes));
-            }
+        if !s.arrived.is_set(page) && !s.released(chunk) && !s.load_cached(chunk) {
             s.counters.wait();
             s.demand(page);
             s.wait_for(page)?;
         }
         let want = len.div_ceil(s.page);
         let run = s.arrived.run_end(page, page + want) - page;
+        if run == 0 {
+            // The chunk was placed whole by the page server and dropped (before this call,
+            // or while it waited): this is a duplicate fault (the page is present) or a page
+            // discarded without the server being told. Zeros are right for both
+            // (`Shared::release`), and cost no fetch.
+            debug_assert!(s.released(chunk));
+            s.counters.asked_after_release();
+            let (_, end) = s.chunk_pages(chunk);
+            return Ok(Chunk::Zeros(len.min((end - page) * s.page)));
+        }
         let bytes = (run * s.page).min(len);
         // SAFETY: pages `[page, page + run)` have arrived (bitmap, Acquire), so their bytes
-        // are written and never written again; the buffer is `pages * page` bytes long.
+        // are written and not written again; the buffer is `pages * page` bytes long. (If
+        // the chunk is dropped meanwhile, the bytes read as zeros: see `Shared::release` for
+        // why a copy of them is then harmless.)
         Ok(Chunk::Data(unsafe {
             s.buffer.read_slice(page * s.page, bytes)
         }))
