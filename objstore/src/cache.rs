@@ -8,17 +8,16 @@
 //! `fdatasync` of `.data`, so a chunk marked present is on disk even after a crash (a crash
 //! before it loses only the marks: those chunks are fetched again).
 //!
-//! A chunk is read back whole the first time a fault wants one of its pages, by one thread
-//! (the chunk is claimed as for a fetch; faults on it meanwhile wait for it as for a
-//! fetch), straight into the source's memory, hashed on the way and compared with its
-//! checksum. A match makes the chunk's pages arrived, exactly as if it had been fetched:
-//! later faults copy from memory, and the page server's placements let the source drop it
-//! again (one `pread` per chunk, no hashing per fault, no second read of any byte). A
-//! mismatch (bit rot, a torn write, the file changed behind the cache's back) drops the
-//! chunk from the cache — it is fetched from the store instead, written again, and counted
-//! in [`Stats::cache_discarded`](crate::Stats::cache_discarded) — and its bytes are never
-//! served. Bytes that rot after they were read are not detected (the next source checks
-//! them again).
+//! A chunk is verified once per source, when it is first read back: the whole chunk is read
+//! and hashed (the part a fault asked for copied out on the way), and compared with its
+//! checksum. A match marks it verified, and every later fault on it is one `pread` of just
+//! its pages, as before: the warm path does no hashing. (Faults racing on a chunk's first
+//! read each verify it: rare, and no bytes are served unverified.) A mismatch (bit rot, a torn write,
+//! the file changed behind the cache's back) drops the chunk from the cache — it is fetched
+//! again from the store, written again, and counted in
+//! [`Stats::cache_discarded`](crate::Stats::cache_discarded) — and its bytes are never
+//! served. Bytes of a verified chunk that rot later, while the source lives, are not
+//! detected (the next source verifies them again).
 //!
 //! Opening a version deletes the files of the object's other versions (a changed object
 //! invalidates its cache), and the least recently opened objects' files while the directory
@@ -42,7 +41,7 @@ use crate::sigv4::sha256_hex;
 /// The map's header. (Version 01 had no checksums: its marks are void.)
 const MAGIC: &[u8; 8] = b"UFOBJC02";
 
-/// Bytes read and hashed at a time when a chunk is loaded.
+/// Bytes read and hashed at a time when a chunk is verified.
 const VERIFY_STEP: usize = 256 << 10;
 
 /// The checksum kept for a chunk's bytes: never 0, which means absent.
@@ -53,8 +52,8 @@ fn checksum(data: &[u8]) -> u64 {
 /// What reading a chunk back for the first time found.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Verified {
-    /// Its checksum matched: the chunk's bytes are in the buffer given (`true` the first
-    /// time for this source, which counts it).
+    /// Its checksum matched: the bytes asked for are in the buffer given (`true` for the
+    /// caller that marked it verified, which counts it).
     Intact(bool),
     /// It did not: the chunk was dropped from the cache (`true` for the caller that
     /// dropped it, which counts it).
@@ -200,22 +199,38 @@ impl DiskCache {
         !self.disabled.load(Ordering::Acquire) && self.sums[chunk].load(Ordering::Acquire) != 0
     }
 
-    /// Reads chunk `chunk` (the object's bytes `span`) back whole into `dst` (`span`'s
-    /// length), hashing it as it goes, and compares the hash with the chunk's checksum. A
-    /// mismatch drops the chunk from the cache (fetched again, written again): the caller
-    /// must not use `dst`'s bytes. A short read or an I/O error disables the cache.
-    pub(crate) fn load(
+    /// Whether chunk `chunk` was found intact (or written) by this source.
+    pub(crate) fn verified(&self, chunk: usize) -> bool {
+        self.verified[chunk].load(Ordering::Acquire)
+    }
+
+    /// Reads chunk `chunk` (the object's bytes `span`) back whole, hashing it, and copies
+    /// the bytes at `offset` (inside `span`) into `dst` on the way. A mismatch drops the
+    /// chunk from the cache (fetched again, written again). A short read or an I/O error
+    /// disables the cache.
+    pub(crate) fn verify(
         &self,
         chunk: usize,
         span: Range<u64>,
+        offset: u64,
         dst: &mut [u8],
     ) -> io::Result<Verified> {
-        debug_assert_eq!(dst.len() as u64, span.end - span.start);
         let want = self.sums[chunk].load(Ordering::Acquire);
         let mut hash = Xxh64::new();
-        for (i, piece) in dst.chunks_mut(VERIFY_STEP).enumerate() {
-            self.read(span.start + (i * VERIFY_STEP) as u64, piece)?;
-            hash.update(piece);
+        let mut piece = vec![0u8; VERIFY_STEP.min((span.end - span.start) as usize)];
+        let mut at = span.start;
+        while at < span.end {
+            let n = piece.len().min((span.end - at) as usize);
+            self.read(at, &mut piece[..n])?;
+            hash.update(&piece[..n]);
+            // The part of `[offset, offset + dst.len())` in this piece.
+            let from = at.max(offset);
+            let to = (at + n as u64).min(offset + dst.len() as u64);
+            if from < to {
+                dst[(from - offset) as usize..(to - offset) as usize]
+                    .copy_from_slice(&piece[(from - at) as usize..(to - at) as usize]);
+            }
+            at += n as u64;
         }
         if hash.finish().max(1) == want {
             let first = !self.verified[chunk].swap(true, Ordering::AcqRel);

@@ -90,18 +90,19 @@
 //! that directory, keyed by the object's name, ETag, length and the chunk size, with a map of
 //! the chunks present (made durable with `fdatasync` before it is written, when the object is
 //! complete and when the source is dropped). The next restore of the same object version on
-//! this host reads those chunks from the file instead of the network (nothing from the
-//! network but the first 1-byte request that checks the ETag): a chunk's first fault reads
-//! it whole with `pread` into the source's memory, where it then is as if fetched. A changed object (another ETag) deletes the old version's files. The directory
+//! this host answers faults on those chunks with `pread` from the file straight into the
+//! worker's buffer: nothing from the network but the first 1-byte request that checks the
+//! ETag. A changed object (another ETag) deletes the old version's files. The directory
 //! holds at most [`Options::cache_budget`] bytes: opening an object deletes the least
 //! recently opened objects' files to make room, and chunks past the budget are not written.
 //! The cache is read with `pread`, never mapped: a failing cache disk turns the cache off
 //! ([`ObjectSource::cache_error`]) and the chunks come from the network, never `SIGBUS`.
 //!
-//! Each cached chunk has a checksum (XXH64, in the map), checked as the chunk is read (once:
-//! later faults copy from memory, unhashed). A chunk whose checksum does not match is never
-//! served: it is dropped from the cache, fetched again from the store and written again
-//! ([`Stats::cache_discarded`]).
+//! Each cached chunk has a checksum (XXH64, in the map). A chunk is verified once per
+//! source, on its first read: read whole and hashed, the part the fault asked for copied
+//! out on the way; later faults on it are one `pread` of their pages, unhashed. A chunk whose
+//! checksum does not match is never served: it is dropped from the cache, fetched again
+//! from the store and written again ([`Stats::cache_discarded`]).
 //!
 //! # Memory
 //!

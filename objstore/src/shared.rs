@@ -133,68 +133,49 @@ impl Shared {
         self.arrived.is_set(page) || self.cached(page / self.pages_per_chunk)
     }
 
-    /// Loads chunk `k` from the disk cache into the buffer, checked against its checksum,
-    /// unless it is not in the cache or another thread has it (fetching or loading it:
-    /// the caller then waits for its page as for any fetch in flight). Returns whether
-    /// the chunk's pages have arrived. A chunk that fails its check is dropped from the
-    /// cache and queued for the store (its waiters wait on); a failed read turns the cache
-    /// off and leaves the chunk to the store the same way.
-    pub(crate) fn load_cached(&self, k: usize) -> bool {
-        let Some(cache) = &self.cache else {
-            return false;
-        };
-        if !cache.has(k) {
-            return false;
+    /// Answers a fault on `page` from the disk cache, into `scratch`: `None` when its chunk
+    /// is not there or the read failed (the cache is then off).
+    pub(crate) fn read_cached<'a>(
+        &self,
+        page: usize,
+        len: usize,
+        scratch: &'a mut [u8],
+    ) -> Option<&'a [u8]> {
+        let k = page / self.pages_per_chunk;
+        if !self.cached(k) {
+            return None;
         }
-        let claimed = [IDLE, QUEUED].iter().any(|&from| {
-            self.state[k]
-                .compare_exchange(from, RUNNING, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        });
-        if !claimed {
-            return false;
-        }
-        let (a, b) = self.chunk_pages(k);
-        let start = (a * self.page) as u64;
-        let end = ((b * self.page) as u64).min(self.remote.len);
-        let bytes = (end - start) as usize;
-        // SAFETY: the chunk lies in the buffer; this thread owns it (RUNNING, claimed above:
-        // no fetch writes it), and none of its pages is marked arrived (it was IDLE or QUEUED,
-        // never DONE: DONE becomes RELEASED, never IDLE).
-        let dst = unsafe { self.buffer.write_slice(a * self.page, bytes) };
-        match cache.load(k, start..end, dst) {
-            Ok(Verified::Intact(first)) => {
-                if first {
-                    self.counters.cache_verified();
+        let (_, end) = self.chunk_pages(k);
+        let n = len.min((end - page) * self.page);
+        let offset = (page * self.page) as u64;
+        // The last page of the object may be partial: its tail is zeros.
+        let data = n.min((self.remote.len - offset) as usize);
+        let buf = &mut scratch[..n];
+        let cache = self.cache.as_ref()?;
+        if cache.verified(k) {
+            // The warm path: one pread of the pages asked for.
+            cache.read(offset, &mut buf[..data]).ok()?;
+        } else {
+            // The chunk's first read: whole, checked against its checksum.
+            let (a, b) = self.chunk_pages(k);
+            let span = (a * self.page) as u64..((b * self.page) as u64).min(self.remote.len);
+            match cache.verify(k, span, offset, &mut buf[..data]).ok()? {
+                Verified::Intact(first) => {
+                    if first {
+                        self.counters.cache_verified();
+                    }
                 }
-                self.counters.cache_hit(bytes as u64);
-                self.arrived.set(a, b);
-                self.state[k].store(DONE, Ordering::SeqCst);
-                self.done.fetch_add(1, Ordering::AcqRel);
-                self.notify();
-                if self.opts.release_placed && self.all_placed(k) {
-                    self.release(k);
+                Verified::Corrupt(dropped) => {
+                    if dropped {
+                        self.counters.cache_discarded();
+                    }
+                    return None; // fetched from the store instead
                 }
-                true
-            }
-            Ok(Verified::Corrupt(dropped)) => {
-                if dropped {
-                    self.counters.cache_discarded();
-                }
-                self.state[k].store(IDLE, Ordering::Release);
-                // Its waiters (if any) wait for the store's copy; this thread's caller asks
-                // for it itself.
-                self.want(k, a, Priority::Demand);
-                self.notify();
-                false
-            }
-            Err(_) => {
-                self.state[k].store(IDLE, Ordering::Release);
-                self.want(k, a, Priority::Demand);
-                self.notify();
-                false
             }
         }
+        buf[data..].fill(0);
+        self.counters.cache_hit(n as u64);
+        Some(buf)
     }
 
     /// Queues `chunk` (from `page`) with `priority` unless it is already running or done.

@@ -192,7 +192,7 @@ impl PageSource for ObjectSource {
         &'a self,
         offset: u64,
         len: usize,
-        _scratch: &'a mut [u8],
+        scratch: &'a mut [u8],
     ) -> io::Result<Chunk<'a>> {
         let s = &*self.shared;
         let page = offset / s.page as u64;
@@ -211,7 +211,10 @@ impl PageSource for ObjectSource {
         let page = page as usize;
         let chunk = page / s.pages_per_chunk;
         s.read_ahead(chunk);
-        if !s.arrived.is_set(page) && !s.released(chunk) && !s.load_cached(chunk) {
+        if !s.arrived.is_set(page) && !s.released(chunk) {
+            if let Some(bytes) = s.read_cached(page, len, scratch) {
+                return Ok(Chunk::Data(bytes));
+            }
             s.counters.wait();
             s.demand(page);
             s.wait_for(page)?;

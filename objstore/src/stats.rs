@@ -95,7 +95,7 @@ pub struct Stats {
     pub retries: u64,
     /// Hedged requests sent.
     pub hedges: u64,
-    /// Chunks read from the disk cache (each once, whole, into the source's memory).
+    /// Page-server reads answered from the disk cache (`pread` into the worker's buffer).
     pub cache_reads: u64,
     /// Bytes read from the disk cache.
     pub cache_bytes: u64,
