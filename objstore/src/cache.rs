@@ -8,9 +8,11 @@
 //! `fdatasync` of `.data`, so a chunk marked present is on disk even after a crash (a crash
 //! before it loses only the marks: those chunks are fetched again).
 //!
-//! A chunk is verified once per source, when it is first read back: the whole chunk is read
-//! and hashed (the part a fault asked for copied out on the way), and compared with its
-//! checksum. A match marks it verified, and every later fault on it is one `pread` of just
+//! A chunk is verified once per source, before it is first served: a thread started with
+//! the source reads back every cached chunk ahead of the faults (the working set's first),
+//! and a fault that reaches a chunk not yet checked checks it itself (the part it asked for
+//! copied out on the way). Verifying reads the whole chunk, hashes it, and compares it with
+//! its checksum. A match marks it verified, and every later fault on it is one `pread` of just
 //! its pages, as before: the warm path does no hashing. (Faults racing on a chunk's first
 //! read each verify it: rare, and no bytes are served unverified.) A mismatch (bit rot, a torn write,
 //! the file changed behind the cache's back) drops the chunk from the cache — it is fetched

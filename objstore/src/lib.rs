@@ -99,8 +99,9 @@
 //! ([`ObjectSource::cache_error`]) and the chunks come from the network, never `SIGBUS`.
 //!
 //! Each cached chunk has a checksum (XXH64, in the map). A chunk is verified once per
-//! source, on its first read: read whole and hashed, the part the fault asked for copied
-//! out on the way; later faults on it are one `pread` of their pages, unhashed. A chunk whose
+//! source, read whole and hashed: by a thread that checks the cached chunks ahead of the
+//! faults from `open` on (the working set's first), or by the first fault that gets there
+//! before it; faults on a verified chunk are one `pread` of their pages, unhashed. A chunk whose
 //! checksum does not match is never served: it is dropped from the cache, fetched again
 //! from the store and written again ([`Stats::cache_discarded`]).
 //!

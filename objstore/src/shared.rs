@@ -178,6 +178,47 @@ impl Shared {
         Some(buf)
     }
 
+    /// Checks the disk cache's chunks against their checksums ahead of the faults, so that a
+    /// fault on a cached chunk is one `pread` of its pages (a chunk not yet checked is
+    /// checked by its first fault, on the fault's time): the working set's chunks first, in
+    /// its order, then every chunk in order. Runs on a thread of its own from `open` until
+    /// done or the source is closed; a chunk that fails its check is dropped from the cache
+    /// (a fault then fetches it from the store); a read error turns the cache off and ends
+    /// the thread. Reading a chunk back costs about what the page server's copy of it does,
+    /// on a CPU the faults do not use: a warm restore then costs its copies, not its checks.
+    pub(crate) fn verify_loop(&self) {
+        let Some(cache) = &self.cache else { return };
+        let ws = self
+            .opts
+            .working_set
+            .iter()
+            .filter(|&&offset| offset < self.remote.len)
+            .map(|&offset| (offset / self.page as u64) as usize / self.pages_per_chunk);
+        for k in ws.chain(0..self.chunks) {
+            if self.closed.load(Ordering::Acquire) {
+                return;
+            }
+            if !cache.has(k) || cache.verified(k) {
+                continue;
+            }
+            let (a, b) = self.chunk_pages(k);
+            let span = (a * self.page) as u64..((b * self.page) as u64).min(self.remote.len);
+            match cache.verify(k, span.clone(), span.start, &mut []) {
+                Ok(Verified::Intact(first)) => {
+                    if first {
+                        self.counters.cache_verified();
+                    }
+                }
+                Ok(Verified::Corrupt(dropped)) => {
+                    if dropped {
+                        self.counters.cache_discarded();
+                    }
+                }
+                Err(_) => return, // the cache is off
+            }
+        }
+    }
+
     /// Queues `chunk` (from `page`) with `priority` unless it is already running or done.
     pub(crate) fn want(&self, chunk: usize, page: usize, priority: Priority) {
         if self.cached(chunk) {

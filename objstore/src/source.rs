@@ -36,6 +36,14 @@ impl ObjectSource {
                 return Err(e);
             }
         }
+        if shared.cache.is_some() {
+            // Checks the cached chunks ahead of the faults (see `Shared::verify_loop`); if
+            // it cannot start, each chunk is checked by its first fault instead.
+            let s = shared.clone();
+            let _ = std::thread::Builder::new()
+                .name("objstore-verify".into())
+                .spawn(move || s.verify_loop());
+        }
         if shared.opts.background {
             for i in 0..crate::background::threads(shared.opts.parallelism) {
                 let s = shared.clone();
