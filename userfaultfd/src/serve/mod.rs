@@ -54,6 +54,10 @@
 //!   `mremap` waiting for them) and new faults are read while fetches wait, and several
 //!   workers wait on a slow source at once. The hand-over costs a wake-up per fault.
 //!
+//! After each placement of the source's bytes, the server tells the source what it placed
+//! ([`PageSource::placed`]): a source that keeps fetched bytes only to serve them (a
+//! network cache) can drop them, so that a restore does not hold the memory twice.
+//!
 //! A fault places the block of [`ServerBuilder::fault_around`] bytes around the faulting
 //! page (aligned, clipped to the region and to pages neither placed nor discarded), the
 //! faulting page first. The background fill (optional) places the rest of the regions block
