@@ -123,3 +123,80 @@ fn nothing_is_dropped_unless_placed_whole() {
     assert_eq!(kept.stats().chunks_released, 0);
     assert!(kept.arrived(0));
 }
+
+/// Reports that repeat, overlap, come from several threads at once, or cover several chunks
+/// (a 2 MiB page of a hugetlbfs region over a source of 4 KiB pages) drop each chunk exactly
+/// once, when its last page is first reported; the last chunk is shorter than the others and
+/// ends in a partial page (the object's length is not a multiple of the page size), and is
+/// dropped once that page too is reported. A count that took a report's length rather than
+/// the pages it newly marked would drop chunks early, or twice, or never.
+#[test]
+fn each_chunk_is_dropped_once_whatever_the_reports() {
+    let Some(nginx) = Nginx::start() else { return };
+    // Chunks of 1 MiB: 0..=3 whole, 4 of 128 whole pages and a partial one.
+    let len = 4 * MIB + MIB / 2 + 100;
+    write_snapshot(&nginx.www().join("mem"), 23, len);
+    let source = open(&nginx.url("mem"), &options()).unwrap();
+    for k in 0..5 {
+        fetch_page(&*source, k * MIB);
+    }
+    let until = Instant::now() + Duration::from_secs(30);
+    while !source.complete() {
+        assert!(Instant::now() < until, "{:?}", source.stats());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let whole = (len / PAGE as u64) * PAGE as u64; // the partial page's offset
+                                                   // Four threads report chunks 0..=3 and the whole pages of chunk 4, each in its own
+                                                   // pieces (a page at a time, 2 MiB at a time across two chunks, 64 KiB blocks, all of it
+                                                   // at once), overlapping each other's and themselves.
+    let reporters: Vec<_> = (0..4u64)
+        .map(|t| {
+            let source = source.clone();
+            std::thread::spawn(move || {
+                let step = [PAGE as u64, 2 * MIB, 64 << 10, whole][t as usize];
+                for _ in 0..3 {
+                    let mut at = (t * PAGE as u64 * 7) % step;
+                    at -= at % PAGE as u64;
+                    while at < whole {
+                        let n = step.min(whole - at);
+                        source.placed(at, n as usize);
+                        at += n;
+                    }
+                    source.placed(0, whole as usize);
+                }
+            })
+        })
+        .collect();
+    for r in reporters {
+        r.join().unwrap();
+    }
+    let stats = source.stats();
+    assert_eq!(
+        (stats.chunks_released, stats.bytes_released),
+        (4, 4 * MIB),
+        "chunk 4's partial page is not reported yet: {stats:?}"
+    );
+    assert!((0..4).all(|k| !source.arrived(k * MIB)));
+    assert!(source.arrived(4 * MIB) && source.arrived(whole));
+    // The partial page (a report of its whole page), twice: chunk 4 is dropped, once.
+    source.placed(whole, PAGE);
+    source.placed(4 * MIB, MIB as usize);
+    let stats = source.stats();
+    assert_eq!(
+        (stats.chunks_released, stats.bytes_released),
+        (5, 4 * MIB + 129 * PAGE as u64),
+        "{stats:?}"
+    );
+    assert!(!source.arrived(whole));
+    assert_eq!(stats.chunks_fetched, 5, "{stats:?}");
+    // Asked again: zeros up to the end of the chunk, no request.
+    let mut scratch = vec![0u8; 4 * PAGE];
+    match source
+        .fetch(whole - PAGE as u64, 4 * PAGE, &mut scratch)
+        .unwrap()
+    {
+        Chunk::Zeros(n) => assert_eq!(n, 2 * PAGE),
+        Chunk::Data(_) => panic!("data from a dropped chunk"),
+    }
+    assert_eq!(source.stats().requests, stats.requests);
+}
