@@ -103,11 +103,13 @@ impl Shared {
         // Written to the disk cache before the chunk is DONE: only a DONE chunk's bytes may
         // be dropped (`release`), and the cache must not store dropped (zero) bytes.
         if let Some(cache) = &self.cache {
-            let (a, b) = self.chunk_pages(k);
-            let bytes = (b * self.page).min(self.remote.len as usize) - a * self.page;
-            // SAFETY: every page of the chunk has arrived: its bytes are final, and stay
-            // until the chunk is DONE.
-            cache.store(k, unsafe { self.buffer.read_slice(a * self.page, bytes) });
+            let span = self.chunk_span(k);
+            // SAFETY: every page of the chunk has arrived: its bytes are final, and they are
+            // not dropped before the chunk is DONE (below).
+            cache.store(k, unsafe {
+                self.buffer
+                    .read_slice(span.start as usize, (span.end - span.start) as usize)
+            });
         }
         self.state[k].store(DONE, Ordering::SeqCst);
         self.counters.chunk_done();

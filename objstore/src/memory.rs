@@ -133,17 +133,16 @@ impl Drop for Buffer {
     }
 }
 
-/// One bit per page: set once the page's bytes have all arrived (cleared when a chunk's
-/// bytes are dropped after the page server placed them all); also used for the pages
-/// placed.
-pub(crate) struct Arrived {
+/// One atomic bit per page: the pages whose bytes have arrived (cleared when their chunk is
+/// dropped), and the pages the page server reported placed.
+pub(crate) struct PageBits {
     words: Box<[AtomicU64]>,
     pages: usize,
 }
 
-impl Arrived {
-    pub(crate) fn new(pages: usize) -> io::Result<Arrived> {
-        Ok(Arrived {
+impl PageBits {
+    pub(crate) fn new(pages: usize) -> io::Result<PageBits> {
+        Ok(PageBits {
             words: zeroed(pages.div_ceil(64), "the page bitmap")?,
             pages,
         })
@@ -218,7 +217,7 @@ mod tests {
 
     #[test]
     fn arrived_runs() {
-        let a = Arrived::new(200).unwrap();
+        let a = PageBits::new(200).unwrap();
         assert_eq!(a.run_end(0, 200), 0);
         a.set(3, 130);
         assert!(!a.is_set(2) && a.is_set(3) && a.is_set(129) && !a.is_set(130));

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::cache::{DiskCache, Verified};
 use crate::error::{Cause, FetchError};
-use crate::memory::{zeroed, Arrived, Buffer};
+use crate::memory::{zeroed, Buffer, PageBits};
 use crate::queue::{Priority, Task, WorkQueue};
 use crate::remote::Remote;
 use crate::stats::Counters;
@@ -34,9 +34,9 @@ pub(crate) struct Shared {
     pub(crate) chunks: usize,
     pub(crate) pages: usize,
     pub(crate) buffer: Buffer,
-    pub(crate) arrived: Arrived,
+    pub(crate) arrived: PageBits,
     /// The pages the page server reported placed (`PageSource::placed`).
-    pub(crate) placed: Arrived,
+    pub(crate) placed: PageBits,
     /// Per chunk: how many of its pages are marked in `placed`.
     pub(crate) placed_count: Box<[AtomicU32]>,
     pub(crate) state: Box<[AtomicU8]>,
@@ -77,8 +77,8 @@ impl Shared {
         let pages_per_chunk = opts.chunk_size / page;
         let pages = remote.len.div_ceil(page as u64) as usize;
         let chunks = pages.div_ceil(pages_per_chunk);
-        let arrived = Arrived::new(pages)?;
-        let placed = Arrived::new(pages)?;
+        let arrived = PageBits::new(pages)?;
+        let placed = PageBits::new(pages)?;
         let placed_count = zeroed(chunks, "the chunks' placed counts")?;
         // IDLE is 0: zeroed states are idle chunks.
         let state = zeroed(chunks, "the chunk states")?;
@@ -123,6 +123,12 @@ impl Shared {
         (from, (from + self.pages_per_chunk).min(self.pages))
     }
 
+    /// The object's bytes in `chunk` (the last chunk may end inside a page).
+    pub(crate) fn chunk_span(&self, chunk: usize) -> std::ops::Range<u64> {
+        let (a, b) = self.chunk_pages(chunk);
+        (a * self.page) as u64..((b * self.page) as u64).min(self.remote.len)
+    }
+
     /// Whether chunk `k` is in the disk cache (and the cache works).
     pub(crate) fn cached(&self, k: usize) -> bool {
         self.cache.as_ref().is_some_and(|c| c.has(k))
@@ -157,8 +163,7 @@ impl Shared {
             cache.read(offset, &mut buf[..data]).ok()?;
         } else {
             // The chunk's first read: whole, checked against its checksum.
-            let (a, b) = self.chunk_pages(k);
-            let span = (a * self.page) as u64..((b * self.page) as u64).min(self.remote.len);
+            let span = self.chunk_span(k);
             match cache.verify(k, span, offset, &mut buf[..data]).ok()? {
                 Verified::Intact(first) => {
                     if first {
@@ -201,8 +206,7 @@ impl Shared {
             if !cache.has(k) || cache.verified(k) {
                 continue;
             }
-            let (a, b) = self.chunk_pages(k);
-            let span = (a * self.page) as u64..((b * self.page) as u64).min(self.remote.len);
+            let span = self.chunk_span(k);
             match cache.verify(k, span.clone(), span.start, &mut []) {
                 Ok(Verified::Intact(first)) => {
                     if first {

@@ -24,6 +24,15 @@ fn options() -> Options {
     o
 }
 
+/// Waits (30 s at most) until `done`; `state` says where things stood on a timeout.
+fn wait_until(done: impl Fn() -> bool, state: impl Fn() -> String) {
+    let until = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < until, "timed out: {}", state());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// The bytes of page `offset` as the source answers them now.
 fn fetch_page(source: &dyn PageSource, offset: u64) -> Vec<u8> {
     let mut scratch = vec![0u8; PAGE];
@@ -50,11 +59,10 @@ fn chunks_placed_whole_are_dropped() {
         .unwrap();
     assert_eq!(restore.mismatches(21), Vec::<usize>::new());
     // The last placements are reported just after their faulting threads were woken.
-    let until = Instant::now() + Duration::from_secs(30);
-    while source.stats().chunks_released < 16 {
-        assert!(Instant::now() < until, "{:?}", source.stats());
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until(
+        || source.stats().chunks_released >= 16,
+        || format!("{:?}", source.stats()),
+    );
     let stats = source.stats();
     assert_eq!((stats.chunks_released, stats.bytes_released), (16, len));
     assert_eq!(
@@ -91,11 +99,7 @@ fn nothing_is_dropped_unless_placed_whole() {
     for k in 0..4 {
         fetch_page(&*source, k * MIB);
     }
-    let until = Instant::now() + Duration::from_secs(30);
-    while !source.complete() {
-        assert!(Instant::now() < until, "{:?}", source.stats());
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until(|| source.complete(), || format!("{:?}", source.stats()));
     // Chunk 0 placed but its last page; chunk 1 by halves, the second one partial; then
     // ranges past the end.
     source.placed(0, MIB as usize - PAGE);
@@ -114,11 +118,10 @@ fn nothing_is_dropped_unless_placed_whole() {
     opts.release_placed = false;
     let kept = open(&nginx.url("mem"), &opts).unwrap();
     fetch_page(&*kept, 0);
-    let until = Instant::now() + Duration::from_secs(30);
-    while !kept.arrived(MIB - PAGE as u64) {
-        assert!(Instant::now() < until, "{:?}", kept.stats());
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until(
+        || kept.arrived(MIB - PAGE as u64),
+        || format!("{:?}", kept.stats()),
+    );
     kept.placed(0, MIB as usize);
     assert_eq!(kept.stats().chunks_released, 0);
     assert!(kept.arrived(0));
@@ -140,15 +143,12 @@ fn each_chunk_is_dropped_once_whatever_the_reports() {
     for k in 0..5 {
         fetch_page(&*source, k * MIB);
     }
-    let until = Instant::now() + Duration::from_secs(30);
-    while !source.complete() {
-        assert!(Instant::now() < until, "{:?}", source.stats());
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let whole = (len / PAGE as u64) * PAGE as u64; // the partial page's offset
-                                                   // Four threads report chunks 0..=3 and the whole pages of chunk 4, each in its own
-                                                   // pieces (a page at a time, 2 MiB at a time across two chunks, 64 KiB blocks, all of it
-                                                   // at once), overlapping each other's and themselves.
+    wait_until(|| source.complete(), || format!("{:?}", source.stats()));
+    // The partial page's offset.
+    let whole = (len / PAGE as u64) * PAGE as u64;
+    // Four threads report chunks 0..=3 and the whole pages of chunk 4, each in its own
+    // pieces (a page at a time, 2 MiB at a time across two chunks, 64 KiB blocks, all of it
+    // at once), overlapping each other's and themselves.
     let reporters: Vec<_> = (0..4u64)
         .map(|t| {
             let source = source.clone();
