@@ -8,10 +8,9 @@ mod support;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
 
 use support::{gettid, join_timeout, pattern, spawn_named, uffd_for, wait_blocked_in_userfault};
-use support::{MemoryType, Region, TIMEOUT};
+use support::{wait_until, MemoryType, Region};
 use userfaultfd::{Event, EventBuffer, FeatureFlags, RegisterMode, UffdBuilder};
 
 #[test]
@@ -224,13 +223,4 @@ fn a_blocking_read_interrupted_by_a_signal_is_retried() {
     // SAFETY: the missing page of our test mapping.
     unsafe { uffd.copy(data.as_ptr().cast(), region.addr(), data.len(), true) }.unwrap();
     assert!(join_timeout(faulting) == data);
-}
-
-#[track_caller]
-fn wait_until(mut condition: impl FnMut() -> bool, what: &str) {
-    let deadline = Instant::now() + TIMEOUT;
-    while !condition() {
-        assert!(Instant::now() < deadline, "waited {TIMEOUT:?} for {what}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use support::serve::{mismatches, serve_uffd, snapshot, zero_page, TestSource};
-use support::{join_timeout, spawn_named, MemoryType, Region};
+use support::{join_timeout, spawn_named, wait_until, MemoryType, Region};
 use userfaultfd::serve::{Region as Served, Server};
 use userfaultfd::RegisterMode;
 
@@ -97,7 +97,11 @@ fn a_discarded_page_placed_again_is_not_reported_again() {
         mismatches(&r, &e, page..page + 1)
     }));
     assert_eq!(wrong, Vec::<usize>::new());
-    assert_eq!(source.placed[page].load(Ordering::Relaxed), 1);
+    // The copy wakes the faulting thread before the server reports the page placed.
+    wait_until(
+        || source.placed[page].load(Ordering::Relaxed) == 1,
+        "the first placement's report",
+    );
     // SAFETY: discards one page of our own mapping (the kernel waits for the server to read
     // the REMOVE event before it returns).
     let rc = unsafe { libc::madvise(region.page(page).cast(), ps, libc::MADV_DONTNEED) };

@@ -20,4 +20,6 @@ pub use skip::{
     assert_refused_for_privilege, kernel_lacks, machine_lacks, new_uffd, privileged, strict,
     uffd_for,
 };
-pub use timeout::{join_timeout, spawn_named, wait_event, wait_readable, Waitable, TIMEOUT};
+pub use timeout::{
+    join_timeout, spawn_named, wait_event, wait_readable, wait_until, Waitable, TIMEOUT,
+};

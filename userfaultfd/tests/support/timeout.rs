@@ -3,7 +3,7 @@
 use std::os::fd::AsRawFd;
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use userfaultfd::{Event, Uffd};
 
@@ -108,4 +108,16 @@ pub fn wait_readable(uffd: &Uffd) {
         0,
         "POLLERR: is the descriptor blocking?"
     );
+}
+
+/// Waits until `condition` holds, polling every millisecond; fails the test after [`TIMEOUT`].
+/// For effects a thread makes after the one the test saw (the page server reports a page
+/// placed after the copy that already woke the faulting thread).
+#[track_caller]
+pub fn wait_until(mut condition: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "waited {TIMEOUT:?} for {what}");
+        thread::sleep(Duration::from_millis(1));
+    }
 }
