@@ -56,7 +56,11 @@
 //!
 //! After each placement of the source's bytes, the server tells the source what it placed
 //! ([`PageSource::placed`]): a source that keeps fetched bytes only to serve them (a
-//! network cache) can drop them, so that a restore does not hold the memory twice.
+//! network cache) can drop them, so that a restore does not hold the memory twice. When the
+//! kernel cannot read bytes the source returned from a mapping (`UFFDIO_COPY` fails with
+//! `EFAULT`: the mapped file was cut short, or its disk failed the read), the source is told
+//! ([`PageSource::unreadable`]) and may answer them again from elsewhere (a disk cache falls
+//! back to the network) instead of the error being fatal.
 //!
 //! A fault places the block of [`ServerBuilder::fault_around`] bytes around the faulting
 //! page (aligned, clipped to the region and to pages neither placed nor discarded), the

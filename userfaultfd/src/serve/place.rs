@@ -512,6 +512,17 @@ impl Placer<'_> {
                             flow => return Ok(flow),
                         }
                     }
+                    // The kernel could not read the source's bytes (a mapped file cut
+                    // short, a disk's read error): the source may answer from elsewhere.
+                    Some(Errno::EFAULT)
+                        if from_source
+                            && self
+                                .shared
+                                .source
+                                .unreadable(region_offset + (i * ps) as u64, len) =>
+                    {
+                        return Ok(Flow::Restart);
+                    }
                     _ => {
                         let op = match fill {
                             Fill::Copy(_) => "placing pages (UFFDIO_COPY)",

@@ -88,6 +88,26 @@ pub trait PageSource: Send + Sync {
     fn placed(&self, offset: u64, len: usize) {
         let _ = (offset, len);
     }
+
+    /// Told when the kernel could not read bytes this source returned as [`Chunk::Data`]:
+    /// `UFFDIO_COPY` of `[offset, offset + len)` failed with `EFAULT` (the bytes are in a
+    /// mapped file that was cut short, or whose disk failed to read them; the kernel's copy
+    /// reports `EFAULT` where a read in the process would raise `SIGBUS`). The failing page
+    /// is somewhere in the range; the pages before it were placed.
+    ///
+    /// Return `true` when the source will answer those bytes from elsewhere from now on (it
+    /// stopped using the memory that failed: a cache falls back to the network): the server
+    /// then asks for them again (the placement starts over). Return `false` (the default)
+    /// and the `EFAULT` is fatal, as any other failed placement, under the server's
+    /// [`ErrorPolicy`](super::ErrorPolicy). A source that returns `true` and then the same
+    /// memory again makes the server ask for ever: answer `true` only once it has switched.
+    ///
+    /// Called on the thread that placed them, while the server's map lock is held for
+    /// reading: keep it short.
+    fn unreadable(&self, offset: u64, len: usize) -> bool {
+        let _ = (offset, len);
+        false
+    }
 }
 
 /// The data extents of a file (`SEEK_DATA`/`SEEK_HOLE`), read once: holes are served as zero
