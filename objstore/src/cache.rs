@@ -11,9 +11,11 @@
 //! A chunk is verified once per source, before it is first served: a thread started with
 //! the source reads back every cached chunk ahead of the faults (the working set's first),
 //! and a fault that reaches a chunk not yet checked checks it itself (the part it asked for
-//! copied out on the way). Verifying reads the whole chunk, hashes it, and compares it with
-//! its checksum. A match marks it verified, and every later fault on it is one `pread` of just
-//! its pages, as before: the warm path does no hashing. (Faults racing on a chunk's first
+//! copied out on the way). Verifying reads the whole chunk (`pread`), hashes it, and compares
+//! it with its checksum. A match marks it verified, and every later fault on it is answered
+//! from a read-only mapping of `.data` ([`CacheMapping`]): the page server's `UFFDIO_COPY`
+//! copies straight from the page cache, with no `pread` and no hashing (one `pread` of just
+//! the pages asked for where the file could not be mapped). (Faults racing on a chunk's first
 //! read each verify it: rare, and no bytes are served unverified.) A mismatch (bit rot, a torn write,
 //! the file changed behind the cache's back) drops the chunk from the cache — it is fetched
 //! again from the store, written again, and counted in
@@ -23,8 +25,10 @@
 //!
 //! Opening a version deletes the files of the object's other versions (a changed object
 //! invalidates its cache), and the least recently opened objects' files while the directory
-//! holds more than the budget. Chunks are read with `pread`, never mapped: a failing cache
-//! disk gives an error (and the chunk comes from the network), never `SIGBUS`. An object
+//! holds more than the budget. A failing cache disk never fails a restore and never raises
+//! `SIGBUS`: a `pread` error, or a copy from the mapping that the kernel cannot complete
+//! (`EFAULT`, reported back through `PageSource::unreadable`), turns the cache off and the
+//! chunks come from the network; Rust code never reads the mapping itself. An object
 //! without an ETag is not cached on disk: nothing would tell a changed object from the one
 //! cached. A data file of the wrong length is discarded whole.
 
@@ -36,6 +40,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
+use crate::cache_mapping::CacheMapping;
 use crate::checksum::{xxh64, Xxh64};
 use crate::memory::zeroed;
 use crate::sigv4::sha256_hex;
@@ -64,6 +69,8 @@ pub(crate) enum Verified {
 
 pub(crate) struct DiskCache {
     data: File,
+    /// The data file mapped for the warm path (`None` if it could not be mapped: `pread`).
+    mapping: Option<CacheMapping>,
     map_path: PathBuf,
     /// Per chunk: the checksum of its bytes on disk (written, and marked); 0 when absent.
     sums: Box<[AtomicU64]>,
@@ -167,8 +174,10 @@ impl DiskCache {
             .filter(|s| s.load(Ordering::Relaxed) != 0)
             .count() as u64;
         let mine = present * chunk_size;
+        let mapping = CacheMapping::new(&data, len);
         Ok(DiskCache {
             data,
+            mapping,
             map_path,
             sums,
             verified,
@@ -257,6 +266,37 @@ impl DiskCache {
             self.fail(format!("reading the cache at {offset}: {e}"));
         }
         r
+    }
+
+    /// The bytes `[offset, offset + len)` of a verified chunk, for the kernel to copy from
+    /// the mapping ([`CacheMapping`]); `None` when there is no mapping (read with
+    /// [`read`](Self::read)) or the cache is off.
+    pub(crate) fn mapped(&self, offset: u64, len: usize) -> Option<&[u8]> {
+        if self.disabled.load(Ordering::Acquire) {
+            return None;
+        }
+        self.mapping.as_ref()?.bytes(offset, len)
+    }
+
+    /// The kernel could not read bytes at `offset` that [`mapped`](Self::mapped) handed out
+    /// (a disk error, the file cut short): the cache is turned off, so the chunks come from
+    /// the network. `false` when nothing was handed out from a mapping (the failure was not
+    /// the cache's).
+    pub(crate) fn unreadable(&self, offset: u64) -> bool {
+        if self.mapping.is_none() {
+            return false;
+        }
+        self.fail(format!(
+            "reading the cache at {offset} (through its mapping): the kernel could not read it"
+        ));
+        true
+    }
+
+    /// Lets go of the mapping's pages of `[offset, offset + len)` (placed by the page server).
+    pub(crate) fn forget(&self, offset: u64, len: usize) {
+        if let Some(m) = &self.mapping {
+            m.forget(offset, len);
+        }
     }
 
     /// Writes chunk `chunk` (all its bytes, `src`) unless the budget is spent.

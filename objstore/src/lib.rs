@@ -90,20 +90,30 @@
 //! that directory, keyed by the object's name, ETag, length and the chunk size, with a map of
 //! the chunks present (made durable with `fdatasync` before it is written, when the object is
 //! complete and when the source is dropped). The next restore of the same object version on
-//! this host answers faults on those chunks with `pread` from the file straight into the
-//! worker's buffer: nothing from the network but the first 1-byte request that checks the
-//! ETag. A changed object (another ETag) deletes the old version's files. The directory
+//! this host answers faults on those chunks from the file: nothing from the network but the
+//! first 1-byte request that checks the ETag. A changed object (another ETag) deletes the old version's files. The directory
 //! holds at most [`Options::cache_budget`] bytes: opening an object deletes the least
 //! recently opened objects' files to make room, and chunks past the budget are not written.
-//! The cache is read with `pread`, never mapped: a failing cache disk turns the cache off
-//! ([`ObjectSource::cache_error`]) and the chunks come from the network, never `SIGBUS`.
 //!
 //! Each cached chunk has a checksum (XXH64, in the map). A chunk is verified once per
-//! source, read whole and hashed: by a thread that checks the cached chunks ahead of the
-//! faults from `open` on (the working set's first), or by the first fault that gets there
-//! before it; faults on a verified chunk are one `pread` of their pages, unhashed. A chunk whose
-//! checksum does not match is never served: it is dropped from the cache, fetched again
-//! from the store and written again ([`Stats::cache_discarded`]).
+//! source, read whole (`pread`) and hashed: by a thread that checks the cached chunks ahead
+//! of the faults from `open` on (the working set's first), or by the first fault that gets
+//! there before it. A chunk whose checksum does not match is never served: it is dropped
+//! from the cache, fetched again from the store and written again
+//! ([`Stats::cache_discarded`]). Faults on a verified chunk are answered from a read-only
+//! mapping of the cache file, unhashed: the page server's `UFFDIO_COPY` copies straight
+//! from the page cache into the guest, as from a local snapshot file (where the file cannot
+//! be mapped, one `pread` of the pages asked for). Pages the page server placed leave the
+//! process's mapping again (`MADV_DONTNEED`; the page cache keeps them).
+//!
+//! A failing cache disk never fails a restore: a read error turns the cache off
+//! ([`ObjectSource::cache_error`]) and the chunks come from the network. Only the kernel
+//! reads the mapping, so a page it cannot read (a disk error, the file cut short) fails that
+//! copy with `EFAULT`, never `SIGBUS` in the handler; the page server tells the source
+//! ([`PageSource::unreadable`](userfaultfd::serve::PageSource::unreadable)), which turns the
+//! cache off, and asks again. (On huge pages before Linux 5.14 the page server reads a byte
+//! per page of a copy's source to map it, which a disk error turns into `SIGBUS`: there, a
+//! disk cache on a disk that may fail is a risk.)
 //!
 //! # Memory
 //!
@@ -155,6 +165,7 @@
 
 mod background;
 mod cache;
+mod cache_mapping;
 mod checksum;
 mod error;
 mod fetch;

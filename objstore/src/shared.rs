@@ -142,7 +142,7 @@ impl Shared {
     /// Answers a fault on `page` from the disk cache, into `scratch`: `None` when its chunk
     /// is not there or the read failed (the cache is then off).
     pub(crate) fn read_cached<'a>(
-        &self,
+        &'a self,
         page: usize,
         len: usize,
         scratch: &'a mut [u8],
@@ -159,7 +159,13 @@ impl Shared {
         let buf = &mut scratch[..n];
         let cache = self.cache.as_ref()?;
         if cache.verified(k) {
-            // The warm path: one pread of the pages asked for.
+            // The warm path: the kernel copies straight from the cache file's mapping (a
+            // read it cannot complete comes back through `PageSource::unreadable`) ...
+            if let Some(bytes) = cache.mapped(offset, n) {
+                self.counters.cache_hit(n as u64);
+                return Some(bytes);
+            }
+            // ... or, unmapped, one pread of the pages asked for.
             cache.read(offset, &mut buf[..data]).ok()?;
         } else {
             // The chunk's first read: whole, checked against its checksum.
@@ -310,6 +316,11 @@ impl Shared {
                 && self.placed_count[k].fetch_add(new, Ordering::SeqCst) + new == (b - a) as u32
             {
                 self.release(k);
+                if let Some(cache) = &self.cache {
+                    // Served from the cache's mapping: its pages leave this process.
+                    let span = self.chunk_span(k);
+                    cache.forget(span.start, (span.end - span.start) as usize);
+                }
             }
             page = end;
         }

@@ -196,6 +196,16 @@ impl PageSource for ObjectSource {
         }
     }
 
+    /// The kernel could not read the disk cache's mapping (a failing disk, the cache file cut
+    /// short): the cache is turned off ([`ObjectSource::cache_error`]) and the page server
+    /// asks again; the chunks then come from the network.
+    fn unreadable(&self, offset: u64, _len: usize) -> bool {
+        self.shared
+            .cache
+            .as_ref()
+            .is_some_and(|cache| cache.unreadable(offset))
+    }
+
     fn fetch<'a>(
         &'a self,
         offset: u64,

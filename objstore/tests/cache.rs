@@ -7,9 +7,9 @@ mod support;
 use std::time::Duration;
 
 use support::nginx::Nginx;
-use support::restore::{shuffled, Restore, PAGE};
+use support::restore::{shuffled, Memory, Restore, PAGE};
 use support::{write_snapshot, TempDir};
-use userfaultfd_objstore::{open, Options};
+use userfaultfd_objstore::{open, ObjectSource, Options};
 
 const MIB: u64 = 1 << 20;
 const LEN: u64 = 16 * MIB;
@@ -161,4 +161,77 @@ fn corrupted_chunk_is_fetched_again() {
     assert_eq!(third.cache_discarded, 0, "{third:?}");
     assert_eq!(third.cache_verified, 16, "{third:?}");
     assert!(third.cache_reads > 16, "{third:?}");
+}
+
+/// A restore of `version` into `memory` from `source`, every page touched in random order and
+/// checked; `None` (skipped, or failed in strict mode) when the memory type is unavailable.
+fn restore_into(memory: Memory, source: &std::sync::Arc<ObjectSource>, version: u64) -> Option<()> {
+    let r = Restore::start_on(memory, source.clone(), LEN as usize, 2, None)?;
+    r.touch(
+        &shuffled(LEN as usize / PAGE, version),
+        2,
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|e| panic!("{memory:?}: {e}"));
+    assert_eq!(r.mismatches(version), Vec::<usize>::new(), "{memory:?}");
+    Some(())
+}
+
+/// Waits until the source has checked all `chunks` cached chunks (its verify thread).
+fn wait_verified(source: &ObjectSource, chunks: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while source.stats().cache_verified < chunks {
+        assert!(std::time::Instant::now() < deadline, "{:?}", source.stats());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A warm restore, its chunks all verified, copies them straight from the cache file's
+/// mapping: nothing from the network, every byte right. Then the file loses its second half
+/// under an open source whose chunks are all verified (a failing disk): the kernel's copies
+/// from the lost half fail with `EFAULT`, the page server tells the source, which turns the
+/// cache off and fetches from the network; every byte right, never `SIGBUS`. On every memory
+/// type (hugetlbfs: 2 MiB pages and chunks).
+#[test]
+fn warm_restores_copy_from_the_cache_mapping_and_survive_losing_it() {
+    let Some(nginx) = Nginx::start() else { return };
+    let cache = TempDir::new("cache");
+    write_snapshot(&nginx.www().join("mem"), 6, LEN);
+    for memory in Memory::ALL {
+        let mut opts = options(&cache);
+        opts.page_size = memory.page_size();
+        opts.chunk_size = opts.chunk_size.max(memory.page_size());
+        let chunks = LEN / opts.chunk_size as u64;
+        // Fill the cache (after the previous memory type cut it, or with other chunks).
+        let source = open(&nginx.url("mem"), &opts).unwrap();
+        if restore_into(memory, &source, 6).is_none() {
+            continue;
+        }
+        drop(source);
+
+        let source = open(&nginx.url("mem"), &opts).unwrap();
+        wait_verified(&source, chunks);
+        restore_into(memory, &source, 6).unwrap();
+        let warm = source.stats();
+        assert_eq!(
+            (warm.requests, warm.bytes_fetched),
+            (0, 0),
+            "{memory:?}: {warm:?}"
+        );
+        assert_eq!(source.cache_error(), None, "{memory:?}");
+        drop(source);
+
+        let source = open(&nginx.url("mem"), &opts).unwrap();
+        wait_verified(&source, chunks);
+        let data = &cache_files(&cache, "data")[0];
+        let f = std::fs::OpenOptions::new().write(true).open(data).unwrap();
+        f.set_len(LEN / 2).unwrap();
+        restore_into(memory, &source, 6).unwrap();
+        let error = source
+            .cache_error()
+            .expect("the mapping's failure turns the cache off");
+        assert!(error.contains("through its mapping"), "{memory:?}: {error}");
+        let stats = source.stats();
+        assert!(stats.bytes_fetched >= LEN / 2, "{memory:?}: {stats:?}");
+    }
 }
