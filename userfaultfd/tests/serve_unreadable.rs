@@ -1,17 +1,18 @@
 //! `PageSource::unreadable`: a source whose bytes the kernel cannot read (a mapped file cut
 //! short: its `UFFDIO_COPY` fails with `EFAULT`) switches to other memory and is asked again;
 //! the restore completes with every byte right. (Without the switch the `EFAULT` is fatal:
-//! `serve.rs`, `a_truncated_mapped_file_is_an_efault_not_a_crash`.)
+//! `serve.rs`, `a_truncated_mapped_file_is_an_efault_not_a_crash`.) An `EFAULT` that is the
+//! destination's (its file cut short) is not the source's to answer.
 
 mod support;
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use support::serve::{mismatches, serve_uffd, snapshot};
+use support::serve::{mismatches, serve_uffd, snapshot, Gate, TestSource};
 use support::{join_timeout, spawn_named, MemoryType, Region};
 use userfaultfd::serve::{Chunk, MappedFile, PageSource, Region as Served, Server};
 use userfaultfd::RegisterMode;
@@ -124,5 +125,55 @@ fn unreadable_source_bytes_are_asked_for_again() {
         }
         let s = finished.stats;
         assert_eq!(s.pages_copied as usize, pages, "{memory:?}: {s:?}");
+    }
+}
+
+/// The process cuts the file behind the served memory (shmem, hugetlbfs) to one page while
+/// the fetch of a two-page block is held: the copy places page 0 (its faulting thread is
+/// woken and reads it), then fails with `EFAULT` at page 1 for the destination's sake (beyond
+/// the end of its file). The server checks that the source's bytes are readable, so it does
+/// not ask the source (whose `unreadable` answers `true`: asking would loop for ever) and
+/// stops with the error. Anonymous memory has no file to cut.
+#[test]
+fn a_destination_cut_short_is_not_the_sources_to_answer() {
+    for memory in [MemoryType::Shmem, MemoryType::Hugetlb] {
+        let Some(region) = Region::new(memory, 2) else {
+            continue;
+        };
+        let Some(uffd) = serve_uffd(memory, RegisterMode::MISSING) else {
+            continue;
+        };
+        let (ps, pages) = (region.page_size(), region.pages());
+        let expected = snapshot(pages, ps);
+        let gate = Arc::new(Gate::default());
+        let mut source = TestSource::new(expected.clone(), ps);
+        source.gate = Some(gate.clone());
+        let source = Arc::new(source);
+        // SAFETY: the test region holds no Rust object.
+        let server = unsafe {
+            Server::builder()
+                .fault_around(2 * ps)
+                .region(Served::new(region.addr(), region.len()).page_size(ps))
+                .start(uffd, source.clone())
+        }
+        .unwrap_or_else(|e| panic!("{memory:?}: {e}"));
+        let region = Arc::new(region);
+        let r = Arc::clone(&region);
+        let reader = spawn_named("reader", move || r.read_page(0));
+        gate.wait_entered();
+        let fd = region.file().expect("a file behind shared memory");
+        // SAFETY: ftruncate only sizes the test's own memfd.
+        let rc = unsafe { libc::ftruncate(fd.as_raw_fd(), ps as libc::off_t) };
+        assert_eq!(rc, 0, "{memory:?}: {}", std::io::Error::last_os_error());
+        gate.open();
+        assert_eq!(join_timeout(reader), &expected[..ps], "{memory:?}: page 0");
+        assert!(
+            server.wait_stopped(support::TIMEOUT),
+            "{memory:?}: the server neither stopped nor placed page 1"
+        );
+        let finished = server.stop();
+        let shown = finished.outcome.expect_err("a fatal error").to_string();
+        assert!(shown.contains("EFAULT"), "{memory:?}: {shown}");
+        assert_eq!(source.unreadable.load(Ordering::Relaxed), 0, "{memory:?}");
     }
 }

@@ -87,6 +87,43 @@ unsafe fn prefault(src: *const u8, len: usize) {
     }
 }
 
+/// Whether the kernel can read all of `[src, src + len)` of this process: after a copy from
+/// the source failed with `EFAULT`, this tells the source's memory failing (a mapped file cut
+/// short, a disk's read error) from the destination's (a shmem or hugetlbfs file the process
+/// cut short under its mapping). Read in the kernel (`process_vm_readv` of this process, a
+/// page at a time into a buffer on the stack), so a page that cannot be read gives `EFAULT`
+/// where a load here would raise `SIGBUS`. `None` when the kernel refuses the call (a seccomp
+/// filter): it cannot tell.
+fn kernel_can_read(src: *const u8, len: usize) -> Option<bool> {
+    let mut page = [0u8; 4096];
+    let mut at = 0;
+    while at < len {
+        let n = (len - at).min(page.len());
+        let local = libc::iovec {
+            iov_base: page.as_mut_ptr().cast(),
+            iov_len: n,
+        };
+        let remote = libc::iovec {
+            iov_base: src.wrapping_add(at) as *mut c_void,
+            iov_len: n,
+        };
+        // SAFETY: reads this process's memory in the kernel (a fault there is an error, not a
+        // signal) into `page`, which is `n` bytes or more.
+        let r = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+        if r < 0 {
+            return match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::EFAULT) => Some(false),
+                _ => None,
+            };
+        }
+        if r as usize != n {
+            return Some(false);
+        }
+        at += n;
+    }
+    Some(true)
+}
+
 /// Places pages: the part of a worker that only needs shared access.
 ///
 /// The page state and the address map are looked at, and the source is read, without the
@@ -513,9 +550,13 @@ impl Placer<'_> {
                         }
                     }
                     // The kernel could not read the source's bytes (a mapped file cut
-                    // short, a disk's read error): the source may answer from elsewhere.
+                    // short, a disk's read error; not the destination: checked): the
+                    // source may answer from elsewhere.
                     Some(Errno::EFAULT)
                         if from_source
+                            && matches!(fill, Fill::Copy(src)
+                                if kernel_can_read(src.wrapping_add((i - from) * ps), len)
+                                    == Some(false))
                             && self
                                 .shared
                                 .source

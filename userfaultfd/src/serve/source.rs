@@ -95,12 +95,20 @@ pub trait PageSource: Send + Sync {
     /// reports `EFAULT` where a read in the process would raise `SIGBUS`). The failing page
     /// is somewhere in the range; the pages before it were placed.
     ///
+    /// The server asks only when it is the source's memory that fails: after the `EFAULT`
+    /// it reads the source's bytes in the kernel (`process_vm_readv` of its own process,
+    /// which reports a page it cannot read as an error, never a signal), and an `EFAULT`
+    /// for the destination's sake (a shmem or hugetlbfs file the process cut short under
+    /// its mapping) stays fatal without asking. Where that call is refused (a seccomp
+    /// filter), the server cannot tell and does not ask.
+    ///
     /// Return `true` when the source will answer those bytes from elsewhere from now on (it
     /// stopped using the memory that failed: a cache falls back to the network): the server
     /// then asks for them again (the placement starts over). Return `false` (the default)
     /// and the `EFAULT` is fatal, as any other failed placement, under the server's
     /// [`ErrorPolicy`](super::ErrorPolicy). A source that returns `true` and then the same
-    /// memory again makes the server ask for ever: answer `true` only once it has switched.
+    /// memory again makes the server ask again each time: answer `true` only once it has
+    /// switched.
     ///
     /// Called on the thread that placed them, while the server's map lock is held for
     /// reading: keep it short.

@@ -83,6 +83,9 @@ pub struct TestSource {
     pub placed: Vec<AtomicUsize>,
     /// Reports of bytes outside the source or not whole pages (must stay 0).
     pub bad_reports: AtomicUsize,
+    /// How many times [`PageSource::unreadable`] was called (it answers `true`, so a server
+    /// that asked about memory that is readable would ask for ever: tests check it is 0).
+    pub unreadable: AtomicUsize,
 }
 
 impl TestSource {
@@ -99,6 +102,7 @@ impl TestSource {
                 .map(|_| AtomicUsize::new(0))
                 .collect(),
             bad_reports: AtomicUsize::new(0),
+            unreadable: AtomicUsize::new(0),
             bytes,
         }
     }
@@ -134,6 +138,11 @@ impl PageSource for TestSource {
         for p in offset / ps..(offset + len as u64) / ps {
             self.placed[p as usize].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    fn unreadable(&self, _: u64, _: usize) -> bool {
+        self.unreadable.fetch_add(1, Ordering::Relaxed);
+        true
     }
 
     fn fetch<'a>(&'a self, offset: u64, len: usize, _: &'a mut [u8]) -> io::Result<Chunk<'a>> {
