@@ -101,6 +101,8 @@ fn main() {
     let cold = Options::default();
     let mut cached = Options::default();
     cached.cache_dir = Some(cache.path().to_path_buf());
+    let mut cached_pread = cached.clone();
+    cached_pread.cache_mapping = false;
     let mut filled = Options::default();
     filled.background = true;
     let mut per_fault = Options::default();
@@ -126,17 +128,18 @@ fn main() {
         };
         let all = mib as f64;
         // The disk cache filled by one restore first. Then the runs of each repetition one
-        // after the other (local, cold, cold with the fill, warm), so that a change in the
+        // after the other (local, cold, cold with the fill, warm both ways), so that a change in the
         // machine's load shows in all of them, not in one row.
         let _ = std::fs::remove_dir_all(cache.path());
         restore(&object(cached.clone()), len, &order, None);
-        let (mut local_runs, mut cold_runs, mut fill_runs, mut warm_runs) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut local_runs, mut cold_runs, mut fill_runs, mut warm_runs, mut pread_runs) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..reps {
             local_runs.push(restore(&local, len, &order, None));
             cold_runs.push(restore(&object(cold.clone()), len, &order, None));
             fill_runs.push(restore(&object(filled.clone()), len, &order, None));
             warm_runs.push(restore(&object(cached.clone()), len, &order, None));
+            pread_runs.push(restore(&object(cached_pread.clone()), len, &order, None));
         }
         let base = row(
             "serve from the local file (MappedFile)",
@@ -176,7 +179,18 @@ fn main() {
             Some(base),
             all,
         );
-        row("objstore warm (disk cache)", warm_runs, Some(base), all);
+        row(
+            "objstore warm (disk cache, copied from its mapping)",
+            warm_runs,
+            Some(base),
+            all,
+        );
+        row(
+            "objstore warm, `cache_mapping` off (a `pread` per fault)",
+            pread_runs,
+            Some(base),
+            all,
+        );
         // One GET per fault: 4 KiB chunks, one in flight, one page per fault; a prefix of
         // the snapshot, its time scaled to the whole.
         let part: Vec<usize> = order

@@ -99,6 +99,7 @@ impl DiskCache {
         len: u64,
         chunk_size: u64,
         budget: u64,
+        map: bool,
     ) -> io::Result<DiskCache> {
         fs::create_dir_all(dir)?;
         let object_hash = &sha256_hex(object.as_bytes())[..24];
@@ -174,7 +175,11 @@ impl DiskCache {
             .filter(|s| s.load(Ordering::Relaxed) != 0)
             .count() as u64;
         let mine = present * chunk_size;
-        let mapping = CacheMapping::new(&data, len);
+        let mapping = if map {
+            CacheMapping::new(&data, len)
+        } else {
+            None
+        };
         Ok(DiskCache {
             data,
             mapping,

@@ -9,8 +9,8 @@
 //! ([`PageSource::unreadable`](userfaultfd::serve::PageSource::unreadable)), which turns the
 //! cache off and fetches the chunks from the network. (One exception: on huge pages, before
 //! Linux 5.14, the page server maps a copy's source by reading a byte per page, since the
-//! kernel lacks `MADV_POPULATE_READ`; a disk error there is a `SIGBUS`. Use no disk cache on
-//! such kernels with hugetlbfs memory if its disk may fail.)
+//! kernel lacks `MADV_POPULATE_READ`; a disk error there is a `SIGBUS`: `Options::cache_mapping`
+//! turns the mapping off.)
 
 use std::fs::File;
 use std::os::fd::AsRawFd;

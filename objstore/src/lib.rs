@@ -105,6 +105,7 @@
 //! from the page cache into the guest, as from a local snapshot file (where the file cannot
 //! be mapped, one `pread` of the pages asked for). Pages the page server placed leave the
 //! process's mapping again (`MADV_DONTNEED`; the page cache keeps them).
+//! [`Options::cache_mapping`] off reads them with `pread` instead.
 //!
 //! A failing cache disk never fails a restore: a read error turns the cache off
 //! ([`ObjectSource::cache_error`]) and the chunks come from the network. Only the kernel
@@ -112,8 +113,8 @@
 //! copy with `EFAULT`, never `SIGBUS` in the handler; the page server tells the source
 //! ([`PageSource::unreadable`](userfaultfd::serve::PageSource::unreadable)), which turns the
 //! cache off, and asks again. (On huge pages before Linux 5.14 the page server reads a byte
-//! per page of a copy's source to map it, which a disk error turns into `SIGBUS`: there, a
-//! disk cache on a disk that may fail is a risk.)
+//! per page of a copy's source to map it, which a disk error turns into `SIGBUS`: there,
+//! turn [`Options::cache_mapping`] off.)
 //!
 //! # Memory
 //!
@@ -300,6 +301,7 @@ fn start(store: Arc<dyn Store>, options: &Options) -> Result<Arc<ObjectSource>, 
                 len,
                 options.chunk_size as u64,
                 options.cache_budget,
+                options.cache_mapping,
             )
             .map_err(|e| OpenError::Io(format!("opening the cache in {}", dir.display()), e))?,
         );

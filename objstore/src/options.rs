@@ -46,6 +46,15 @@ pub struct Options {
     /// The most bytes of chunk data the disk cache holds for one object; chunks past it are
     /// not written. Default 64 GiB.
     pub cache_budget: u64,
+    /// Answer faults on verified disk-cache chunks from a read-only mapping of the cache
+    /// file, which the kernel copies from straight into the guest (`UFFDIO_COPY`), rather
+    /// than with a `pread` into the page server's buffer first (a system call and a copy
+    /// more per fault). A disk error or a cache file cut short is safe either way: a mapped
+    /// read the kernel cannot complete comes back to the source as an error, which turns
+    /// the cache off ([crate docs](crate), "The disk cache"). Turn it off for hugetlbfs
+    /// memory on kernels before 5.14, where the page server maps a copy's source by reading
+    /// it (a disk error there raises `SIGBUS`). Default `true`.
+    pub cache_mapping: bool,
     /// After start, fetch every chunk not yet fetched in the background, in order: on
     /// `parallelism - 1` threads of their own (at least one) at nice 19, the lowest CPU
     /// priority, each starting a chunk only while no fault, working-set or read-ahead fetch
@@ -106,6 +115,7 @@ impl Default for Options {
             backoff_max: Duration::from_secs(2),
             cache_dir: None,
             cache_budget: 64 << 30,
+            cache_mapping: true,
             background: false,
             release_placed: true,
             working_set: Vec::new(),

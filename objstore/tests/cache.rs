@@ -190,48 +190,59 @@ fn wait_verified(source: &ObjectSource, chunks: u64) {
 /// mapping: nothing from the network, every byte right. Then the file loses its second half
 /// under an open source whose chunks are all verified (a failing disk): the kernel's copies
 /// from the lost half fail with `EFAULT`, the page server tells the source, which turns the
-/// cache off and fetches from the network; every byte right, never `SIGBUS`. On every memory
-/// type (hugetlbfs: 2 MiB pages and chunks).
+/// cache off and fetches from the network; every byte right, never `SIGBUS`. The same with
+/// `Options::cache_mapping` off, where the failure is `pread`'s. On every memory type
+/// (hugetlbfs: 2 MiB pages and chunks).
 #[test]
 fn warm_restores_copy_from_the_cache_mapping_and_survive_losing_it() {
     let Some(nginx) = Nginx::start() else { return };
     let cache = TempDir::new("cache");
     write_snapshot(&nginx.www().join("mem"), 6, LEN);
     for memory in Memory::ALL {
-        let mut opts = options(&cache);
-        opts.page_size = memory.page_size();
-        opts.chunk_size = opts.chunk_size.max(memory.page_size());
-        let chunks = LEN / opts.chunk_size as u64;
-        // Fill the cache (after the previous memory type cut it, or with other chunks).
-        let source = open(&nginx.url("mem"), &opts).unwrap();
-        if restore_into(memory, &source, 6).is_none() {
-            continue;
+        for mapping in [true, false] {
+            let mut opts = options(&cache);
+            opts.page_size = memory.page_size();
+            opts.chunk_size = opts.chunk_size.max(memory.page_size());
+            opts.cache_mapping = mapping;
+            let chunks = LEN / opts.chunk_size as u64;
+            // Fill the cache (after the previous round cut it, or with other chunks).
+            let source = open(&nginx.url("mem"), &opts).unwrap();
+            if restore_into(memory, &source, 6).is_none() {
+                break;
+            }
+            drop(source);
+
+            let source = open(&nginx.url("mem"), &opts).unwrap();
+            wait_verified(&source, chunks);
+            restore_into(memory, &source, 6).unwrap();
+            let warm = source.stats();
+            let what = format!("{memory:?}, mapping {mapping}");
+            assert_eq!(
+                (warm.requests, warm.bytes_fetched),
+                (0, 0),
+                "{what}: {warm:?}"
+            );
+            assert_eq!(source.cache_error(), None, "{what}");
+            drop(source);
+
+            let source = open(&nginx.url("mem"), &opts).unwrap();
+            wait_verified(&source, chunks);
+            let data = &cache_files(&cache, "data")[0];
+            let f = std::fs::OpenOptions::new().write(true).open(data).unwrap();
+            f.set_len(LEN / 2).unwrap();
+            restore_into(memory, &source, 6).unwrap();
+            let error = source
+                .cache_error()
+                .expect("the failure turns the cache off");
+            // (Without the mapping, a short `pread`.)
+            assert_eq!(
+                error.contains("through its mapping"),
+                mapping,
+                "{what}: {error}"
+            );
+            assert!(error.contains("reading the cache at"), "{what}: {error}");
+            let stats = source.stats();
+            assert!(stats.bytes_fetched >= LEN / 2, "{what}: {stats:?}");
         }
-        drop(source);
-
-        let source = open(&nginx.url("mem"), &opts).unwrap();
-        wait_verified(&source, chunks);
-        restore_into(memory, &source, 6).unwrap();
-        let warm = source.stats();
-        assert_eq!(
-            (warm.requests, warm.bytes_fetched),
-            (0, 0),
-            "{memory:?}: {warm:?}"
-        );
-        assert_eq!(source.cache_error(), None, "{memory:?}");
-        drop(source);
-
-        let source = open(&nginx.url("mem"), &opts).unwrap();
-        wait_verified(&source, chunks);
-        let data = &cache_files(&cache, "data")[0];
-        let f = std::fs::OpenOptions::new().write(true).open(data).unwrap();
-        f.set_len(LEN / 2).unwrap();
-        restore_into(memory, &source, 6).unwrap();
-        let error = source
-            .cache_error()
-            .expect("the mapping's failure turns the cache off");
-        assert!(error.contains("through its mapping"), "{memory:?}: {error}");
-        let stats = source.stats();
-        assert!(stats.bytes_fetched >= LEN / 2, "{memory:?}: {stats:?}");
     }
 }
