@@ -225,7 +225,9 @@ impl Shared {
                 marked = done;
                 self.notify();
             }
-            if self.closed.load(Ordering::Acquire) {
+            // Closed: stop, unless every byte is in (the chunk is then done and goes to the
+            // disk cache, which the closing source persists once this fetch has stopped).
+            if *pos < end && self.closed.load(Ordering::Acquire) {
                 return Err("the source was closed".into());
             }
             if *pos < end && self.urgent(handoff) {
