@@ -150,6 +150,7 @@
 //! | `--parallelism N` | [`parallelism`](Options::parallelism) | 4 |
 //! | `--cache-dir DIR` | [`cache_dir`](Options::cache_dir) | none |
 //! | `--cache-budget BYTES` | [`cache_budget`](Options::cache_budget) | 64 GiB |
+//! | `--backend mmap\|pread` (with `--cache-dir`) | [`cache_mapping`](Options::cache_mapping) | `mmap` (on) |
 //! | `--fetch-timeout SECONDS` | [`request_timeout`](Options::request_timeout) | 10 s |
 //! | `--fetch-deadline SECONDS` | [`deadline`](Options::deadline) | 120 s |
 //! | `--background-fill` | [`background`](Options::background) (and the server's `background_fill`) | off |

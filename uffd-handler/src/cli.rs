@@ -77,7 +77,10 @@ pub struct Cli {
     /// How pages are read from a local memory file: `mmap` maps it once and copies from the
     /// mapping (fast; the file must not be truncated or rewritten while serving), `pread`
     /// reads each block with pread(2) into a buffer (for files on storage where a mapping is
-    /// unwelcome). Not for a URL. [default: mmap]
+    /// unwelcome). For a URL, how the --cache-dir chunks are read: from a mapping of the
+    /// cache file (a disk error turns the cache off either way), or with pread(2) (for
+    /// hugetlbfs guest memory on kernels before 5.14, where a disk error in a mapped read
+    /// would be SIGBUS); only with --cache-dir. [default: mmap]
     #[arg(long, value_enum)]
     pub backend: Option<SourceKind>,
 
@@ -247,7 +250,10 @@ impl Cli {
             ]
             .into_iter()
             .find_map(|(name, given)| given.then_some(name)),
-            Memory::Url(_) => self.backend.is_some().then_some("--backend"),
+            // For a URL, --backend says how the disk cache is read.
+            Memory::Url(_) => {
+                (self.backend.is_some() && self.cache_dir.is_none()).then_some("--backend")
+            }
         }
     }
 }
@@ -366,6 +372,18 @@ mod tests {
         assert_eq!(
             cli(&["u", "s", "s3://b/k", "--backend", "pread"]),
             Some("--backend")
+        );
+        assert_eq!(
+            cli(&[
+                "u",
+                "s",
+                "s3://b/k",
+                "--backend",
+                "pread",
+                "--cache-dir",
+                "d"
+            ]),
+            None
         );
         assert_eq!(cli(&["u", "s", "s3://b/k", "--chunk-size", "1M"]), None);
         assert_eq!(cli(&["u", "s", "m", "--backend", "pread"]), None);

@@ -78,7 +78,10 @@ fn run(cli: &Cli) -> u8 {
             "{option} does not apply to {}",
             match cli.memory {
                 cli::Memory::File(_) => "a local memory file (only to a URL)",
-                cli::Memory::Url(_) => "a URL (only to a local memory file)",
+                cli::Memory::Url(_) => {
+                    "a URL without --cache-dir (it says how a local memory file, or a URL's \
+                     disk cache, is read)"
+                }
             }
         );
         return cli::EXIT_USAGE;

@@ -117,9 +117,10 @@ impl Object {
             o.chunk_size,
             o.parallelism,
             o.cache_dir.as_ref().map_or("off".to_string(), |d| format!(
-                "{} (budget {} bytes)",
+                "{} (budget {} bytes, read with {})",
                 d.display(),
-                o.cache_budget
+                o.cache_budget,
+                if o.cache_mapping { "mmap" } else { "pread" }
             )),
         )
     }
@@ -136,6 +137,7 @@ fn options(cli: &Cli) -> Options {
         o.parallelism = v.into();
     }
     o.cache_dir.clone_from(&cli.cache_dir);
+    o.cache_mapping = cli.backend != Some(crate::cli::SourceKind::Pread);
     o.ca_certificates.clone_from(&cli.ca_file);
     if let Some(v) = cli.cache_budget {
         o.cache_budget = v as u64;

@@ -672,11 +672,12 @@ fn record_and_replay_from_an_http_url_with_a_disk_cache() {
         &[
             "recording to",
             "recorded 160 pages to",
-            &format!("cache {cache_arg} (budget 68719476736 bytes)"),
+            &format!("cache {cache_arg} (budget 68719476736 bytes, read with mmap)"),
         ],
     );
     // The record is tied to the object's length and ETag, the chunks are in the cache: the
-    // replay fetches nothing but the first byte, and fills the rest in the background.
+    // replay fetches nothing but the first byte, and fills the rest in the background. (The
+    // cache read with pread(2) this time.)
     let ended = restore_from(
         &dir,
         &url,
@@ -691,10 +692,20 @@ fn record_and_replay_from_an_http_url_with_a_disk_cache() {
             "--chunk-size",
             "64K",
             "--background-fill",
+            "--backend",
+            "pread",
         ],
         &[],
     );
-    ended.assert(0, &["replaying", "background fill on", "stats:"]);
+    ended.assert(
+        0,
+        &[
+            "replaying",
+            "background fill on",
+            "read with pread",
+            "stats:",
+        ],
+    );
     let last = ended
         .stderr
         .lines()
