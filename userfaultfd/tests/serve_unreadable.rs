@@ -66,66 +66,85 @@ fn memfd_with(bytes: &[u8]) -> File {
 /// The file is cut to half its length under the running server. One fault-around block
 /// covers the whole region: its copy places the first half from the mapping, stops with
 /// `EFAULT` at the cut, and the source is told of the range from there; the server asks
-/// again and places the rest from memory. Every memory type.
+/// again and places the rest from memory. Every memory type; a fault with one worker, and the
+/// background fill with three (its placements are made by another thread, which hands the
+/// restart back).
 #[test]
 fn unreadable_source_bytes_are_asked_for_again() {
     for memory in MemoryType::ALL {
-        let Some(region) = Region::new(memory, 8) else {
-            continue;
-        };
-        let Some(uffd) = serve_uffd(memory, RegisterMode::MISSING) else {
-            continue;
-        };
-        let (ps, pages) = (region.page_size(), region.pages());
-        let expected = snapshot(pages, ps);
-        let file = memfd_with(&expected);
-        let source = Arc::new(FallingBack {
-            // SAFETY: the test breaks the contract on purpose (it cuts the file below);
-            // nothing reads the mapping from Rust: only the server's `UFFDIO_COPY` does.
-            mapped: unsafe { MappedFile::new(&file) }.unwrap(),
-            memory: expected.clone(),
-            switched: AtomicBool::new(false),
-            told: Mutex::new(Vec::new()),
-        });
-        // SAFETY: the test region holds no Rust object.
-        let server = unsafe {
-            Server::builder()
-                .fault_around(region.len())
-                .region(Served::new(region.addr(), region.len()).page_size(ps))
-                .start(uffd, source.clone())
+        for fill in [false, true] {
+            asked_again(memory, fill);
         }
-        .unwrap_or_else(|e| panic!("{memory:?}: {e}"));
-        let cut = (pages / 2 * ps) as u64;
-        file.set_len(cut).unwrap();
-        let region = Arc::new(region);
-        let (r, e) = (Arc::clone(&region), expected.clone());
-        let reader = spawn_named("reader", move || mismatches(&r, &e, 0..pages));
-        // (Without the switch the server stops with the EFAULT and the reader stays blocked.)
-        let wrong = join_timeout(reader);
-        let finished = server.stop();
-        assert!(
-            finished.outcome.is_ok(),
-            "{memory:?}: {:?}",
-            finished.outcome
-        );
-        assert_eq!(wrong, Vec::<usize>::new(), "{memory:?}");
-        let told = source.told.lock().unwrap().clone();
-        assert!(!told.is_empty(), "{memory:?}: the source was never told");
-        for &(offset, len) in &told {
-            // Whatever the kernel read before the cut was placed, never reported again.
-            assert!(
-                offset >= cut,
-                "{memory:?}: told of {offset} before the cut {cut}"
-            );
-            assert!(
-                offset + len as u64 <= expected.len() as u64,
-                "{memory:?}: {told:?}"
-            );
-            assert_eq!(offset % ps as u64, 0, "{memory:?}: {told:?}");
-        }
-        let s = finished.stats;
-        assert_eq!(s.pages_copied as usize, pages, "{memory:?}: {s:?}");
     }
+}
+
+fn asked_again(memory: MemoryType, fill: bool) {
+    let Some(region) = Region::new(memory, 8) else {
+        return;
+    };
+    let Some(uffd) = serve_uffd(memory, RegisterMode::MISSING) else {
+        return;
+    };
+    let what = format!("{memory:?}, background fill {fill}");
+    let (ps, pages) = (region.page_size(), region.pages());
+    let expected = snapshot(pages, ps);
+    let file = memfd_with(&expected);
+    let source = Arc::new(FallingBack {
+        // SAFETY: the test breaks the contract on purpose (it cuts the file below); nothing
+        // reads the mapping from Rust: only the server's `UFFDIO_COPY` does.
+        mapped: unsafe { MappedFile::new(&file) }.unwrap(),
+        memory: expected.clone(),
+        switched: AtomicBool::new(false),
+        told: Mutex::new(Vec::new()),
+    });
+    let cut = (pages / 2 * ps) as u64;
+    file.set_len(cut).unwrap();
+    // SAFETY: the test region holds no Rust object.
+    let server = unsafe {
+        Server::builder()
+            .workers(if fill { 3 } else { 1 })
+            .background_fill(fill)
+            .fault_around(region.len())
+            .region(Served::new(region.addr(), region.len()).page_size(ps))
+            .start(uffd, source.clone())
+    }
+    .unwrap_or_else(|e| panic!("{what}: {e}"));
+    if fill {
+        // Nothing touched: the fill places every page.
+        let deadline = std::time::Instant::now() + support::TIMEOUT;
+        while server.stats().background_pages < pages as u64 {
+            assert!(
+                std::time::Instant::now() < deadline && !server.is_stopped(),
+                "{what}: {:?}",
+                server.stats()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    let region = Arc::new(region);
+    let (r, e) = (Arc::clone(&region), expected.clone());
+    let reader = spawn_named("reader", move || mismatches(&r, &e, 0..pages));
+    // (Without the switch the server stops with the EFAULT and the reader stays blocked.)
+    let wrong = join_timeout(reader);
+    let finished = server.stop();
+    assert!(finished.outcome.is_ok(), "{what}: {:?}", finished.outcome);
+    assert_eq!(wrong, Vec::<usize>::new(), "{what}");
+    let told = source.told.lock().unwrap().clone();
+    assert!(!told.is_empty(), "{what}: the source was never told");
+    for &(offset, len) in &told {
+        // Whatever the kernel read before the cut was placed, never reported again.
+        assert!(
+            offset >= cut,
+            "{what}: told of {offset} before the cut {cut}"
+        );
+        assert!(
+            offset + len as u64 <= expected.len() as u64,
+            "{what}: {told:?}"
+        );
+        assert_eq!(offset % ps as u64, 0, "{what}: {told:?}");
+    }
+    let s = finished.stats;
+    assert_eq!(s.pages_copied as usize, pages, "{what}: {s:?}");
 }
 
 /// The process cuts the file behind the served memory (shmem, hugetlbfs) to one page while
