@@ -91,9 +91,10 @@
 //! the chunks present (made durable with `fdatasync` before it is written, when the object is
 //! complete and when the source is dropped). The next restore of the same object version on
 //! this host answers faults on those chunks from the file: nothing from the network but the
-//! first 1-byte request that checks the ETag. A changed object (another ETag) deletes the old version's files. The directory
-//! holds at most [`Options::cache_budget`] bytes: opening an object deletes the least
-//! recently opened objects' files to make room, and chunks past the budget are not written.
+//! first 1-byte request that checks the ETag. A changed object (another ETag) deletes the old
+//! version's files. The directory holds at most [`Options::cache_budget`] bytes: opening an
+//! object deletes the least recently opened objects' files to make room, and chunks past the
+//! budget are not written.
 //!
 //! Each cached chunk has a checksum (XXH64, in the map). A chunk is verified once per
 //! source, read whole (`pread`) and hashed: by a thread that checks the cached chunks ahead
@@ -102,10 +103,10 @@
 //! from the cache, fetched again from the store and written again
 //! ([`Stats::cache_discarded`]). Faults on a verified chunk are answered from a read-only
 //! mapping of the cache file, unhashed: the page server's `UFFDIO_COPY` copies straight
-//! from the page cache into the guest, as from a local snapshot file (where the file cannot
-//! be mapped, one `pread` of the pages asked for). Pages the page server placed leave the
-//! process's mapping again (`MADV_DONTNEED`; the page cache keeps them).
-//! [`Options::cache_mapping`] off reads them with `pread` instead.
+//! from the page cache into the guest, as from a local snapshot file, and pages it placed
+//! leave the process's mapping again (`MADV_DONTNEED`; the page cache keeps them). With
+//! [`Options::cache_mapping`] off, or where the file cannot be mapped, a fault is one `pread`
+//! of the pages asked for instead.
 //!
 //! A failing cache disk never fails a restore: a read error turns the cache off
 //! ([`ObjectSource::cache_error`]) and the chunks come from the network. Only the kernel
