@@ -16,6 +16,8 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
 
+use crate::options::base_page_size;
+
 /// `MAP_SHARED`, `PROT_READ`, of a whole file; unmapped on drop.
 pub(crate) struct CacheMapping {
     base: NonNull<u8>,
@@ -34,7 +36,7 @@ impl CacheMapping {
     /// Maps the first `len` bytes of `file` (its length); `None` if empty or the mapping
     /// fails (the cache is then read with `pread`).
     pub(crate) fn new(file: &File, len: u64) -> Option<CacheMapping> {
-        let page = page_size();
+        let page = base_page_size();
         let len = usize::try_from(len).ok()?.checked_next_multiple_of(page)?;
         if len == 0 || len > isize::MAX as usize {
             return None;
@@ -80,7 +82,7 @@ impl CacheMapping {
     /// process's resident size does not grow by the cached object's. A later copy from there
     /// maps them again.
     pub(crate) fn forget(&self, offset: u64, len: usize) {
-        let page = page_size() as u64;
+        let page = base_page_size() as u64;
         let start = offset.next_multiple_of(page);
         let end = (offset + len as u64).min(self.len as u64) / page * page;
         if start >= end {
@@ -103,10 +105,4 @@ impl Drop for CacheMapping {
         // SAFETY: our own mapping, unmapped once; no slice of it outlives `self`.
         unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
     }
-}
-
-fn page_size() -> usize {
-    // SAFETY: sysconf has no memory effects.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(n).unwrap_or(4096).max(1)
 }

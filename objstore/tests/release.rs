@@ -5,11 +5,11 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::nginx::Nginx;
 use support::restore::{shuffled, Restore, PAGE};
-use support::write_snapshot;
+use support::{wait_until, write_snapshot};
 use userfaultfd::serve::{Chunk, PageSource};
 use userfaultfd_objstore::{open, Options};
 
@@ -22,15 +22,6 @@ fn options() -> Options {
     o.hedge_after = None;
     o.deadline = Duration::from_secs(60);
     o
-}
-
-/// Waits (30 s at most) until `done`; `state` says where things stood on a timeout.
-fn wait_until(done: impl Fn() -> bool, state: impl Fn() -> String) {
-    let until = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < until, "timed out: {}", state());
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// The bytes of page `offset` as the source answers them now.

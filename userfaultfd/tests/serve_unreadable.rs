@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use support::serve::{mismatches, serve_uffd, snapshot, Gate, TestSource};
-use support::{join_timeout, spawn_named, MemoryType, Region};
+use support::{join_timeout, spawn_named, wait_until, MemoryType, Region};
 use userfaultfd::serve::{Chunk, MappedFile, PageSource, Region as Served, Server};
 use userfaultfd::RegisterMode;
 
@@ -111,15 +111,13 @@ fn asked_again(memory: MemoryType, fill: bool) {
     .unwrap_or_else(|e| panic!("{what}: {e}"));
     if fill {
         // Nothing touched: the fill places every page.
-        let deadline = std::time::Instant::now() + support::TIMEOUT;
-        while server.stats().background_pages < pages as u64 {
-            assert!(
-                std::time::Instant::now() < deadline && !server.is_stopped(),
-                "{what}: {:?}",
-                server.stats()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        wait_until(
+            || {
+                assert!(!server.is_stopped(), "{what}: {:?}", server.stats());
+                server.stats().background_pages >= pages as u64
+            },
+            "the background fill",
+        );
     }
     let region = Arc::new(region);
     let (r, e) = (Arc::clone(&region), expected.clone());

@@ -111,3 +111,13 @@ pub fn wait_listening(port: u16) -> bool {
     }
     false
 }
+
+/// Waits (30 s at most) until `done`; `state` says where things stood on a timeout.
+#[track_caller]
+pub fn wait_until(done: impl Fn() -> bool, state: impl Fn() -> String) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done() {
+        assert!(std::time::Instant::now() < until, "timed out: {}", state());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
