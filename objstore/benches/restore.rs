@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::nginx::Nginx;
-use support::restore::{shuffled, Restore, PAGE};
+use support::restore::{shuffled, Memory, Restore, PAGE};
 use support::{write_snapshot, TempDir};
 use userfaultfd::serve::{MappedFile, PageSource};
 use userfaultfd_objstore::{open, Options};
@@ -38,18 +38,53 @@ type Make<'a> = &'a dyn Fn() -> (Arc<dyn PageSource>, Box<dyn Fn() -> u64>);
 
 struct Run {
     time: Duration,
+    /// The process's CPU time (user and system, every thread) over the same span: the
+    /// page server, the source's threads and the touching thread; not nginx's.
+    cpu: Duration,
     requests: u64,
 }
 
+/// The CPU time this process has used so far, all threads.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage writes one rusage, which all-zero bytes initialise.
+    let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a valid pointer.
+    let ret = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut r) };
+    assert_eq!(ret, 0, "getrusage: {}", std::io::Error::last_os_error());
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(r.ru_utime) + tv(r.ru_stime)
+}
+
+/// How the page server runs for one restore.
+#[derive(Clone, Copy)]
+enum Serve {
+    /// Faults only, with the default fault-around (`Some`: this block; 0 one page).
+    Faults(Option<usize>),
+    /// Faults, and the server's background fill placing the rest (what
+    /// `uffd-handler --background-fill` runs, with the source's own fill).
+    Filling,
+}
+
 /// One restore: open (timed from here), serve, touch `order` from one thread.
-fn restore(make: Make<'_>, len: usize, order: &[usize], fault_around: Option<usize>) -> Run {
+fn restore(make: Make<'_>, len: usize, order: &[usize], serve: Serve) -> Run {
     let start = Instant::now();
+    let cpu = cpu_time();
     let (source, requests) = make();
-    let r = Restore::start_with(source, len, 1, fault_around);
+    let r = Restore::start_configured(Memory::Anonymous, source, len, 1, |b| match serve {
+        Serve::Faults(Some(bytes)) => {
+            b.fault_around(bytes);
+        }
+        Serve::Faults(None) => {}
+        Serve::Filling => {
+            b.background_fill(true);
+        }
+    })
+    .expect("anonymous memory");
     r.touch(order, 1, Duration::from_secs(3600)).unwrap();
     let time = start.elapsed();
     Run {
         time,
+        cpu: cpu_time() - cpu,
         requests: requests(),
     }
 }
@@ -88,8 +123,8 @@ fn main() {
          worker, one touching thread; median of {reps}"
     );
     println!();
-    println!("| touch | restore | time | vs local | GETs | GETs per MiB touched |");
-    println!("|---|---|---|---|---|---|");
+    println!("| touch | restore | time | vs local | CPU time | GETs | GETs per MiB touched |");
+    println!("|---|---|---|---|---|---|---|");
 
     let local = || -> (Arc<dyn PageSource>, Box<dyn Fn() -> u64>) {
         let f = File::open(&path).unwrap();
@@ -123,13 +158,15 @@ fn main() {
     ] {
         let row = |what: &str, runs: Vec<Run>, base: Option<Duration>, touched_mib: f64| {
             let requests = runs.last().map_or(0, |r| r.requests);
+            let cpu = median(runs.iter().map(|r| r.cpu).collect());
             let t = median(runs.into_iter().map(|r| r.time).collect());
             let vs = base.map_or("1.00x".into(), |b| {
                 format!("{:.2}x", t.as_secs_f64() / b.as_secs_f64())
             });
             println!(
-                "| {name} | {what} | {} | {vs} | {requests} | {:.2} |",
+                "| {name} | {what} | {} | {vs} | {} | {requests} | {:.2} |",
                 ms(t),
+                ms(cpu),
                 requests as f64 / touched_mib
             );
             t
@@ -139,7 +176,7 @@ fn main() {
         // after the other (local, cold, cold with the fill, warm both ways), so that a change in the
         // machine's load shows in all of them, not in one row.
         let _ = std::fs::remove_dir_all(cache.path());
-        restore(&object(cached.clone()), len, &order, None);
+        restore(&object(cached.clone()), len, &order, Serve::Faults(None));
         let (mut local_runs, mut cold_runs, mut fill_runs, mut warm_runs, mut pread_runs) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..reps {
@@ -147,11 +184,31 @@ fn main() {
             // nginx's are expected to be: this VM's host reclaims idle page cache between
             // runs, and the local restore then measured the disk (532 to 1887 ms).
             warm_page_cache(&path);
-            local_runs.push(restore(&local, len, &order, None));
-            cold_runs.push(restore(&object(cold.clone()), len, &order, None));
-            fill_runs.push(restore(&object(filled.clone()), len, &order, None));
-            warm_runs.push(restore(&object(cached.clone()), len, &order, None));
-            pread_runs.push(restore(&object(cached_pread.clone()), len, &order, None));
+            local_runs.push(restore(&local, len, &order, Serve::Faults(None)));
+            cold_runs.push(restore(
+                &object(cold.clone()),
+                len,
+                &order,
+                Serve::Faults(None),
+            ));
+            fill_runs.push(restore(
+                &object(filled.clone()),
+                len,
+                &order,
+                Serve::Filling,
+            ));
+            warm_runs.push(restore(
+                &object(cached.clone()),
+                len,
+                &order,
+                Serve::Faults(None),
+            ));
+            pread_runs.push(restore(
+                &object(cached_pread.clone()),
+                len,
+                &order,
+                Serve::Faults(None),
+            ));
         }
         let base = row(
             "serve from the local file (MappedFile)",
@@ -164,10 +221,12 @@ fn main() {
             let runs = (0..reps)
                 .map(|_| {
                     let start = Instant::now();
+                    let cpu = cpu_time();
                     let resp = ureq::get(&url).call().unwrap();
                     std::io::copy(&mut resp.into_reader(), &mut std::io::sink()).unwrap();
                     Run {
                         time: start.elapsed(),
+                        cpu: cpu_time() - cpu,
                         requests: 1,
                     }
                 })
@@ -186,7 +245,7 @@ fn main() {
             all,
         );
         row(
-            "objstore cold, background fill on (`Options::background`)",
+            "objstore cold, background fill (server and source, as `uffd-handler --background-fill`)",
             fill_runs,
             Some(base),
             all,
@@ -212,9 +271,16 @@ fn main() {
             .collect();
         let runs: Vec<Run> = (0..reps)
             .map(|_| {
-                let r = restore(&object(per_fault.clone()), len, &part, Some(0));
+                let r = restore(
+                    &object(per_fault.clone()),
+                    len,
+                    &part,
+                    Serve::Faults(Some(0)),
+                );
+                let scale = mib as f64 / per_fault_mib as f64;
                 Run {
-                    time: r.time.mul_f64(mib as f64 / per_fault_mib as f64),
+                    time: r.time.mul_f64(scale),
+                    cpu: r.cpu.mul_f64(scale),
                     requests: r.requests,
                 }
             })
@@ -251,13 +317,13 @@ fn main() {
     ws_row(
         "serve from the local file",
         (0..reps)
-            .map(|_| restore(&local, len, &ws_pages, None))
+            .map(|_| restore(&local, len, &ws_pages, Serve::Faults(None)))
             .collect(),
     );
     ws_row(
         "objstore cold, faults only",
         (0..reps)
-            .map(|_| restore(&object(cold.clone()), len, &ws_pages, None))
+            .map(|_| restore(&object(cold.clone()), len, &ws_pages, Serve::Faults(None)))
             .collect(),
     );
     let mut with_ws = Options::default();
@@ -265,7 +331,14 @@ fn main() {
     ws_row(
         "objstore cold, working set given (prefetch in its order)",
         (0..reps)
-            .map(|_| restore(&object(with_ws.clone()), len, &ws_pages, None))
+            .map(|_| {
+                restore(
+                    &object(with_ws.clone()),
+                    len,
+                    &ws_pages,
+                    Serve::Faults(None),
+                )
+            })
             .collect(),
     );
     // The prefetch alone: open to every working-set page arrived, nothing touched.
@@ -278,6 +351,7 @@ fn main() {
             }
             Run {
                 time: start.elapsed(),
+                cpu: Duration::ZERO, // not printed
                 requests: s.stats().requests,
             }
         })

@@ -72,6 +72,23 @@ impl Restore {
         workers: usize,
         fault_around: Option<usize>,
     ) -> Option<Restore> {
+        Restore::start_configured(memory, source, len, workers, |builder| {
+            if let Some(bytes) = fault_around {
+                builder.fault_around(bytes);
+            }
+        })
+    }
+
+    /// As [`start_on`](Self::start_on), with the server's options set by `configure` (the
+    /// region and the workers are set before it).
+    #[track_caller]
+    pub fn start_configured(
+        memory: Memory,
+        source: Arc<dyn PageSource>,
+        len: usize,
+        workers: usize,
+        configure: impl FnOnce(&mut userfaultfd::serve::ServerBuilder),
+    ) -> Option<Restore> {
         use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
         use userfaultfd::FeatureFlags;
         let features = userfaultfd::serve::EVENTS
@@ -140,9 +157,7 @@ impl Restore {
         builder
             .region(Region::new(addr, len).page_size(memory.page_size()))
             .workers(workers);
-        if let Some(bytes) = fault_around {
-            builder.fault_around(bytes);
-        }
+        configure(&mut builder);
         // SAFETY: the region holds no Rust object; it is unmapped only after the server stops.
         let server = unsafe {
             builder
