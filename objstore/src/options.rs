@@ -81,6 +81,10 @@ pub struct Options {
     /// writes nothing) or for a page the process discarded without the server being told
     /// (zeros are what a discarded page reads). Default `true`.
     ///
+    /// An object whose length is not a whole number of pages ends in a page the page server
+    /// cannot place (a region lies inside its source, in whole pages): the last chunk is
+    /// dropped once its whole pages are placed.
+    ///
     /// Set it to `false` when the page server serves the same bytes of the object into
     /// several regions at once: once one region has placed a chunk whole, the other
     /// region's faults in it would get zeros (and bytes a worker was handed but has not yet

@@ -33,6 +33,10 @@ pub(crate) struct Shared {
     pub(crate) pages_per_chunk: usize,
     pub(crate) chunks: usize,
     pub(crate) pages: usize,
+    /// The pages that lie wholly inside the object: all of them but a last page the
+    /// object's end cuts. The page server never places that one (a region lies inside its
+    /// source, in whole pages), so a chunk counts as placed without it.
+    pub(crate) whole_pages: usize,
     pub(crate) buffer: Buffer,
     pub(crate) arrived: PageBits,
     /// The pages the page server reported placed (`PageSource::placed`).
@@ -76,6 +80,7 @@ impl Shared {
         let page = opts.page_size;
         let pages_per_chunk = opts.chunk_size / page;
         let pages = remote.len.div_ceil(page as u64) as usize;
+        let remote_len = remote.len;
         let chunks = pages.div_ceil(pages_per_chunk);
         let arrived = PageBits::new(pages)?;
         let placed = PageBits::new(pages)?;
@@ -114,6 +119,7 @@ impl Shared {
             pages_per_chunk,
             chunks,
             pages,
+            whole_pages: (remote_len / page as u64) as usize,
             opts,
         })
     }
@@ -302,18 +308,20 @@ impl Shared {
     /// The page server placed pages `[from, to)`: a chunk whose every page is placed has its
     /// bytes dropped (see [`release`](Self::release)).
     pub(crate) fn placed(&self, from: usize, to: usize) {
-        let to = to.min(self.pages);
+        // A report of the cut last page (no page server makes one) changes nothing.
+        let to = to.min(self.whole_pages);
         let mut page = from;
         while page < to {
             let k = page / self.pages_per_chunk;
-            let (a, b) = self.chunk_pages(k);
+            let (_, b) = self.chunk_pages(k);
             let end = to.min(b);
             let new = self.placed.set(page, end) as u32;
             // SeqCst, with `chunk_done`'s store of DONE and load of the count: one of the
             // two sees the other's change, so a chunk placed whole before its fetch ended
             // is released when it ends.
             if new > 0
-                && self.placed_count[k].fetch_add(new, Ordering::SeqCst) + new == (b - a) as u32
+                && self.placed_count[k].fetch_add(new, Ordering::SeqCst) + new
+                    == self.placeable(k) as u32
             {
                 self.release(k);
                 if let Some(cache) = &self.cache {
@@ -326,10 +334,16 @@ impl Shared {
         }
     }
 
-    /// Whether every page of chunk `k` has been reported placed.
+    /// Whether every page of chunk `k` that the page server can place has been reported
+    /// placed.
     pub(crate) fn all_placed(&self, k: usize) -> bool {
+        self.placed_count[k].load(Ordering::SeqCst) as usize == self.placeable(k)
+    }
+
+    /// How many pages of chunk `k` the page server can place: all but the cut last page.
+    fn placeable(&self, k: usize) -> usize {
         let (a, b) = self.chunk_pages(k);
-        self.placed_count[k].load(Ordering::SeqCst) as usize == b - a
+        b.min(self.whole_pages).saturating_sub(a)
     }
 
     /// Drops the bytes of chunk `k`, every page of which the page server placed, unless they
