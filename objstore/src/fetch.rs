@@ -113,6 +113,7 @@ impl Shared {
         }
         self.state[k].store(DONE, Ordering::SeqCst);
         self.counters.chunk_done();
+        self.report_arrived(k);
         // Placed whole while it was being fetched (faults take pages as they arrive).
         if self.opts.release_placed && self.all_placed(k) {
             self.release(k);

@@ -15,6 +15,7 @@ use crate::queue::{Priority, Task, WorkQueue};
 use crate::remote::Remote;
 use crate::stats::Counters;
 use crate::Options;
+use userfaultfd::serve::Arrivals;
 
 // A chunk's state: IDLE -> QUEUED -> RUNNING (claimed by one fetch thread) -> DONE or FAILED;
 // DONE -> RELEASED once the page server placed all its pages (its bytes dropped; final).
@@ -70,6 +71,9 @@ pub(crate) struct Shared {
     pub(crate) busy: AtomicUsize,
     pub(crate) cache: Option<DiskCache>,
     pub(crate) counters: Counters,
+    /// Where whole chunks are reported as they arrive, when the page server places arrived
+    /// bytes (`PageSource::arrivals`; the latest server's handle).
+    pub(crate) arrivals: Mutex<Option<Arrivals>>,
 }
 
 impl Shared {
@@ -114,6 +118,7 @@ impl Shared {
             busy: AtomicUsize::new(0),
             cache: None,
             counters: Counters::default(),
+            arrivals: Mutex::new(None),
             remote,
             page,
             pages_per_chunk,
@@ -180,6 +185,7 @@ impl Shared {
                 Verified::Intact(first) => {
                     if first {
                         self.counters.cache_verified();
+                        self.report_arrived(k);
                     }
                 }
                 Verified::Corrupt(dropped) => {
@@ -223,6 +229,7 @@ impl Shared {
                 Ok(Verified::Intact(first)) => {
                     if first {
                         self.counters.cache_verified();
+                        self.report_arrived(k);
                     }
                 }
                 Ok(Verified::Corrupt(dropped)) => {
@@ -331,6 +338,16 @@ impl Shared {
                 }
             }
             page = end;
+        }
+    }
+
+    /// Tells the page server, if it places arrived bytes, that chunk `k` is whole in memory
+    /// or checked in the disk cache: `fetch` answers it without waiting.
+    pub(crate) fn report_arrived(&self, k: usize) {
+        let arrivals = self.arrivals.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(arrivals) = &*arrivals {
+            let span = self.chunk_span(k);
+            arrivals.arrived(span.start, span.end - span.start);
         }
     }
 

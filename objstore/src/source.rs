@@ -8,13 +8,13 @@
 
 use std::io;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
-use userfaultfd::serve::{Chunk, PageSource};
+use userfaultfd::serve::{Arrivals, Chunk, PageSource};
 
 use crate::cache::DiskCache;
-use crate::shared::Shared;
+use crate::shared::{Shared, DONE};
 use crate::stats::Stats;
 
 /// A snapshot in object storage, served to the page server: see the [crate docs](crate).
@@ -177,6 +177,22 @@ fn progress_loop(shared: std::sync::Weak<Shared>, every: Duration, opened: Insta
 impl PageSource for ObjectSource {
     fn len(&self) -> u64 {
         self.shared.remote.len
+    }
+
+    /// Reports each chunk as it arrives whole from the store or is found intact in the disk
+    /// cache (and, at once, those already held), so that a page server with
+    /// [`place_arrived`](userfaultfd::serve::ServerBuilder::place_arrived) places them ahead
+    /// of the faults.
+    fn arrivals(&self, arrivals: Arrivals) {
+        let s = &*self.shared;
+        // A later server over the same source takes the reports from now on.
+        *s.arrivals.lock().unwrap_or_else(PoisonError::into_inner) = Some(arrivals);
+        for k in 0..s.chunks {
+            let verified = s.cache.as_ref().is_some_and(|c| c.has(k) && c.verified(k));
+            if verified || s.state[k].load(Ordering::Acquire) == DONE {
+                s.report_arrived(k);
+            }
+        }
     }
 
     /// Drops the bytes of every chunk whose pages have all been placed: the source's memory

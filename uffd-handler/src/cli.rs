@@ -48,8 +48,9 @@ recorded pages first, in their order; --background-fill also fetches the whole o
 them. A record made from an object is tied to its length and ETag (a record of the same bytes
 as a local file is another snapshot's). A progress line (bytes fetched, rate, requests,
 retries, cache hits) is printed every --progress seconds until the object is complete. The
-bytes fetched stay in the handler's memory until it exits (at most the object's size, in an
-anonymous mapping): the guest's copy is made from them.
+bytes fetched stay in the handler's memory (an anonymous mapping, at most the object's size)
+until the guest has every page of their chunk; --place-arrived hands each chunk to the guest
+as soon as it arrives.
 
 Exit status:
   0  served until Firecracker exited, or stopped by SIGTERM/SIGINT
@@ -150,6 +151,16 @@ pub struct Cli {
     /// the fill rarely waits for the network.
     #[arg(long)]
     pub background_fill: bool,
+
+    /// With a URL: place each chunk as it arrives whole (fetched for a fault, read ahead,
+    /// prefetched for --replay, or found intact in --cache-dir), at the lowest CPU priority,
+    /// instead of waiting for the guest to fault on each of its pages. Costs no memory the
+    /// restore would not hold anyway (fetched bytes are kept until the guest has them all),
+    /// but counts it as the guest's from arrival rather than first touch; pages the guest
+    /// discarded (a balloon's) are skipped. Measured on random access, a cold restore about
+    /// a third faster. Without a URL nothing arrives: no effect.
+    #[arg(long)]
+    pub place_arrived: bool,
 
     /// Record the pages the guest touches, in first-touch order, and save them to FILE as a
     /// working set when the session ends (for --replay on the next restore of this memory

@@ -123,6 +123,7 @@ pub fn serve(
     builder
         .workers(cli.workers().into())
         .background_fill(cli.background_fill)
+        .place_arrived(cli.place_arrived)
         .no_discards(!discards)
         .error_policy(match cli.error_policy {
             Policy::FailClosed => ErrorPolicy::FailClosed,
@@ -424,7 +425,7 @@ fn log_session(
     log!(
         "session: firecracker pid {} | {} regions, {}: {} | page size {page} ({page_how}) | \
          features {} (balloon discards {}) | backend {}, fault-around {}, workers {}, \
-         background fill {}, {}",
+         background fill {}, place arrived {}, {}",
         peer.map_or("unknown".to_string(), |p| p.to_string()),
         regions.len(),
         human(total),
@@ -447,6 +448,7 @@ fn log_session(
         },
         cli.workers(),
         if cli.background_fill { "on" } else { "off" },
+        if cli.place_arrived { "on" } else { "off" },
         match (&cli.record, &cli.replay) {
             (Some(p), _) => format!("recording to {}", p.display()),
             (_, Some(p)) => format!("replaying {}", p.display()),

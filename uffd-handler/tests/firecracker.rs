@@ -475,6 +475,7 @@ fn help_explains_every_option_and_the_exit_statuses() {
         "--fault-around",
         "--workers",
         "--background-fill",
+        "--place-arrived",
         "--record",
         "--replay",
         "--error-policy",
@@ -583,6 +584,44 @@ fn serves_every_memory_type_from_an_http_url() {
             // Opened in base pages, answered in the guest's 2 MiB pages.
             ended.assert(0, &["opening the object again to answer in them"]);
         }
+    }
+}
+
+/// `--place-arrived`: chunks are placed as they arrive (the statistics count background
+/// pages), every byte is right, and the balloon's discards still read as zeros afterwards.
+#[test]
+fn places_chunks_as_they_arrive_from_an_http_url() {
+    for memory in MemoryType::ALL {
+        if !available(memory) {
+            continue;
+        }
+        let Some(nginx) = nginx_serving("mem", memory) else {
+            return;
+        };
+        let dir = TestDir::new(&format!("arrived-{memory:?}"));
+        let ended = restore_from(
+            &dir,
+            nginx.url("mem"),
+            &releases::V1_12,
+            true,
+            memory,
+            &["--chunk-size", "64K", "--place-arrived"],
+            &[],
+        );
+        ended.assert(0, &["place arrived on", "Firecracker's process exited"]);
+        let background: u64 = ended
+            .stderr
+            .lines()
+            .find(|l| l.contains("stats: "))
+            .and_then(|l| l.split("background ").nth(1))
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{memory:?}: no background count: {}", ended.stderr));
+        assert!(
+            background > 0,
+            "{memory:?}: nothing placed on arrival: {}",
+            ended.stderr
+        );
     }
 }
 

@@ -68,8 +68,12 @@
 //! by block at the lowest CPU priority; so that a fill preempted by other work can never keep
 //! the reading of messages (faults included) waiting for the lock, it never takes the lock:
 //! it fetches, and hands each placement to a thread at the workers' priority (a worker, or
-//! the reader), which makes the ioctl while the fill waits. Nothing is allocated per fault
-//! after start-up; statistics are counted per thread and summed when read.
+//! the reader), which makes the ioctl while the fill waits. With
+//! [`ServerBuilder::place_arrived`], the same thread places instead what the source reports
+//! it holds ([`PageSource::arrivals`]: a network source's chunks as they arrive), so that
+//! pages fetched for one fault, or read ahead, are in place before their own faults. Nothing
+//! is allocated per fault after start-up; statistics are counted per thread and summed when
+//! read.
 //!
 //! On huge pages, the server maps what a copy reads from (the source's chunk, the zero
 //! mapping) before the copy: a hugetlbfs `COPY` whose source faults inside the kernel takes a
@@ -212,6 +216,7 @@
 //! about 1230 instructions with a source that never blocks, 1850 with the reader's
 //! hand-over.
 
+mod arrivals;
 mod background;
 mod inbox;
 mod pages;
@@ -229,6 +234,7 @@ use std::fmt;
 use std::io;
 use std::ops::Range;
 
+pub use arrivals::Arrivals;
 pub use region::{Backend, Region};
 pub use server::{
     Exit, Finished, Server, ServerBuilder, MAX_BUSY_POLL, MAX_FAULT_AROUND, MAX_WORKERS,

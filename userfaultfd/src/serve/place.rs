@@ -257,6 +257,33 @@ impl Placer<'_> {
         self.block(m, page, Origin::Background, scratch)
     }
 
+    /// Places the pages of `[from, to)` (inside one fault-around block) of `m`'s region that
+    /// are neither placed nor discarded, clipped to `m`: bytes the source reported arrived.
+    pub fn arrived_block(
+        &self,
+        m: &Mapping,
+        from: usize,
+        to: usize,
+        scratch: &mut [u8],
+    ) -> Result<Flow, Stop> {
+        let to = to.min(m.first_page + m.len / m.page_size);
+        let state = &self.shared.pages[m.region];
+        let mut i = from.max(m.first_page);
+        while i < to {
+            if state.settled(i) {
+                i = state.settled_run_end(i, to, true);
+                continue;
+            }
+            let j = state.settled_run_end(i + 1, to, false);
+            let flow = self.run(m, i, j, i, Origin::Background, scratch)?;
+            if flow != Flow::Done {
+                return Ok(flow);
+            }
+            i = j;
+        }
+        Ok(Flow::Done)
+    }
+
     /// Places pages `[from, to)` of `m`'s region, splitting by discarded state.
     pub(super) fn run(
         &self,

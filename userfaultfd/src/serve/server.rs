@@ -7,7 +7,8 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::background::background;
+use super::arrivals::{ArrivalQueue, Arrivals};
+use super::background::{background, place_arrived};
 use super::inbox::poison_unplaced;
 use super::pages::PageState;
 use super::region::{check_disjoint, AddressMap, Backend, Region};
@@ -49,6 +50,7 @@ pub struct ServerBuilder {
     workers: usize,
     fault_around: Option<usize>,
     background: bool,
+    place_arrived: bool,
     busy_poll: Duration,
     policy: ErrorPolicy,
     peer: Option<libc::pid_t>,
@@ -65,6 +67,7 @@ impl Default for ServerBuilder {
             workers: 1,
             fault_around: None,
             background: false,
+            place_arrived: false,
             busy_poll: Duration::ZERO,
             policy: ErrorPolicy::Stop,
             peer: None,
@@ -123,6 +126,28 @@ impl ServerBuilder {
     /// block, at the lowest CPU priority (default off).
     pub fn background_fill(&mut self, on: bool) -> &mut Self {
         self.background = on;
+        self
+    }
+
+    /// Whether a background thread places, as they arrive, the bytes the source reports it
+    /// holds ([`PageSource::arrivals`]), before the process faults on them (default off).
+    ///
+    /// For a source that fetches (a snapshot in object storage): what it fetched for a
+    /// fault's chunk or read ahead is placed whole, so the next faults in it do not happen,
+    /// and the source can drop those bytes ([`PageSource::placed`]). It costs no memory the
+    /// restore would not hold anyway: bytes the source fetched sit either in its memory or,
+    /// placed, in the process's; a source that drops what was placed holds them once. What
+    /// it changes is whose memory they count as: the served process's (its cgroup), from the
+    /// moment they arrive rather than when touched. Pages placed already and pages the
+    /// process discarded (`REMOVE`: a balloon's) are skipped, as by the fill. Runs on the
+    /// background thread, at the lowest CPU priority, handing each placement to a thread at
+    /// the workers' priority as the fill does; after the [`replay`](Self::replay), if any.
+    ///
+    /// A source that does not report arrivals (the default of [`PageSource::arrivals`])
+    /// makes this do nothing. With [`background_fill`](Self::background_fill) on, the fill
+    /// places everything in region order and the source is not asked for its arrivals.
+    pub fn place_arrived(&mut self, on: bool) -> &mut Self {
+        self.place_arrived = on;
         self
     }
 
@@ -400,7 +425,9 @@ impl ServerBuilder {
             replay_rank,
             zeros,
             stop_fd: eventfd()?,
-            fill_fd: self.background.then(eventfd).transpose()?,
+            fill_fd: (self.background || self.place_arrived)
+                .then(eventfd)
+                .transpose()?,
             peer: self.peer.map(pidfd_open).transpose()?,
         })
     }
@@ -467,7 +494,13 @@ impl ServerBuilder {
             started: Instant::now(),
             replay_done_ns: AtomicU64::new(u64::MAX),
             replay_error: Mutex::new(None),
+            arrivals: (self.place_arrived && !self.background)
+                .then(|| Arc::new(ArrivalQueue::default())),
         });
+        if let Some(queue) = &shared.arrivals {
+            // Before any thread runs: what the source holds already is queued first.
+            shared.source.arrivals(Arrivals::new(Arc::clone(queue)));
+        }
         let mut server = Server {
             shared: Arc::clone(&shared),
             threads: Vec::new(),
@@ -852,7 +885,8 @@ impl Server {
             let mut reader = Worker::new(Arc::clone(&shared), id, false);
             self.spawn("uffd-serve-reader".into(), id, move |_| reader.run_reader())?;
         }
-        if fill || !shared.replay.is_empty() {
+        let arrived = shared.arrivals.is_some();
+        if fill || arrived || !shared.replay.is_empty() {
             let id = workers;
             self.spawn("uffd-serve-bg".into(), id, move |shared| {
                 // The replay runs at the workers' priority: its pages are wanted soon, and at
@@ -873,6 +907,8 @@ impl Server {
                 }
                 if fill {
                     background(shared, id)?; // (which lowers its priority)
+                } else if arrived {
+                    place_arrived(shared, id)?; // (likewise)
                 }
                 Ok(())
             })?;
@@ -1107,6 +1143,10 @@ fn signal_stop(shared: &Shared) {
         // Under the queue's lock: a fetch worker checks `stopping` under it before waiting.
         let _queue = dispatch.queue.lock().unwrap_or_else(|e| e.into_inner());
         dispatch.ready.notify_all();
+    }
+    if let Some(arrivals) = &shared.arrivals {
+        // The source's reports from now on are dropped (and its handle says so).
+        arrivals.close();
     }
     if let Some(desk) = &shared.desk {
         // The fill, waiting for a placement not yet taken, withdraws it.

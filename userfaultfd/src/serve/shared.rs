@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use libc::c_void;
 
+use super::arrivals::ArrivalQueue;
 use super::inbox::Fault;
 use super::pages::PageState;
 use super::place::{Fill, Flow};
@@ -253,6 +254,9 @@ pub(crate) struct Shared {
     pub replay_done_ns: AtomicU64,
     /// Why the replay ended early.
     pub replay_error: Mutex<Option<ServeError>>,
+    /// `Some` with `place_arrived` (and no background fill): the ranges of the source it
+    /// reported arrived, which the background thread places.
+    pub arrivals: Option<Arc<ArrivalQueue>>,
 }
 
 /// A read-only private anonymous mapping: all zeros, costing no memory.

@@ -7,6 +7,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::ptr::NonNull;
 
+use super::arrivals::Arrivals;
+
 /// The next bytes of a source, from the offset asked for.
 #[derive(Debug)]
 pub enum Chunk<'a> {
@@ -115,6 +117,20 @@ pub trait PageSource: Send + Sync {
     fn unreadable(&self, offset: u64, len: usize) -> bool {
         let _ = (offset, len);
         false
+    }
+
+    /// Called once, when a server with
+    /// [`place_arrived`](super::ServerBuilder::place_arrived) starts: report through
+    /// `arrivals` the bytes that [`fetch`](Self::fetch) can answer without waiting, those
+    /// held already and each range that arrives from now on (a chunk fetched for a fault or
+    /// read ahead, a chunk checked in a disk cache), and the server places them before they
+    /// are faulted on. Keep the handle for as long as bytes may arrive.
+    ///
+    /// Called on the thread that starts the server, before any fault is served: keep it
+    /// short (store the handle, report what is held). The default reports nothing, so
+    /// nothing is placed ahead.
+    fn arrivals(&self, arrivals: Arrivals) {
+        let _ = arrivals;
     }
 }
 

@@ -96,7 +96,9 @@ pub struct Stats {
     pub bytes_copied: u64,
     /// Pages placed around a faulting page (included in the three counts above).
     pub fault_around_pages: u64,
-    /// Pages placed by the background fill (included in the three counts above).
+    /// Pages placed by the background fill, or as they arrived
+    /// ([`ServerBuilder::place_arrived`](super::ServerBuilder::place_arrived)) (included in
+    /// the three counts above).
     pub background_pages: u64,
     /// Pages prefetched by replaying a working set (included in the three counts above;
     /// pages already placed, or discarded, when their turn came are not counted).
