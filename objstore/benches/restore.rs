@@ -63,6 +63,9 @@ enum Serve {
     /// Faults, and the server's background fill placing the rest (what
     /// `uffd-handler --background-fill` runs, with the source's own fill).
     Filling,
+    /// Faults, and each chunk placed as it arrives (`ServerBuilder::place_arrived`,
+    /// `uffd-handler --place-arrived`).
+    Arrived,
 }
 
 /// One restore: open (timed from here), serve, touch `order` from one thread.
@@ -77,6 +80,9 @@ fn restore(make: Make<'_>, len: usize, order: &[usize], serve: Serve) -> Run {
         Serve::Faults(None) => {}
         Serve::Filling => {
             b.background_fill(true);
+        }
+        Serve::Arrived => {
+            b.place_arrived(true);
         }
     })
     .expect("anonymous memory");
@@ -179,6 +185,7 @@ fn main() {
         restore(&object(cached.clone()), len, &order, Serve::Faults(None));
         let (mut local_runs, mut cold_runs, mut fill_runs, mut warm_runs, mut pread_runs) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut cold_arrived_runs, mut warm_arrived_runs) = (Vec::new(), Vec::new());
         for _ in 0..reps {
             // The file in the page cache first (not timed), as a local restore's file and
             // nginx's are expected to be: this VM's host reclaims idle page cache between
@@ -191,6 +198,7 @@ fn main() {
                 &order,
                 Serve::Faults(None),
             ));
+            cold_arrived_runs.push(restore(&object(cold.clone()), len, &order, Serve::Arrived));
             fill_runs.push(restore(
                 &object(filled.clone()),
                 len,
@@ -208,6 +216,12 @@ fn main() {
                 len,
                 &order,
                 Serve::Faults(None),
+            ));
+            warm_arrived_runs.push(restore(
+                &object(cached.clone()),
+                len,
+                &order,
+                Serve::Arrived,
             ));
         }
         let base = row(
@@ -245,6 +259,12 @@ fn main() {
             all,
         );
         row(
+            "objstore cold, chunks placed as they arrive (`place_arrived`)",
+            cold_arrived_runs,
+            Some(base),
+            all,
+        );
+        row(
             "objstore cold, background fill (server and source, as `uffd-handler --background-fill`)",
             fill_runs,
             Some(base),
@@ -253,6 +273,12 @@ fn main() {
         row(
             "objstore warm (disk cache, copied from its mapping)",
             warm_runs,
+            Some(base),
+            all,
+        );
+        row(
+            "objstore warm, chunks placed as they are found intact (`place_arrived`)",
+            warm_arrived_runs,
             Some(base),
             all,
         );
@@ -339,6 +365,12 @@ fn main() {
                     Serve::Faults(None),
                 )
             })
+            .collect(),
+    );
+    ws_row(
+        "objstore cold, working set given, chunks placed as they arrive (`place_arrived`)",
+        (0..reps)
+            .map(|_| restore(&object(with_ws.clone()), len, &ws_pages, Serve::Arrived))
             .collect(),
     );
     // The prefetch alone: open to every working-set page arrived, nothing touched.

@@ -14,8 +14,13 @@
 //! options.chunk_size = 4 << 20;
 //! options.parallelism = 4;
 //! let source = userfaultfd_objstore::open("s3://snapshots/vm-42/memory", &options)?;
-//! // SAFETY: the region holds no Rust object.
-//! let server = unsafe { Server::builder().region(region).start(uffd, source.clone())? };
+//! // SAFETY: the region holds no Rust object. Chunks are placed as they arrive (see below).
+//! let server = unsafe {
+//!     Server::builder()
+//!         .region(region)
+//!         .place_arrived(true)
+//!         .start(uffd, source.clone())?
+//! };
 //! // ... the guest runs ...
 //! let finished = server.stop();
 //! eprintln!("{}", source.progress_line());
@@ -67,6 +72,13 @@
 //!   at the priority of the thread that called [`open`], never at nice 19: a fault on a
 //!   chunk the fill is fetching takes the rest of it over (the `background` module's docs
 //!   say why threads of their own: a thread cannot undo a lowered priority unprivileged).
+//! - Each chunk is reported to the page server as it arrives whole, or is found intact in
+//!   the disk cache ([`PageSource::arrivals`](userfaultfd::serve::PageSource::arrivals)):
+//!   with [`ServerBuilder::place_arrived`](userfaultfd::serve::ServerBuilder::place_arrived)
+//!   the server places it at once, so the other pages of a chunk fetched for one fault, or
+//!   read ahead, do not fault one by one. It costs no memory the restore would not hold
+//!   (a fetched chunk is kept until the guest has all of it: placed, it is dropped here),
+//!   and on random access it cut a cold restore by about a third (BENCHMARKS.md).
 //!
 //! # Failures
 //!
