@@ -587,8 +587,11 @@ fn serves_every_memory_type_from_an_http_url() {
     }
 }
 
-/// `--place-arrived`: chunks are placed as they arrive (the statistics count background
-/// pages), every byte is right, and the balloon's discards still read as zeros afterwards.
+/// `--place-arrived` on every memory type: the flag reaches the page server (the session
+/// line says so), every byte is right and the balloon's discards still read as zeros. (How
+/// many pages the fill places before the guest's faults do is a race the test does not
+/// judge: `objstore/tests/arrived.rs` and the page server's `serve_arrived.rs` prove the
+/// placement itself, with nothing touched.)
 #[test]
 fn places_chunks_as_they_arrive_from_an_http_url() {
     for memory in MemoryType::ALL {
@@ -608,19 +611,13 @@ fn places_chunks_as_they_arrive_from_an_http_url() {
             &["--chunk-size", "64K", "--place-arrived"],
             &[],
         );
-        ended.assert(0, &["place arrived on", "Firecracker's process exited"]);
-        let background: u64 = ended
-            .stderr
-            .lines()
-            .find(|l| l.contains("stats: "))
-            .and_then(|l| l.split("background ").nth(1))
-            .and_then(|rest| rest.split(' ').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("{memory:?}: no background count: {}", ended.stderr));
-        assert!(
-            background > 0,
-            "{memory:?}: nothing placed on arrival: {}",
-            ended.stderr
+        ended.assert(
+            0,
+            &[
+                "place arrived on",
+                "balloon discards served as zeros",
+                "Firecracker's process exited",
+            ],
         );
     }
 }
