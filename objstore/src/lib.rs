@@ -78,7 +78,7 @@
 //!   the server places it at once, so the other pages of a chunk fetched for one fault, or
 //!   read ahead, do not fault one by one. It costs no memory the restore would not hold
 //!   (a fetched chunk is kept until the guest has all of it: placed, it is dropped here),
-//!   and on random access it cut a cold restore by about a third (BENCHMARKS.md).
+//!   and on random access it took a third off a cold restore's time (BENCHMARKS.md).
 //!
 //! # Failures
 //!
