@@ -76,9 +76,12 @@
 //!   the disk cache ([`PageSource::arrivals`](userfaultfd::serve::PageSource::arrivals)):
 //!   with [`ServerBuilder::place_arrived`](userfaultfd::serve::ServerBuilder::place_arrived)
 //!   the server places it at once, so the other pages of a chunk fetched for one fault, or
-//!   read ahead, do not fault one by one. It costs no memory the restore would not hold
-//!   (a fetched chunk is kept until the guest has all of it: placed, it is dropped here),
-//!   and on random access it took a third off a cold restore's time (BENCHMARKS.md).
+//!   read ahead, do not fault one by one (the server reads them with
+//!   `PageSource::fetch_held`, which never fetches nor reads ahead). A fetched chunk is
+//!   kept here until the guest has all of it, so placing it moves the memory into the guest
+//!   rather than adding any; with a disk cache, every chunk found intact is placed, the
+//!   whole cached object. On random access it took a third off a cold restore's time
+//!   (BENCHMARKS.md).
 //!
 //! # Failures
 //!

@@ -229,6 +229,50 @@ impl PageSource for ObjectSource {
         scratch: &'a mut [u8],
     ) -> io::Result<Chunk<'a>> {
         let s = &*self.shared;
+        let page = self.check(offset, len)?;
+        let chunk = page / s.pages_per_chunk;
+        s.read_ahead(chunk);
+        if !s.arrived.is_set(page) && !s.released(chunk) {
+            if let Some(bytes) = s.read_cached(page, len, scratch) {
+                return Ok(Chunk::Data(bytes));
+            }
+            s.counters.wait();
+            s.demand(page);
+            s.wait_for(page)?;
+        }
+        Ok(self.in_memory(page, len))
+    }
+
+    /// What the source holds, for the page server's place-arrived fill: the pages in memory
+    /// or in the checked disk cache, without a request, a wait or a read-ahead (these are
+    /// not the guest's accesses); `None` for anything else.
+    fn fetch_held<'a>(
+        &'a self,
+        offset: u64,
+        len: usize,
+        scratch: &'a mut [u8],
+    ) -> io::Result<Option<Chunk<'a>>> {
+        let s = &*self.shared;
+        let page = self.check(offset, len)?;
+        let chunk = page / s.pages_per_chunk;
+        if s.arrived.is_set(page) {
+            return Ok(Some(self.in_memory(page, len)));
+        }
+        let checked = s
+            .cache
+            .as_ref()
+            .is_some_and(|c| c.has(chunk) && c.verified(chunk));
+        if checked && !s.released(chunk) {
+            return Ok(s.read_cached(page, len, scratch).map(Chunk::Data));
+        }
+        Ok(None)
+    }
+}
+
+impl ObjectSource {
+    /// `offset` and `len` as whole pages inside the object: the first page's index.
+    fn check(&self, offset: u64, len: usize) -> io::Result<usize> {
+        let s = &*self.shared;
         let page = offset / s.page as u64;
         if !offset.is_multiple_of(s.page as u64) || len == 0 || page >= s.pages as u64 {
             return Err(io::Error::new(
@@ -242,17 +286,13 @@ impl PageSource for ObjectSource {
                 ),
             ));
         }
-        let page = page as usize;
+        Ok(page as usize)
+    }
+
+    /// The answer for `page` once it has arrived (or its chunk was dropped after placement).
+    fn in_memory(&self, page: usize, len: usize) -> Chunk<'_> {
+        let s = &*self.shared;
         let chunk = page / s.pages_per_chunk;
-        s.read_ahead(chunk);
-        if !s.arrived.is_set(page) && !s.released(chunk) {
-            if let Some(bytes) = s.read_cached(page, len, scratch) {
-                return Ok(Chunk::Data(bytes));
-            }
-            s.counters.wait();
-            s.demand(page);
-            s.wait_for(page)?;
-        }
         let want = len.div_ceil(s.page);
         let run = s.arrived.run_end(page, page + want) - page;
         if run == 0 {
@@ -263,15 +303,13 @@ impl PageSource for ObjectSource {
             debug_assert!(s.released(chunk));
             s.counters.asked_after_release();
             let (_, end) = s.chunk_pages(chunk);
-            return Ok(Chunk::Zeros(len.min((end - page) * s.page)));
+            return Chunk::Zeros(len.min((end - page) * s.page));
         }
         let bytes = (run * s.page).min(len);
         // SAFETY: pages `[page, page + run)` have arrived (bitmap, Acquire), so their bytes
         // are written and not written again; the buffer is `pages * page` bytes long. (If
         // the chunk is dropped meanwhile, the bytes read as zeros: see `Shared::release` for
         // why a copy of them is then harmless.)
-        Ok(Chunk::Data(unsafe {
-            s.buffer.read_slice(page * s.page, bytes)
-        }))
+        Chunk::Data(unsafe { s.buffer.read_slice(page * s.page, bytes) })
     }
 }

@@ -154,12 +154,13 @@ pub struct Cli {
 
     /// With a URL: place each chunk as it arrives whole (fetched for a fault, read ahead,
     /// prefetched for --replay, or found intact in --cache-dir), at the lowest CPU priority,
-    /// instead of waiting for the guest to fault on each of its pages. Costs no memory the
-    /// restore would not hold anyway (fetched bytes are kept until the guest has them all),
-    /// but counts it as the guest's from arrival rather than first touch; pages the guest
-    /// discarded (a balloon's) are skipped. Measured on random access: a cold restore in a
-    /// third less time, a warm one (--cache-dir) faster than from a local file. Without a
-    /// URL nothing arrives: no effect.
+    /// instead of waiting for the guest to fault on each of its pages. Fetched chunks are
+    /// held until the guest has them whole anyway, so this moves memory to the guest (its
+    /// cgroup) from arrival rather than first touch; with --cache-dir, every chunk found in
+    /// the cache is placed, as a background fill from the cache would. Pages the guest
+    /// discarded (a balloon's) are skipped. Measured on random access: a cold restore in
+    /// about a third less time, a warm one about as fast as from a local file. Without a URL
+    /// nothing arrives: no effect.
     #[arg(long)]
     pub place_arrived: bool,
 

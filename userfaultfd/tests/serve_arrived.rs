@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use support::serve::{mismatches, serve_uffd, snapshot, zero_page, TestSource};
 use support::{MemoryType, Region};
-use userfaultfd::serve::{Arrivals, Chunk, PageSource, Region as Served, Server, Stats};
+use userfaultfd::serve::{Arrivals, Chunk, PageSource, Region as Served, Server};
 use userfaultfd::RegisterMode;
 
 /// A test source that reports `held` when the server asks for its arrivals, and keeps the
@@ -85,15 +85,11 @@ fn pages_for(memory: MemoryType) -> usize {
     }
 }
 
-/// Waits until `done(stats)`.
-fn wait_for(server: &Server, what: &str, done: impl Fn(&Stats) -> bool) {
+/// Waits until `done()`, at most the test timeout; `state` says what it saw.
+fn wait_until(done: impl Fn() -> bool, state: impl Fn() -> String) {
     let deadline = Instant::now() + support::TIMEOUT;
-    loop {
-        let s = server.stats();
-        if done(&s) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what}: {s:?}");
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out: {}", state());
         std::thread::sleep(Duration::from_millis(2));
     }
 }
@@ -132,18 +128,22 @@ fn arrived_bytes_are_placed_before_they_are_touched() {
             let want: Vec<usize> = (0..pages / 2)
                 .chain(pages / 2 + 1..3 * pages / 4 - 1)
                 .collect();
-            wait_for(&server, &what, |s| s.background_pages >= want.len() as u64);
+            // (Zero pages are placed as zeros, which the source is not told of; a placement
+            // is counted before the source is told.)
+            let data: Vec<usize> = want.iter().copied().filter(|&p| !zero_page(p)).collect();
+            wait_until(
+                || source.inner.reported() == data,
+                || format!("{what}: told {:?}", source.inner.reported()),
+            );
             // A moment for anything placed beyond them to show.
             std::thread::sleep(Duration::from_millis(20));
+            assert_eq!(source.inner.reported(), data, "{what}");
             assert_eq!(
                 server.stats().background_pages,
                 want.len() as u64,
                 "{what}: {:?}",
                 server.stats()
             );
-            // (Zero pages are placed as zeros, which the source is not told of.)
-            let data: Vec<usize> = want.iter().copied().filter(|&p| !zero_page(p)).collect();
-            assert_eq!(source.inner.reported(), data, "{what}");
             let bad = mismatches(&region, &expected, want.iter().copied());
             assert!(bad.is_empty(), "{what}: pages {bad:?} differ");
             assert_eq!(server.stats().faults, 0, "{what}: {:?}", server.stats());
@@ -196,16 +196,17 @@ fn discarded_pages_are_not_placed_when_they_arrive() {
         let r = unsafe { libc::madvise(region.page(1).cast(), 2 * ps, advice) };
         assert_eq!(r, 0, "madvise: {}", io::Error::last_os_error());
         source.arrive(0, (pages * ps) as u64);
-        wait_for(&server, &format!("{memory:?}"), |s| {
-            s.background_pages >= pages as u64 - 2
-        });
-        std::thread::sleep(Duration::from_millis(20));
-        let s = server.stats();
-        assert_eq!(s.background_pages, pages as u64 - 2, "{memory:?}: {s:?}");
         let data: Vec<usize> = (0..pages)
             .filter(|&p| !(1..3).contains(&p) && !zero_page(p))
             .collect();
+        wait_until(
+            || source.inner.reported() == data,
+            || format!("{memory:?}: told {:?}", source.inner.reported()),
+        );
+        std::thread::sleep(Duration::from_millis(20));
         assert_eq!(source.inner.reported(), data, "{memory:?}");
+        let s = server.stats();
+        assert_eq!(s.background_pages, pages as u64 - 2, "{memory:?}: {s:?}");
         let mut want = expected.clone();
         want[ps..3 * ps].fill(0);
         let bad = mismatches(&region, &want, 0..pages);

@@ -46,8 +46,8 @@ impl Arrivals {
         self.0.ready.notify_one();
     }
 
-    /// Whether the server has stopped taking reports (it stopped, or fills everything in
-    /// the background anyway): the source may drop this handle.
+    /// Whether the server has stopped taking reports (it stopped): the source may drop
+    /// this handle.
     pub fn is_closed(&self) -> bool {
         self.0.closed.load(Ordering::Acquire)
     }
@@ -97,6 +97,8 @@ impl ArrivalQueue {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
+        // The fill, waiting for a report, sees the stop at once.
+        self.ready.notify_all();
     }
 }
 

@@ -69,8 +69,17 @@ pub(crate) fn place_arrived(shared: &Shared, id: usize) -> Result<(), Stop> {
             continue;
         };
         for (index, region) in shared.regions.iter().enumerate() {
-            if let Some(pages) = whole_pages(region, &range) {
-                place_pages(shared, id, index, pages, &mut scratch)?;
+            let Some(pages) = whole_pages(region, &range) else {
+                continue;
+            };
+            match place_pages(shared, id, index, pages, &mut scratch) {
+                Ok(()) => {}
+                // A failure here (the source's, or a placement's) is not fatal: the range
+                // is left to the faults, which meet it again if it persists, and only they
+                // decide under the error policy. Unlike a fault's, this page may never be
+                // touched.
+                Err(Stop::Failed(_)) => {}
+                Err(stop) => return Err(stop),
             }
         }
     }
@@ -122,7 +131,7 @@ fn place_pages(
         let placer = Placer::new(shared, id, Events::Delegate);
         let found = lock_read(&shared.map).locate(index, last);
         let Some(m) = found else {
-            end = start; // unmapped: nothing to place
+            end = last; // unmapped: this page has nothing to place
             continue;
         };
         match placer.arrived_block(&m, start, end, scratch)? {

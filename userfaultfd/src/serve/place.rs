@@ -40,6 +40,8 @@ pub(crate) enum Origin {
     Fault,
     Background,
     Replay,
+    /// The place-arrived fill: the source's bytes come from `PageSource::fetch_held`.
+    Arrived,
 }
 
 /// After `EAGAIN` with nothing left to read, the event was read but the kernel refuses
@@ -188,6 +190,22 @@ impl<'a> Placer<'a> {
     /// `PageSource::fetch`, marked as such for [`Server::stop`](super::Server::stop), which
     /// may leave the thread behind in it. (A fault being served when the server stops is
     /// finished if its fetches return within the grace `stop` gives.)
+    /// [`PageSource::fetch_held`]: never waits, so not abandonable.
+    fn fetch_held<'s>(
+        &self,
+        offset: u64,
+        len: usize,
+        scratch: &'s mut [u8],
+    ) -> Result<Option<Chunk<'s>>, Stop>
+    where
+        'a: 's,
+    {
+        self.shared
+            .source
+            .fetch_held(offset, len, scratch)
+            .map_err(|source| Stop::Failed(ServeError::Source { offset, source }))
+    }
+
     fn fetch<'s>(&self, offset: u64, len: usize, scratch: &'s mut [u8]) -> Result<Chunk<'s>, Stop>
     where
         'a: 's,
@@ -275,7 +293,7 @@ impl Placer<'_> {
                 continue;
             }
             let j = state.settled_run_end(i + 1, to, false);
-            let flow = self.run(m, i, j, i, Origin::Background, scratch)?;
+            let flow = self.run(m, i, j, i, Origin::Arrived, scratch)?;
             if flow != Flow::Done {
                 return Ok(flow);
             }
@@ -339,7 +357,15 @@ impl Placer<'_> {
         while i < to {
             let offset = region.offset + (i * ps) as u64;
             let asked = (to - i) * ps;
-            let chunk = self.fetch(offset, asked, &mut scratch[..asked])?;
+            let chunk = if origin == Origin::Arrived {
+                match self.fetch_held(offset, asked, &mut scratch[..asked])? {
+                    Some(chunk) => chunk,
+                    // Not held any more: left to the faults.
+                    None => return Ok(Flow::Done),
+                }
+            } else {
+                self.fetch(offset, asked, &mut scratch[..asked])?
+            };
             let (fill, got) = match chunk {
                 Chunk::Data(bytes) => (Fill::Copy(bytes.as_ptr()), bytes.len()),
                 Chunk::Zeros(n) => (Fill::Zero, n),
@@ -682,7 +708,7 @@ impl Placer<'_> {
             Fill::Continue => add(&c.pages_continued, n),
         }
         match origin {
-            Origin::Background => add(&c.background_pages, n),
+            Origin::Background | Origin::Arrived => add(&c.background_pages, n),
             Origin::Replay => add(&c.replay_pages, n),
             Origin::Fault => {
                 let own = u64::from((from..to).contains(&fault));

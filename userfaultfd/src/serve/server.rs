@@ -133,19 +133,26 @@ impl ServerBuilder {
     /// holds ([`PageSource::arrivals`]), before the process faults on them (default off).
     ///
     /// For a source that fetches (a snapshot in object storage): what it fetched for a
-    /// fault's chunk or read ahead is placed whole, so the next faults in it do not happen,
-    /// and the source can drop those bytes ([`PageSource::placed`]). It costs no memory the
-    /// restore would not hold anyway: bytes the source fetched sit either in its memory or,
-    /// placed, in the process's; a source that drops what was placed holds them once. What
-    /// it changes is whose memory they count as: the served process's (its cgroup), from the
-    /// moment they arrive rather than when touched. Pages placed already and pages the
-    /// process discarded (`REMOVE`: a balloon's) are skipped, as by the fill. Runs on the
+    /// fault's chunk, read ahead or prefetched is placed whole, so the next faults in it do
+    /// not happen, and the source can drop those bytes ([`PageSource::placed`]). Fetched
+    /// bytes sit either in the source's memory or, placed, in the process's, so placing them
+    /// moves memory rather than adding it; what changes is whose memory it counts as: the
+    /// served process's (its cgroup), from arrival rather than first touch. A source with a
+    /// local cache may also report what the cache holds (`userfaultfd-objstore` reports each
+    /// chunk it finds intact): then the whole cached snapshot is placed, as by a background
+    /// fill from the cache, not only what is touched. Pages placed already and pages the
+    /// process discarded (`REMOVE`: a balloon's) are skipped, as by the fill; bytes are asked
+    /// for with [`PageSource::fetch_held`], which never waits and does not count as an
+    /// access, and a range the source no longer holds, or whose placement fails, is left to
+    /// the faults (a failure here is not fatal: the page may never be touched). Runs on the
     /// background thread, at the lowest CPU priority, handing each placement to a thread at
     /// the workers' priority as the fill does; after the [`replay`](Self::replay), if any.
     ///
     /// A source that does not report arrivals (the default of [`PageSource::arrivals`])
-    /// makes this do nothing. With [`background_fill`](Self::background_fill) on, the fill
-    /// places everything in region order and the source is not asked for its arrivals.
+    /// gets nothing placed ahead (the background thread still runs, waking every 20 ms).
+    /// With [`background_fill`](Self::background_fill) on, the fill places everything in
+    /// region order and the source is not asked for its arrivals. As for faults, a source
+    /// that drops what was placed serves each of its bytes into one region only.
     pub fn place_arrived(&mut self, on: bool) -> &mut Self {
         self.place_arrived = on;
         self

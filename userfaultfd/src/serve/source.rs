@@ -119,8 +119,27 @@ pub trait PageSource: Send + Sync {
         false
     }
 
+    /// The bytes at `offset`, as [`fetch`](Self::fetch) answers them, if the source holds
+    /// them now; `Ok(None)` when it does not (it dropped them, or the cache they were in
+    /// failed): the server then leaves those pages to the faults. Asked by the place-arrived
+    /// fill ([`ServerBuilder::place_arrived`](super::ServerBuilder::place_arrived)) for the
+    /// ranges the source reported through [`arrivals`](Self::arrivals): it must not wait for
+    /// I/O, nor count as an access (a source that reads ahead after a fault must not read
+    /// ahead after these). An error is not fatal: the server leaves the range to the faults,
+    /// which meet it again if it persists. The default answers [`fetch`](Self::fetch)'s
+    /// bytes.
+    fn fetch_held<'a>(
+        &'a self,
+        offset: u64,
+        len: usize,
+        scratch: &'a mut [u8],
+    ) -> io::Result<Option<Chunk<'a>>> {
+        self.fetch(offset, len, scratch).map(Some)
+    }
+
     /// Called once, when a server with
-    /// [`place_arrived`](super::ServerBuilder::place_arrived) starts: report through
+    /// [`place_arrived`](super::ServerBuilder::place_arrived) (and no
+    /// [`background_fill`](super::ServerBuilder::background_fill)) starts: report through
     /// `arrivals` the bytes that [`fetch`](Self::fetch) can answer without waiting, those
     /// held already and each range that arrives from now on (a chunk fetched for a fault or
     /// read ahead, a chunk checked in a disk cache), and the server places them before they
