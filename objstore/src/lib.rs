@@ -81,7 +81,9 @@
 //!   kept here until the guest has all of it, so placing it moves the memory into the guest
 //!   rather than adding any; with a disk cache, every chunk found intact is placed, the
 //!   whole cached object. On random access it took a third off a cold restore's time
-//!   (BENCHMARKS.md).
+//!   (BENCHMARKS.md). The server places a page only when one report covers it whole: for
+//!   memory in 2 MiB pages, open the source with that [`Options::page_size`] (chunks are
+//!   then at least as large), as `uffd-handler` does.
 //!
 //! # Failures
 //!
