@@ -131,9 +131,16 @@ fn arrived_bytes_are_placed_before_they_are_touched() {
             // (Zero pages are placed as zeros, which the source is not told of; a placement
             // is counted before the source is told.)
             let data: Vec<usize> = want.iter().copied().filter(|&p| !zero_page(p)).collect();
+            // Zero pages too: counted, not told.
             wait_until(
-                || source.inner.reported() == data,
-                || format!("{what}: told {:?}", source.inner.reported()),
+                || {
+                    source.inner.reported() == data
+                        && server.stats().background_pages >= want.len() as u64
+                },
+                || {
+                    let told = source.inner.reported();
+                    format!("{what}: told {told:?}, {:?}", server.stats())
+                },
             );
             // A moment for anything placed beyond them to show.
             std::thread::sleep(Duration::from_millis(20));
@@ -200,8 +207,14 @@ fn discarded_pages_are_not_placed_when_they_arrive() {
             .filter(|&p| !(1..3).contains(&p) && !zero_page(p))
             .collect();
         wait_until(
-            || source.inner.reported() == data,
-            || format!("{memory:?}: told {:?}", source.inner.reported()),
+            || {
+                source.inner.reported() == data
+                    && server.stats().background_pages >= pages as u64 - 2
+            },
+            || {
+                let told = source.inner.reported();
+                format!("{memory:?}: told {told:?}, {:?}", server.stats())
+            },
         );
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(source.inner.reported(), data, "{memory:?}");
