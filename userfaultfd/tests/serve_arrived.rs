@@ -23,6 +23,10 @@ struct Arriving {
     inner: TestSource,
     held: Range<u64>,
     handle: Mutex<Option<Arrivals>>,
+    /// Source offsets `fetch_held` fails with an error for.
+    held_fails: Range<u64>,
+    /// Source offsets `fetch_held` says it no longer holds (`None`).
+    held_gone: Range<u64>,
 }
 
 impl Arriving {
@@ -33,6 +37,8 @@ impl Arriving {
             inner,
             held,
             handle: Mutex::new(None),
+            held_fails: 0..0,
+            held_gone: 0..0,
         }
     }
 
@@ -66,6 +72,23 @@ impl PageSource for Arriving {
         scratch: &'a mut [u8],
     ) -> io::Result<Chunk<'a>> {
         self.inner.fetch(offset, len, scratch)
+    }
+
+    fn fetch_held<'a>(
+        &'a self,
+        offset: u64,
+        len: usize,
+        scratch: &'a mut [u8],
+    ) -> io::Result<Option<Chunk<'a>>> {
+        let end = (offset + len as u64).min(self.inner.len());
+        let hits = |r: &Range<u64>| offset < r.end && r.start < end;
+        if hits(&self.held_fails) {
+            return Err(io::Error::other("injected failure of fetch_held"));
+        }
+        if hits(&self.held_gone) {
+            return Ok(None);
+        }
+        self.inner.fetch(offset, len, scratch).map(Some)
     }
 
     fn placed(&self, offset: u64, len: usize) {
@@ -257,5 +280,56 @@ fn a_stopped_server_closes_the_handle_and_the_fill_needs_none() {
             handle.arrived(0, ps as u64); // dropped, no panic
             assert!(format!("{handle:?}").contains("pending: 0"), "{handle:?}");
         }
+    }
+}
+
+/// What the source cannot answer when the fill asks (`fetch_held` fails, or no longer holds
+/// the bytes) is left to the faults: the server keeps running, places everything else, and
+/// the faults then get those pages from `fetch`.
+#[test]
+fn what_the_source_no_longer_holds_is_left_to_the_faults() {
+    for memory in MemoryType::ALL {
+        let Some(uffd) = serve_uffd(memory, RegisterMode::MISSING) else {
+            continue;
+        };
+        let Some(region) = Region::new(memory, pages_for(memory)) else {
+            continue;
+        };
+        let (ps, pages) = (region.page_size(), region.pages());
+        let expected = snapshot(pages, ps);
+        let mut source = Arriving::new(expected.clone(), ps, false, 0..0);
+        // The second quarter fails, the last one is gone: one fault-around block or more
+        // each, so that the blocks around them are placed.
+        let q = (pages / 4 * ps) as u64;
+        source.held_fails = q..2 * q;
+        source.held_gone = 3 * q..4 * q;
+        let source = Arc::new(source);
+        // SAFETY: the test region holds no Rust object.
+        let server = unsafe {
+            Server::builder()
+                .place_arrived(true)
+                .fault_around(ps)
+                .region(Served::new(region.addr(), region.len()).page_size(ps))
+                .start(uffd, source.clone())
+        }
+        .unwrap();
+        source.arrive(0, (pages * ps) as u64);
+        let placed = pages as u64 / 2;
+        wait_until(
+            || server.stats().background_pages >= placed,
+            || format!("{memory:?}: {:?}", server.stats()),
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        let s = server.stats();
+        assert_eq!(s.background_pages, placed, "{memory:?}: {s:?}");
+        assert!(
+            server.outcome().is_none(),
+            "{memory:?}: {:?}",
+            server.outcome()
+        );
+        let bad = mismatches(&region, &expected, 0..pages);
+        let s = server.stop().stats;
+        assert!(bad.is_empty(), "{memory:?}: pages {bad:?} differ");
+        assert_eq!(s.faults, placed, "{memory:?}: one per page left: {s:?}");
     }
 }

@@ -69,17 +69,8 @@ pub(crate) fn place_arrived(shared: &Shared, id: usize) -> Result<(), Stop> {
             continue;
         };
         for (index, region) in shared.regions.iter().enumerate() {
-            let Some(pages) = whole_pages(region, &range) else {
-                continue;
-            };
-            match place_pages(shared, id, index, pages, &mut scratch) {
-                Ok(()) => {}
-                // A failure here (the source's, or a placement's) is not fatal: the range
-                // is left to the faults, which meet it again if it persists, and only they
-                // decide under the error policy. Unlike a fault's, this page may never be
-                // touched.
-                Err(Stop::Failed(_)) => {}
-                Err(stop) => return Err(stop),
+            if let Some(pages) = whole_pages(region, &range) {
+                place_pages(shared, id, index, pages, &mut scratch)?;
             }
         }
     }
@@ -134,7 +125,15 @@ fn place_pages(
             end = last; // unmapped: this page has nothing to place
             continue;
         };
-        match placer.arrived_block(&m, start, end, scratch)? {
+        let flow = match placer.arrived_block(&m, start, end, scratch) {
+            Ok(flow) => flow,
+            // A failure here (the source's, or a placement's) is not fatal: the block is
+            // left to the faults, which meet it again if it persists, and only they decide
+            // under the error policy (unlike a fault's, this page may never be touched).
+            Err(Stop::Failed(_)) => Flow::Done,
+            Err(stop) => return Err(stop),
+        };
+        match flow {
             // The start of the block may lie in another mapping (after an `mremap`).
             Flow::Done => end = start.max(m.first_page),
             // An event is pending (a worker reads it), or was just applied: try again.

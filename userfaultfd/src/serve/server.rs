@@ -143,7 +143,7 @@ impl ServerBuilder {
     /// fill from the cache, not only what is touched. Pages placed already and pages the
     /// process discarded (`REMOVE`: a balloon's) are skipped, as by the fill; bytes are asked
     /// for with [`PageSource::fetch_held`], which never waits and does not count as an
-    /// access, and a range the source no longer holds, or whose placement fails, is left to
+    /// access, and pages the source no longer holds, or whose placement fails, are left to
     /// the faults (a failure here is not fatal: the page may never be touched). Runs on the
     /// background thread, at the lowest CPU priority, handing each placement to a thread at
     /// the workers' priority as the fill does; after the [`replay`](Self::replay), if any.
