@@ -10,7 +10,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::serve::{mismatches, serve_uffd, snapshot, Gate, TestSource};
+use support::serve::{discard, mismatches, serve_uffd, snapshot, Gate, TestSource};
 use support::{blocked_in_userfault, gettid, join_timeout, spawn_named, uffd_for};
 use support::{MemoryType, Region};
 use userfaultfd::serve::{Memory, Region as Served, Server};
@@ -236,18 +236,6 @@ fn fault_in_a_region_grown_by_mremap_stops_with_its_address() {
     assert_outside_fault_stops(server, addr, (grown as usize, 2 * len));
     // SAFETY: the grown mapping, ours.
     assert_eq!(unsafe { libc::munmap(grown, 2 * len) }, 0);
-}
-
-/// Discard `n` pages from `first` (anonymous: `DONTNEED`; shared: `REMOVE`, a hole).
-fn discard(region: &Region, first: usize, n: usize) {
-    let advice = if region.memory() == MemoryType::Anonymous {
-        libc::MADV_DONTNEED
-    } else {
-        libc::MADV_REMOVE
-    };
-    // SAFETY: discards pages of our own test mapping.
-    let r = unsafe { libc::madvise(region.page(first).cast(), n * region.page_size(), advice) };
-    assert_eq!(r, 0, "madvise: {}", std::io::Error::last_os_error());
 }
 
 /// A fault on a page next to discarded ones places that page only: fault-around does not

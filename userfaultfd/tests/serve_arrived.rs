@@ -10,11 +10,11 @@ mod support;
 use std::io;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::serve::{mismatches, serve_uffd, snapshot, zero_page, TestSource};
-use support::{MemoryType, Region};
-use userfaultfd::serve::{Arrivals, Chunk, PageSource, Region as Served, Server};
+use support::serve::{discard, mismatches, serve_uffd, snapshot, zero_page, TestSource};
+use support::{wait_until_showing, MemoryType, Region};
+use userfaultfd::serve::{Arrivals, Chunk, PageSource, Region as Served, Server, ServerBuilder};
 use userfaultfd::RegisterMode;
 
 /// A test source that reports `held` when the server asks for its arrivals, and keeps the
@@ -108,13 +108,27 @@ fn pages_for(memory: MemoryType) -> usize {
     }
 }
 
-/// Waits until `done()`, at most the test timeout; `state` says what it saw.
-fn wait_until(done: impl Fn() -> bool, state: impl Fn() -> String) {
-    let deadline = Instant::now() + support::TIMEOUT;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out: {}", state());
-        std::thread::sleep(Duration::from_millis(2));
-    }
+/// A server with `place_arrived` (and `configure`'s settings) over a fresh region of
+/// `memory`, from the source `make` builds over the test snapshot (its bytes, page size and
+/// page count); `None` to skip (the reason printed).
+fn serve_arriving(
+    memory: MemoryType,
+    configure: impl FnOnce(&mut ServerBuilder),
+    make: impl FnOnce(Vec<u8>, usize, usize) -> Arriving,
+) -> Option<(Region, Vec<u8>, Arc<Arriving>, Server)> {
+    let uffd = serve_uffd(memory, RegisterMode::MISSING)?;
+    let region = Region::new(memory, pages_for(memory))?;
+    let (ps, pages) = (region.page_size(), region.pages());
+    let expected = snapshot(pages, ps);
+    let source = Arc::new(make(expected.clone(), ps, pages));
+    let mut builder = Server::builder();
+    builder
+        .place_arrived(true)
+        .region(Served::new(region.addr(), region.len()).page_size(ps));
+    configure(&mut builder);
+    // SAFETY: the test region holds no Rust object.
+    let server = unsafe { builder.start(uffd, source.clone()) }.unwrap();
+    Some((region, expected, source, server))
 }
 
 /// The quarter the source holds at start and the quarter reported after it are placed
@@ -124,24 +138,19 @@ fn wait_until(done: impl Fn() -> bool, state: impl Fn() -> String) {
 fn arrived_bytes_are_placed_before_they_are_touched() {
     for memory in MemoryType::ALL {
         for never_blocks in [true, false] {
-            let Some(uffd) = serve_uffd(memory, RegisterMode::MISSING) else {
-                break;
-            };
-            let Some(region) = Region::new(memory, pages_for(memory)) else {
+            // The source holds the first quarter at start.
+            let Some((region, expected, source, server)) = serve_arriving(
+                memory,
+                |_| {},
+                |bytes, ps, pages| {
+                    let q = (pages / 4 * ps) as u64;
+                    Arriving::new(bytes, ps, never_blocks, 0..q)
+                },
+            ) else {
                 break;
             };
             let (ps, pages) = (region.page_size(), region.pages());
-            let expected = snapshot(pages, ps);
             let q = (pages / 4) as u64 * ps as u64;
-            let source = Arc::new(Arriving::new(expected.clone(), ps, never_blocks, 0..q));
-            // SAFETY: the test region holds no Rust object.
-            let server = unsafe {
-                Server::builder()
-                    .place_arrived(true)
-                    .region(Served::new(region.addr(), region.len()).page_size(ps))
-                    .start(uffd, source.clone())
-            }
-            .unwrap();
             let what = format!("{memory:?}, never_blocks {never_blocks}");
             // The second quarter, in two reports; then the third quarter's pages but its
             // first and last one only in part.
@@ -155,7 +164,7 @@ fn arrived_bytes_are_placed_before_they_are_touched() {
             // is counted before the source is told.)
             let data: Vec<usize> = want.iter().copied().filter(|&p| !zero_page(p)).collect();
             // Zero pages too: counted, not told.
-            wait_until(
+            wait_until_showing(
                 || {
                     source.inner.reported() == data
                         && server.stats().background_pages >= want.len() as u64
@@ -198,38 +207,22 @@ fn arrived_bytes_are_placed_before_they_are_touched() {
 #[test]
 fn discarded_pages_are_not_placed_when_they_arrive() {
     for memory in MemoryType::ALL {
-        let Some(uffd) = serve_uffd(memory, RegisterMode::MISSING) else {
-            continue;
-        };
-        let Some(region) = Region::new(memory, pages_for(memory)) else {
+        let Some((region, expected, source, server)) = serve_arriving(
+            memory,
+            |_| {},
+            |bytes, ps, _| Arriving::new(bytes, ps, false, 0..0),
+        ) else {
             continue;
         };
         let (ps, pages) = (region.page_size(), region.pages());
-        let expected = snapshot(pages, ps);
-        let source = Arc::new(Arriving::new(expected.clone(), ps, false, 0..0));
-        // SAFETY: the test region holds no Rust object.
-        let server = unsafe {
-            Server::builder()
-                .place_arrived(true)
-                .region(Served::new(region.addr(), region.len()).page_size(ps))
-                .start(uffd, source.clone())
-        }
-        .unwrap();
         // Discard pages 1..3 before they arrive: the madvise returns once the server has
-        // read its event. Anonymous memory forgets on DONTNEED; shared memory on REMOVE.
-        let advice = if memory == MemoryType::Anonymous {
-            libc::MADV_DONTNEED
-        } else {
-            libc::MADV_REMOVE
-        };
-        // SAFETY: discards pages of our own test mapping.
-        let r = unsafe { libc::madvise(region.page(1).cast(), 2 * ps, advice) };
-        assert_eq!(r, 0, "madvise: {}", io::Error::last_os_error());
+        // read its event.
+        discard(&region, 1, 2);
         source.arrive(0, (pages * ps) as u64);
         let data: Vec<usize> = (0..pages)
             .filter(|&p| !(1..3).contains(&p) && !zero_page(p))
             .collect();
-        wait_until(
+        wait_until_showing(
             || {
                 source.inner.reported() == data
                     && server.stats().background_pages >= pages as u64 - 2
@@ -289,33 +282,26 @@ fn a_stopped_server_closes_the_handle_and_the_fill_needs_none() {
 #[test]
 fn what_the_source_no_longer_holds_is_left_to_the_faults() {
     for memory in MemoryType::ALL {
-        let Some(uffd) = serve_uffd(memory, RegisterMode::MISSING) else {
-            continue;
+        let configure = |b: &mut ServerBuilder| {
+            b.fault_around(memory.page_size());
         };
-        let Some(region) = Region::new(memory, pages_for(memory)) else {
+        let Some((region, expected, source, server)) =
+            serve_arriving(memory, configure, |bytes, ps, pages| {
+                let mut source = Arriving::new(bytes, ps, false, 0..0);
+                // The second quarter fails, the last one is gone: one fault-around block
+                // or more each, so that the blocks around them are placed.
+                let q = (pages / 4 * ps) as u64;
+                source.held_fails = q..2 * q;
+                source.held_gone = 3 * q..4 * q;
+                source
+            })
+        else {
             continue;
         };
         let (ps, pages) = (region.page_size(), region.pages());
-        let expected = snapshot(pages, ps);
-        let mut source = Arriving::new(expected.clone(), ps, false, 0..0);
-        // The second quarter fails, the last one is gone: one fault-around block or more
-        // each, so that the blocks around them are placed.
-        let q = (pages / 4 * ps) as u64;
-        source.held_fails = q..2 * q;
-        source.held_gone = 3 * q..4 * q;
-        let source = Arc::new(source);
-        // SAFETY: the test region holds no Rust object.
-        let server = unsafe {
-            Server::builder()
-                .place_arrived(true)
-                .fault_around(ps)
-                .region(Served::new(region.addr(), region.len()).page_size(ps))
-                .start(uffd, source.clone())
-        }
-        .unwrap();
         source.arrive(0, (pages * ps) as u64);
         let placed = pages as u64 / 2;
-        wait_until(
+        wait_until_showing(
             || server.stats().background_pages >= placed,
             || format!("{memory:?}: {:?}", server.stats()),
         );

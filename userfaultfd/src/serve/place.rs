@@ -243,24 +243,44 @@ impl Placer<'_> {
         let aligned = page - page % per_block;
         let start = aligned.max(m.first_page);
         let end = (aligned + per_block).min(map_end);
-        let state = &self.shared.pages[m.region];
+        // The faulting page is placed (or found present and woken) even if recorded as
+        // placed: the record could predate a zap the server was not told about.
+        let forced = (origin == Origin::Fault).then_some(page);
         for (from, to) in [(page, end), (start, page)] {
-            let mut i = from;
-            while i < to {
-                // The faulting page is placed (or found present and woken) even if recorded
-                // as placed: the record could predate a zap the server was not told about.
-                let forced = origin == Origin::Fault && i == page;
-                if !forced && state.settled(i) {
-                    i = state.settled_run_end(i, to, true);
-                    continue;
-                }
-                let j = state.settled_run_end(i + 1, to, false);
-                let flow = self.run(m, i, j, page, origin, scratch)?;
-                if flow != Flow::Done {
-                    return Ok(flow);
-                }
-                i = j;
+            let flow = self.unsettled(m, from, to, forced, page, origin, scratch)?;
+            if flow != Flow::Done {
+                return Ok(flow);
             }
+        }
+        Ok(Flow::Done)
+    }
+
+    /// Places the pages of `[from, to)` of `m`'s region that are neither placed nor
+    /// discarded, run by run (`forced`: a page placed whatever its recorded state).
+    #[allow(clippy::too_many_arguments)]
+    fn unsettled(
+        &self,
+        m: &Mapping,
+        from: usize,
+        to: usize,
+        forced: Option<usize>,
+        fault: usize,
+        origin: Origin,
+        scratch: &mut [u8],
+    ) -> Result<Flow, Stop> {
+        let state = &self.shared.pages[m.region];
+        let mut i = from;
+        while i < to {
+            if Some(i) != forced && state.settled(i) {
+                i = state.settled_run_end(i, to, true);
+                continue;
+            }
+            let j = state.settled_run_end(i + 1, to, false);
+            let flow = self.run(m, i, j, fault, origin, scratch)?;
+            if flow != Flow::Done {
+                return Ok(flow);
+            }
+            i = j;
         }
         Ok(Flow::Done)
     }
@@ -284,22 +304,9 @@ impl Placer<'_> {
         to: usize,
         scratch: &mut [u8],
     ) -> Result<Flow, Stop> {
+        let from = from.max(m.first_page);
         let to = to.min(m.first_page + m.len / m.page_size);
-        let state = &self.shared.pages[m.region];
-        let mut i = from.max(m.first_page);
-        while i < to {
-            if state.settled(i) {
-                i = state.settled_run_end(i, to, true);
-                continue;
-            }
-            let j = state.settled_run_end(i + 1, to, false);
-            let flow = self.run(m, i, j, i, Origin::Arrived, scratch)?;
-            if flow != Flow::Done {
-                return Ok(flow);
-            }
-            i = j;
-        }
-        Ok(Flow::Done)
+        self.unsettled(m, from, to, None, from, Origin::Arrived, scratch)
     }
 
     /// Places pages `[from, to)` of `m`'s region, splitting by discarded state.

@@ -21,5 +21,6 @@ pub use skip::{
     uffd_for,
 };
 pub use timeout::{
-    join_timeout, spawn_named, wait_event, wait_readable, wait_until, Waitable, TIMEOUT,
+    join_timeout, spawn_named, wait_event, wait_readable, wait_until, wait_until_showing, Waitable,
+    TIMEOUT,
 };

@@ -243,3 +243,15 @@ pub fn compare_page(got: &[u8], want: &[u8]) -> PageRead {
         PageRead::Wrong(k)
     }
 }
+
+/// Discard `n` pages from `first` (anonymous: `DONTNEED`; shared: `REMOVE`, a hole).
+pub fn discard(region: &Region, first: usize, n: usize) {
+    let advice = if region.memory() == MemoryType::Anonymous {
+        libc::MADV_DONTNEED
+    } else {
+        libc::MADV_REMOVE
+    };
+    // SAFETY: discards pages of our own test mapping.
+    let r = unsafe { libc::madvise(region.page(first).cast(), n * region.page_size(), advice) };
+    assert_eq!(r, 0, "madvise: {}", std::io::Error::last_os_error());
+}

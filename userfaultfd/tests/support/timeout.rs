@@ -114,10 +114,16 @@ pub fn wait_readable(uffd: &Uffd) {
 /// For effects a thread makes after the one the test saw (the page server reports a page
 /// placed after the copy that already woke the faulting thread).
 #[track_caller]
-pub fn wait_until(mut condition: impl FnMut() -> bool, what: &str) {
+pub fn wait_until(condition: impl FnMut() -> bool, what: &str) {
+    wait_until_showing(condition, || format!("for {what}"));
+}
+
+/// As [`wait_until`], the failure saying what `state` shows then (what was seen instead).
+#[track_caller]
+pub fn wait_until_showing(mut condition: impl FnMut() -> bool, state: impl Fn() -> String) {
     let deadline = Instant::now() + TIMEOUT;
     while !condition() {
-        assert!(Instant::now() < deadline, "waited {TIMEOUT:?} for {what}");
+        assert!(Instant::now() < deadline, "waited {TIMEOUT:?}: {}", state());
         thread::sleep(Duration::from_millis(1));
     }
 }
