@@ -36,6 +36,15 @@
 //!
 //! The HTTP client is `ureq`: blocking, pooled connections, no async runtime (the page
 //! server's workers are threads). `https` needs the default cargo feature `https` (rustls).
+//! Over plain `http://` (a store on the host's network, a local S3-compatible server), the
+//! chunks' range requests go through a small HTTP/1.1 client of this crate instead, which
+//! reads a body straight from the socket into the source's memory, 256 KiB at a time, on
+//! kept-alive connections: ureq receives a body 8 KiB at a time and copies it once more, and
+//! a cold restore is CPU-bound (over loopback, about twice the CPU per byte fetched, and a
+//! random-order restore took a third longer; BENCHMARKS.md). It reads responses whose body
+//! length is given (`Content-Length`), which range responses have; a store that answers
+//! otherwise (a chunked body, a redirect) is from then on asked through ureq. Opening an
+//! object (its length and ETag) always goes through ureq.
 //!
 //! # Trust for https
 //!
@@ -189,6 +198,7 @@ mod cache_mapping;
 mod checksum;
 mod error;
 mod fetch;
+mod http1;
 mod memory;
 mod options;
 mod queue;
@@ -209,7 +219,9 @@ pub use source::ObjectSource;
 pub use stats::Stats;
 pub use store::S3Config;
 
-use remote::{Backoff, Failure, Remote};
+use http1::Http1;
+use remote::{Backoff, Direct, Failure, Remote};
+use std::sync::atomic::AtomicBool;
 use store::{HttpStore, S3Store, Store};
 
 /// Opens the object at `url` (`http://`, `https://` or `s3://bucket/key`) for serving: one
@@ -276,6 +288,9 @@ fn split_s3<'a>(rest: &'a str, url: &str) -> Result<(&'a str, &'a str), OpenErro
     }
 }
 
+/// The `User-Agent` of every request.
+const USER_AGENT: &str = concat!("userfaultfd-objstore/", env!("CARGO_PKG_VERSION"));
+
 fn start(store: Arc<dyn Store>, options: &Options) -> Result<Arc<ObjectSource>, OpenError> {
     options.validate().map_err(OpenError::Options)?;
     #[cfg_attr(not(feature = "https"), allow(unused_mut))]
@@ -292,15 +307,25 @@ fn start(store: Arc<dyn Store>, options: &Options) -> Result<Arc<ObjectSource>, 
         .timeout_write(options.request_timeout)
         .max_idle_connections(4 * options.parallelism + 4)
         .max_idle_connections_per_host(4 * options.parallelism + 4)
-        .user_agent(concat!("userfaultfd-objstore/", env!("CARGO_PKG_VERSION")))
+        .user_agent(USER_AGENT)
         .build();
     let (len, etag) = probe(&*store, &agent, options)?;
+    let direct = Http1::handles(store.url()).then(|| Direct {
+        client: Arc::new(Http1::new(
+            4 * options.parallelism + 4,
+            options.connect_timeout,
+            options.request_timeout,
+            USER_AGENT,
+        )),
+        off: Arc::new(AtomicBool::new(false)),
+    });
     let remote = Remote {
         store,
         agent,
         len,
         etag,
         hedge_after: options.hedge_after,
+        direct,
     };
     // The memory first: a length no machine can hold fails here, naming the object, before
     // anything is written to the disk cache.

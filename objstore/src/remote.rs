@@ -3,11 +3,13 @@
 
 use std::io::Read;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Cause, FetchError};
+use crate::http1::{self, Http1, Sent};
 use crate::stats::Counters;
 use crate::store::Store;
 
@@ -32,11 +34,108 @@ pub(crate) struct Remote {
     /// with another ETag is refused.
     pub etag: Option<String>,
     pub hedge_after: Option<Duration>,
+    /// Chunk requests to a plain `http://` store, read straight into the buffer
+    /// ([`crate::http1`]); `None` for `https://`.
+    pub direct: Option<Direct>,
+}
+
+/// The [`Http1`] client and whether the store answers in a way it reads.
+pub(crate) struct Direct {
+    pub client: Arc<Http1>,
+    /// Set when the store answered with something the client leaves to ureq (a chunked
+    /// body, a redirect): every later request then goes through ureq.
+    pub off: Arc<AtomicBool>,
+}
+
+/// A response to a range request, from either client.
+pub(crate) enum Answer {
+    Ureq(ureq::Response),
+    Direct(http1::Response),
+}
+
+impl Answer {
+    fn status(&self) -> u16 {
+        match self {
+            Answer::Ureq(r) => r.status(),
+            Answer::Direct(r) => r.status,
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        match self {
+            Answer::Ureq(r) => r.header(name),
+            Answer::Direct(r) => r.header(name),
+        }
+    }
+
+    fn into_body(self) -> Body {
+        match self {
+            Answer::Ureq(r) => r.into_reader(),
+            Answer::Direct(r) => Box::new(r.body),
+        }
+    }
 }
 
 /// Reads the `ETag` of a response.
 fn etag_of(resp: &ureq::Response) -> Option<String> {
     resp.header("ETag").map(str::to_string)
+}
+
+/// Classifies an answer that is not a success: `code`, its reason `text`, and the start of
+/// its body.
+fn classify_status(code: u16, text: String, body: impl Read) -> Failure {
+    match code {
+        412 => Failure::Fatal(Cause::Changed(format!("If-Match refused: HTTP 412 {text}"))),
+        416 => Failure::Fatal(Cause::Changed(format!(
+            "range not satisfiable: HTTP 416 {text}; the object is shorter"
+        ))),
+        408 | 429 | 500..=599 => Failure::Transient(format!("HTTP {code} {text}")),
+        _ => {
+            // S3 explains a refusal in the body (an XML <Code>): keep its start.
+            let mut start = String::new();
+            let _ = body.take(512).read_to_string(&mut start);
+            let why = match (start.find("<Code>"), start.find("</Code>")) {
+                (Some(a), Some(b)) if a + 6 <= b => start[a + 6..b].to_string(),
+                _ => text,
+            };
+            Failure::Fatal(Cause::Refused(code, why))
+        }
+    }
+}
+
+/// Sends one range request: through the direct client where it applies (unless the store
+/// turned it off), else through ureq.
+fn request_once(
+    store: &dyn Store,
+    agent: &ureq::Agent,
+    direct: Option<(&Arc<Http1>, &AtomicBool)>,
+    range: &Range<u64>,
+    etag: Option<&str>,
+) -> Result<Answer, Failure> {
+    if let Some((client, off)) = direct.filter(|(_, off)| !off.load(Ordering::Relaxed)) {
+        match client.get(&store.request(range, etag)) {
+            Ok(Sent::Response(r)) if (200..300).contains(&r.status) => {
+                return Ok(Answer::Direct(r))
+            }
+            Ok(Sent::Response(r)) => return Err(classify_status(r.status, r.reason, r.body)),
+            Ok(Sent::Unsupported) => off.store(true, Ordering::Relaxed),
+            Err(e) => return Err(Failure::Transient(io_failure(&e))),
+        }
+    }
+    store
+        .get(agent, range, etag)
+        .map(Answer::Ureq)
+        .map_err(classify)
+}
+
+/// Words for a transport error of the direct client.
+fn io_failure(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            "timed out waiting for the store".into()
+        }
+        _ => e.to_string(),
+    }
 }
 
 /// Parses `bytes a-b/total`.
@@ -52,23 +151,7 @@ fn classify(err: ureq::Error) -> Failure {
     match err {
         ureq::Error::Status(code, resp) => {
             let text = resp.status_text().to_string();
-            match code {
-                412 => Failure::Fatal(Cause::Changed(format!("If-Match refused: HTTP 412 {text}"))),
-                416 => Failure::Fatal(Cause::Changed(format!(
-                    "range not satisfiable: HTTP 416 {text}; the object is shorter"
-                ))),
-                408 | 429 | 500..=599 => Failure::Transient(format!("HTTP {code} {text}")),
-                _ => {
-                    // S3 explains a refusal in the body (an XML <Code>): keep its start.
-                    let mut body = String::new();
-                    let _ = resp.into_reader().take(512).read_to_string(&mut body);
-                    let why = match (body.find("<Code>"), body.find("</Code>")) {
-                        (Some(a), Some(b)) if a + 6 <= b => body[a + 6..b].to_string(),
-                        _ => text,
-                    };
-                    Failure::Fatal(Cause::Refused(code, why))
-                }
-            }
+            classify_status(code, text, resp.into_reader())
         }
         ureq::Error::Transport(t) => {
             #[cfg(feature = "https")]
@@ -115,30 +198,40 @@ impl Remote {
 
     /// Sends the request for `range`, and a second one if the first has not answered after
     /// `hedge_after`; the first answer is used, the other dropped (its connection closed).
-    fn send(&self, range: &Range<u64>, counters: &Counters) -> Result<ureq::Response, Failure> {
+    fn send(&self, range: &Range<u64>, counters: &Counters) -> Result<Answer, Failure> {
+        let direct = self.direct.as_ref().map(|d| (&d.client, &*d.off));
         let Some(hedge_after) = self.hedge_after else {
             counters.request();
-            return self
-                .store
-                .get(&self.agent, range, self.etag.as_deref())
-                .map_err(classify);
+            return request_once(
+                &*self.store,
+                &self.agent,
+                direct,
+                range,
+                self.etag.as_deref(),
+            );
         };
         let (tx, rx) = mpsc::channel();
-        let spawn = |tx: mpsc::Sender<Result<ureq::Response, ureq::Error>>| {
+        let spawn = |tx: mpsc::Sender<Result<Answer, Failure>>| {
             counters.request();
             let store = self.store.clone();
             let agent = self.agent.clone();
             let etag = self.etag.clone();
             let range = range.clone();
+            let direct = self
+                .direct
+                .as_ref()
+                .map(|d| (d.client.clone(), d.off.clone()));
             std::thread::Builder::new()
                 .name("objstore-req".into())
                 .spawn(move || {
-                    let _ = tx.send(store.get(&agent, &range, etag.as_deref()));
+                    let direct = direct.as_ref().map(|(c, off)| (c, &**off));
+                    let answer = request_once(&*store, &agent, direct, &range, etag.as_deref());
+                    let _ = tx.send(answer);
                 })
                 .map_err(|e| Failure::Transient(format!("spawning a request thread: {e}")))
         };
         spawn(tx.clone())?;
-        let first = match rx.recv_timeout(hedge_after) {
+        match rx.recv_timeout(hedge_after) {
             Ok(answer) => answer,
             Err(_) => {
                 counters.hedge();
@@ -148,8 +241,7 @@ impl Remote {
                 rx.recv()
                     .map_err(|_| Failure::Transient("request thread vanished".into()))?
             }
-        };
-        first.map_err(classify)
+        }
     }
 
     /// A checked response to `range`: 206 with exactly this `Content-Range` of an object of
@@ -160,8 +252,8 @@ impl Remote {
         counters: &Counters,
     ) -> Result<Body, Failure> {
         let resp = self.send(range, counters)?;
-        if let (Some(want), Some(got)) = (&self.etag, etag_of(&resp)) {
-            if *want != got {
+        if let (Some(want), Some(got)) = (&self.etag, resp.header("ETag")) {
+            if want != got {
                 return Err(Failure::Fatal(Cause::Changed(format!(
                     "ETag {got}, opened as {want}"
                 ))));
@@ -179,7 +271,7 @@ impl Remote {
                         ))))
                     }
                     Some((a, b, _)) if a == range.start && b + 1 == range.end => {
-                        Ok(resp.into_reader())
+                        Ok(resp.into_body())
                     }
                     _ => Err(Failure::Fatal(Cause::Invalid(format!(
                         "Content-Range {value:?} for bytes {}-{}",
@@ -188,7 +280,7 @@ impl Remote {
                     )))),
                 }
             }
-            200 if range.start == 0 && range.end == self.len => Ok(resp.into_reader()),
+            200 if range.start == 0 && range.end == self.len => Ok(resp.into_body()),
             status => Err(Failure::Fatal(Cause::Invalid(format!(
                 "HTTP {status} to a Range request"
             )))),

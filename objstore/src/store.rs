@@ -8,24 +8,46 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::error::OpenError;
 use crate::sigv4::{self, Credentials};
 
-/// Sends one range request for an object.
+/// Builds the range request for an object (sans I/O: [`crate::remote`] sends it).
 pub(crate) trait Store: Send + Sync {
     /// The object's name in errors and progress lines (the URL, `s3://bucket/key`).
     fn name(&self) -> &str;
 
     /// Whether requests go over `https`.
     #[cfg_attr(not(feature = "https"), allow(dead_code))]
-    fn https(&self) -> bool;
+    fn https(&self) -> bool {
+        self.url().starts_with("https://")
+    }
 
-    /// `GET` of `range` (`Range: bytes=a-b`), with `If-Match: etag` when given. (ureq's
-    /// error is large; it is classified at once, one per request.)
+    /// The URL requests go to (with a presigned URL's query: never print it).
+    fn url(&self) -> &str;
+
+    /// The `GET` of `range` (`Range: bytes=a-b`), with `If-Match: etag` when given.
+    fn request(&self, range: &Range<u64>, if_match: Option<&str>) -> Request;
+
+    /// Sends the `GET` of `range` with `agent`. (ureq's error is large; it is classified at
+    /// once, one per request.)
     #[allow(clippy::result_large_err)]
     fn get(
         &self,
         agent: &ureq::Agent,
         range: &Range<u64>,
         if_match: Option<&str>,
-    ) -> Result<ureq::Response, ureq::Error>;
+    ) -> Result<ureq::Response, ureq::Error> {
+        let request = self.request(range, if_match);
+        let mut req = agent.get(&request.url);
+        for (name, value) in &request.headers {
+            req = req.set(name, value);
+        }
+        req.call()
+    }
+}
+
+/// A `GET`: the URL and the headers to send (besides those every request carries).
+#[derive(Debug, Clone)]
+pub(crate) struct Request {
+    pub url: String,
+    pub headers: Vec<(&'static str, String)>,
 }
 
 fn range_header(range: &Range<u64>) -> String {
@@ -50,22 +72,19 @@ impl Store for HttpStore {
         self.url.split('?').next().unwrap_or(&self.url)
     }
 
-    fn https(&self) -> bool {
-        self.url.starts_with("https://")
+    fn url(&self) -> &str {
+        &self.url
     }
 
-    #[allow(clippy::result_large_err)]
-    fn get(
-        &self,
-        agent: &ureq::Agent,
-        range: &Range<u64>,
-        if_match: Option<&str>,
-    ) -> Result<ureq::Response, ureq::Error> {
-        let mut req = agent.get(&self.url).set("Range", &range_header(range));
+    fn request(&self, range: &Range<u64>, if_match: Option<&str>) -> Request {
+        let mut headers = vec![("Range", range_header(range))];
         if let Some(etag) = if_match {
-            req = req.set("If-Match", etag);
+            headers.push(("If-Match", etag.to_string()));
         }
-        req.call()
+        Request {
+            url: self.url.clone(),
+            headers,
+        }
     }
 }
 
@@ -225,37 +244,28 @@ impl Store for S3Store {
         &self.name
     }
 
-    fn https(&self) -> bool {
-        self.url.starts_with("https://")
+    fn url(&self) -> &str {
+        &self.url
     }
 
-    #[allow(clippy::result_large_err)]
-    fn get(
-        &self,
-        agent: &ureq::Agent,
-        range: &Range<u64>,
-        if_match: Option<&str>,
-    ) -> Result<ureq::Response, ureq::Error> {
-        let mut req = agent
-            .get(&self.url)
-            .set("Host", &self.host)
-            .set("Range", &range_header(range));
+    fn request(&self, range: &Range<u64>, if_match: Option<&str>) -> Request {
+        let mut out = vec![("Host", self.host.clone()), ("Range", range_header(range))];
         if let Some(etag) = if_match {
-            req = req.set("If-Match", etag);
+            out.push(("If-Match", etag.to_string()));
         }
         if let Some(creds) = &self.creds {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             let date = sigv4::timestamp(now);
-            let mut headers = vec![
+            let mut signed = vec![
                 ("host", self.host.clone()),
                 ("x-amz-content-sha256", sigv4::EMPTY_SHA256.to_string()),
                 ("x-amz-date", date.clone()),
             ];
             if let Some(token) = &creds.session_token {
-                headers.push(("x-amz-security-token", token.clone()));
-                req = req.set("x-amz-security-token", token);
+                signed.push(("x-amz-security-token", token.clone()));
+                out.push(("x-amz-security-token", token.clone()));
             }
             let auth = sigv4::authorization(
                 creds,
@@ -266,16 +276,18 @@ impl Store for S3Store {
                     method: "GET",
                     path: &self.path,
                     query: "",
-                    headers,
+                    headers: signed,
                     payload_sha256: sigv4::EMPTY_SHA256,
                 },
             );
-            req = req
-                .set("x-amz-content-sha256", sigv4::EMPTY_SHA256)
-                .set("x-amz-date", &date)
-                .set("Authorization", &auth);
+            out.push(("x-amz-content-sha256", sigv4::EMPTY_SHA256.to_string()));
+            out.push(("x-amz-date", date));
+            out.push(("Authorization", auth));
         }
-        req.call()
+        Request {
+            url: self.url.clone(),
+            headers: out,
+        }
     }
 }
 
