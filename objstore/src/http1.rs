@@ -4,7 +4,7 @@
 //! Why not the HTTP client used elsewhere (ureq 2): its body reader receives through an
 //! 8 KiB buffer and copies out of it, so a 4 MiB chunk costs 512 `recv` calls and a second
 //! copy of every byte. Measured over loopback (1 GiB in 4 MiB ranges, 4 connections), that
-//! was about twice the CPU of reading the socket 256 KiB at a time into the destination, and
+//! was nearly twice the CPU of reading the socket 256 KiB at a time into the destination, and
 //! a cold restore is CPU-bound: with this path a random-order restore took about a third less
 //! time (BENCHMARKS.md). `https://` stays on ureq (TLS decrypts into its own buffer anyway).
 //!

@@ -40,8 +40,8 @@
 //! chunks' range requests go through a small HTTP/1.1 client of this crate instead, which
 //! reads a body straight from the socket into the source's memory, 256 KiB at a time, on
 //! kept-alive connections: ureq receives a body 8 KiB at a time and copies it once more, and
-//! a cold restore is CPU-bound (over loopback, about twice the CPU per byte fetched, and a
-//! random-order restore took a third longer; BENCHMARKS.md). It reads responses whose body
+//! a cold restore is CPU-bound (over loopback, a random-order restore took a third less time
+//! this way, and half the CPU; BENCHMARKS.md). It reads responses whose body
 //! length is given (`Content-Length`), which range responses have; a store that answers
 //! otherwise (a chunked body, a redirect) is from then on asked through ureq. Opening an
 //! object (its length and ETag) always goes through ureq.
