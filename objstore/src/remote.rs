@@ -68,6 +68,14 @@ impl Answer {
         }
     }
 
+    /// The length of the body, where the client knows it before reading (the direct one).
+    fn body_len(&self) -> Option<u64> {
+        match self {
+            Answer::Ureq(_) => None,
+            Answer::Direct(r) => Some(r.body.remaining()),
+        }
+    }
+
     fn into_body(self) -> Body {
         match self {
             Answer::Ureq(r) => r.into_reader(),
@@ -117,7 +125,13 @@ fn request_once(
             Ok(Sent::Response(r)) if (200..300).contains(&r.status) => {
                 return Ok(Answer::Direct(r))
             }
-            Ok(Sent::Response(r)) => return Err(classify_status(r.status, r.reason, r.body)),
+            Ok(Sent::Response(mut r)) => {
+                // Its body read (up to 4 KiB: an S3 error document), so that the connection
+                // can carry the next request.
+                let mut start = Vec::new();
+                let _ = (&mut r.body).take(4096).read_to_end(&mut start);
+                return Err(classify_status(r.status, r.reason, &start[..]));
+            }
             Ok(Sent::Unsupported) => off.store(true, Ordering::Relaxed),
             Err(e) => return Err(Failure::Transient(io_failure(&e))),
         }
@@ -271,7 +285,16 @@ impl Remote {
                         ))))
                     }
                     Some((a, b, _)) if a == range.start && b + 1 == range.end => {
-                        Ok(resp.into_body())
+                        match resp.body_len() {
+                            Some(n) if n != range.end - range.start => {
+                                Err(Failure::Fatal(Cause::Invalid(format!(
+                                    "Content-Length {n} for bytes {}-{}",
+                                    range.start,
+                                    range.end - 1
+                                ))))
+                            }
+                            _ => Ok(resp.into_body()),
+                        }
                     }
                     _ => Err(Failure::Fatal(Cause::Invalid(format!(
                         "Content-Range {value:?} for bytes {}-{}",
@@ -280,7 +303,12 @@ impl Remote {
                     )))),
                 }
             }
-            200 if range.start == 0 && range.end == self.len => Ok(resp.into_body()),
+            200 if range.start == 0
+                && range.end == self.len
+                && resp.body_len().is_none_or(|n| n == self.len) =>
+            {
+                Ok(resp.into_body())
+            }
             status => Err(Failure::Fatal(Cause::Invalid(format!(
                 "HTTP {status} to a Range request"
             )))),

@@ -158,8 +158,8 @@ pub struct Cli {
     /// held until the guest has them whole anyway, so this moves memory to the guest (its
     /// cgroup) from arrival rather than first touch; with --cache-dir, every chunk found in
     /// the cache is placed, as a background fill from the cache would. Pages the guest
-    /// discarded (a balloon's) are skipped. Measured on random access: a cold restore in
-    /// about a third less time, a warm one about as fast as from a local file. Without a URL
+    /// discarded (a balloon's) are skipped. Measured on random access: a cold restore in a
+    /// little over half the time, a warm one as fast as from a local file. Without a URL
     /// nothing arrives: no effect.
     #[arg(long)]
     pub place_arrived: bool,
