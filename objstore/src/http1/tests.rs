@@ -113,6 +113,28 @@ fn a_pooled_connection_the_server_closed_is_replaced() {
 }
 
 #[test]
+fn a_pooled_connection_with_bytes_nobody_asked_for_is_dropped() {
+    let (url, accepted) = peer(|n, conn| {
+        request(conn).unwrap();
+        conn.write_all(HELLO_HEAD).unwrap();
+        conn.write_all(b"llo").unwrap();
+        if n == 0 {
+            // A stray answer after the body (a broken server or proxy): whatever reads it
+            // next would take it for the answer to its own request.
+            std::thread::sleep(Duration::from_millis(20));
+            conn.write_all(b"HTTP/1.1 206 Partial Content\r\nContent-Length: 5\r\n\r\nWRONG")
+                .unwrap();
+            let _ = request(conn);
+        }
+    });
+    let http = client();
+    assert_eq!(body(get(&http, &url).unwrap()).unwrap(), b"hello");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(body(get(&http, &url).unwrap()).unwrap(), b"hello");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[test]
 fn a_closed_connection_is_sent_the_request_again_once_when_nothing_came_back() {
     // The pooled connection passes the check, then the server drops it unanswered (an
     // idle timeout racing the request): sent again on a new connection.
