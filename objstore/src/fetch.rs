@@ -153,7 +153,7 @@ impl Shared {
             attempts += 1;
             let before = pos;
             let last = match self.remote.open_range(&(pos..end), &self.counters) {
-                Ok(body) => match self.stream(body, start, &mut pos, end, handoff) {
+                Ok(body) => match self.stream(body, start, &mut pos, end, handoff, deadline) {
                     Ok(true) => return Ok(None),
                     Ok(false) => return Ok(Some((pos / self.page as u64) as usize)),
                     Err(why) => why,
@@ -191,6 +191,10 @@ impl Shared {
     /// Reads `body` (the bytes from `*pos` to `end`) into the buffer, marking each page
     /// whose bytes have all arrived (a part starts at `start`, page-aligned). `Ok(true)`:
     /// all arrived; `Ok(false)`: stopped early to hand over (see [`Shared::fetch_part`]).
+    ///
+    /// Stops with an error once `deadline` has passed: a store that trickles its bytes
+    /// (each read answered within the request timeout, the range never done) would
+    /// otherwise hold the faults waiting on it past the deadline, for ever.
     fn stream(
         &self,
         mut body: Body,
@@ -198,6 +202,7 @@ impl Shared {
         pos: &mut u64,
         end: u64,
         handoff: Option<usize>,
+        deadline: Instant,
     ) -> Result<bool, String> {
         let page = self.page as u64;
         let mut marked = (*pos / page).max(start / page) as usize;
@@ -234,6 +239,12 @@ impl Shared {
             if *pos < end && self.urgent(handoff) {
                 // Dropping the body closes its connection.
                 return Ok(false);
+            }
+            if *pos < end && Instant::now() >= deadline {
+                return Err(format!(
+                    "the body still {} bytes short at the deadline",
+                    end - *pos
+                ));
             }
         }
         // Read to the end, so that the connection goes back to the pool.

@@ -91,9 +91,10 @@
 //!   rather than adding any; with a disk cache, every chunk found intact is placed, the
 //!   whole cached object. On random access over loopback it took a cold restore in a
 //!   little over half the time of faults alone, within 2x of a restore from a local file,
-//!   and a warm one as fast as from a local file or faster (BENCHMARKS.md). The server places a page only when one report covers it whole: for
-//!   memory in 2 MiB pages, open the source with that [`Options::page_size`] (chunks are
-//!   then at least as large), as `uffd-handler` does.
+//!   and a warm one as fast as from a local file or faster (BENCHMARKS.md). The server
+//!   places a page only when one report covers it whole: for memory in 2 MiB pages, open
+//!   the source with that [`Options::page_size`] (chunks are then at least as large), as
+//!   `uffd-handler` does.
 //!
 //! # Failures
 //!
@@ -102,7 +103,7 @@
 //! | 5xx, 408, 429, a connection refused or reset, a body that ends early | retried from the last byte received, after an exponential backoff with full jitter ([`Options::backoff_initial`], [`Options::backoff_max`]) |
 //! | no response or no body bytes for [`Options::request_timeout`] | the request is abandoned and retried the same way |
 //! | no response after [`Options::hedge_after`] | a second, identical request on another connection; the first to answer wins |
-//! | still failing after [`Options::deadline`] from the range's first attempt | the fault fails with a [`FetchError`] (`Cause::Deadline`, the last failure): the page server's `ErrorPolicy` decides (stop with faults blocked, or `SIGBUS`). Until then faults wait: a store that is down and comes back costs time, not the guest |
+//! | still failing, or still arriving (a store that trickles its bytes), after [`Options::deadline`] from the range's first attempt | the fault fails with a [`FetchError`] (`Cause::Deadline`, the last failure): the page server's `ErrorPolicy` decides (stop with faults blocked, or `SIGBUS`). Until then faults wait: a store that is down and comes back costs time, not the guest |
 //! | the object was replaced (`If-Match` refused with 412, another ETag, another length) | fails at once with `Cause::Changed`: no byte of the new object is served, so the memory never mixes pages of two versions |
 //! | another 4xx (403, 404, ...), a wrong `Content-Range`, no `Range` support | fails at once (`Cause::Refused`, `Cause::Invalid`) |
 //! | a TLS certificate that does not verify, no TLS version or cipher suite in common | fails at once (`Cause::Tls`, naming the certificate problem) |

@@ -31,8 +31,10 @@ pub struct Options {
     /// tail). `None`: no hedging. Default 1 s.
     pub hedge_after: Option<Duration>,
     /// A range that could not be fetched after this long, counted from its first attempt,
-    /// fails: the page server then follows its error policy (faults never get zeros). While
-    /// the store is down, faults wait and requests are retried until then. Default 120 s.
+    /// fails, also one whose bytes are still arriving (a store that trickles them, each
+    /// read inside [`request_timeout`](Self::request_timeout)): the page server then follows
+    /// its error policy (faults never get zeros). While the store is down, faults wait and
+    /// requests are retried until then. Default 120 s.
     pub deadline: Duration,
     /// The first retry waits up to this long (full jitter: a random time between zero and
     /// the bound), each next one up to twice as long. Default 50 ms.

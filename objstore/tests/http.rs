@@ -333,6 +333,40 @@ fn refusal_and_deadline() {
     let _ = Arc::new(0);
 }
 
+/// A store that trickles its bytes, every piece inside the request timeout, fails the range
+/// at the deadline rather than holding the fault until the range is done: 4 MiB at 16 KiB
+/// per 100 ms would take some 26 s; the deadline is 1 s.
+#[test]
+fn a_trickling_store_fails_at_the_deadline() {
+    let Some(nginx) = Nginx::start() else { return };
+    let len = 4 * MIB;
+    write_snapshot(&nginx.www().join("mem"), 17, len);
+    let proxy = Proxy::start(nginx.port, Rates::default(), Duration::from_secs(5), 1);
+    let mut opts = options(len as usize);
+    opts.hedge_after = None;
+    opts.request_timeout = Duration::from_secs(10);
+    opts.deadline = Duration::from_secs(1);
+    let source = open(&proxy.url("mem"), &opts).unwrap();
+    proxy.set_trickle(Some(Duration::from_millis(100)));
+    let started = Instant::now();
+    let mut scratch = vec![0u8; PAGE];
+    // The first page arrives with the first piece (pages are served as their bytes come);
+    // the last one waits on the same trickling response.
+    assert!(source.fetch(0, PAGE, &mut scratch).is_ok());
+    let e = source
+        .fetch(len - PAGE as u64, PAGE, &mut scratch)
+        .map(|_| ())
+        .unwrap_err();
+    let took = started.elapsed();
+    let f = fetch_error(&e);
+    assert!(
+        matches!(&f.cause, Cause::Deadline(last) if last.contains("short at the deadline")),
+        "{f}"
+    );
+    assert!(f.to_string().contains("/mem"), "{f}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
 /// A recorded working set is fetched from the start, in order, before any fault; nothing
 /// else without `background`; with it, the whole object, every byte right.
 #[test]

@@ -110,9 +110,10 @@ pub struct Cli {
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     pub fetch_timeout: Option<Duration>,
 
-    /// URL only: a range still failing SECONDS after its first attempt fails (5xx, resets and
-    /// timeouts are retried until then; a 4xx fails at once): at start the handler exits with
-    /// 3, while serving --error-policy decides. [default: 120]
+    /// URL only: a range still failing, or still arriving (a store trickling its bytes),
+    /// SECONDS after its first attempt fails (5xx, resets and timeouts are retried until
+    /// then; a 4xx fails at once): at start the handler exits with 3, while serving
+    /// --error-policy decides. [default: 120]
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     pub fetch_deadline: Option<Duration>,
 
