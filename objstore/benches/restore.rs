@@ -1,6 +1,7 @@
 //! Restoring a snapshot over loopback nginx, side by side in one run: `serve` from the local
 //! file, this crate cold (nothing cached), warm (from its disk cache), and a handler that
-//! sends one GET per 4 KiB fault; then a recorded working set. Numbers: BENCHMARKS.md.
+//! sends one GET per 4 KiB fault; a random restore over https; then a recorded working set.
+//! Numbers: BENCHMARKS.md.
 //!
 //!   cargo bench -p userfaultfd-objstore --bench restore
 //!
@@ -317,6 +318,62 @@ fn main() {
             Some(base),
             per_fault_mib as f64,
         );
+    }
+
+    // Over https: the same snapshot (a hard link) behind nginx with TLS, trusted through a
+    // throwaway certificate authority; random order. These requests go through ureq (the
+    // crate's own client reads plain http only), so the rows show what TLS and ureq's
+    // receive path cost against the local restore.
+    match support::tls::Pki::new() {
+        None => println!("\n(no https rows: the openssl command is missing)"),
+        Some(pki) => {
+            let tls =
+                Nginx::start_tls_workers(&pki.cert(), &pki.key(), cpus).expect("nginx with TLS");
+            std::fs::hard_link(&path, tls.www().join("mem")).unwrap();
+            let tls_url = tls.url("mem");
+            let mut over_tls = Options::default();
+            over_tls.ca_certificates = Some(pki.ca());
+            let tls_object = || {
+                let url = tls_url.clone();
+                let opts = over_tls.clone();
+                move || -> (Arc<dyn PageSource>, Box<dyn Fn() -> u64>) {
+                    let s = open(&url, &opts).unwrap();
+                    let s2 = s.clone();
+                    (s, Box::new(move || s2.stats().requests))
+                }
+            };
+            let order = shuffled(pages, 1);
+            let (mut local_runs, mut cold_runs, mut arrived_runs) =
+                (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..reps {
+                warm_page_cache(&path);
+                local_runs.push(restore(&local, len, &order, Serve::Faults(None)));
+                cold_runs.push(restore(&tls_object(), len, &order, Serve::Faults(None)));
+                arrived_runs.push(restore(&tls_object(), len, &order, Serve::Arrived));
+            }
+            println!();
+            println!("| touch | restore over https | time | vs local | CPU time | GETs |");
+            println!("|---|---|---|---|---|---|");
+            let base = median(local_runs.iter().map(|r| r.time).collect());
+            for (what, runs) in [
+                ("serve from the local file (MappedFile)", local_runs),
+                ("objstore cold over https (ureq, rustls)", cold_runs),
+                (
+                    "objstore cold over https, chunks placed as they arrive",
+                    arrived_runs,
+                ),
+            ] {
+                let requests = runs.last().map_or(0, |r| r.requests);
+                let cpu = median(runs.iter().map(|r| r.cpu).collect());
+                let t = median(runs.into_iter().map(|r| r.time).collect());
+                println!(
+                    "| random | {what} | {} | {:.2}x | {} | {requests} |",
+                    ms(t),
+                    t.as_secs_f64() / base.as_secs_f64(),
+                    ms(cpu)
+                );
+            }
+        }
     }
 
     // A recorded working set: 10% of the pages, in runs of 1 MiB (a guest's working set is

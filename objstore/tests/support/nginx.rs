@@ -58,6 +58,16 @@ impl Nginx {
         Some(n)
     }
 
+    /// [`start_workers`](Self::start_workers) over TLS, as [`start_tls`](Self::start_tls).
+    #[allow(dead_code)] // the benchmark's
+    #[track_caller]
+    pub fn start_tls_workers(cert: &Path, key: &Path, workers: usize) -> Option<Nginx> {
+        let tls = Some((cert.to_path_buf(), key.to_path_buf()));
+        let mut n = Nginx::configure(tls, None, workers.max(1))?;
+        n.spawn();
+        Some(n)
+    }
+
     #[track_caller]
     fn start_with(tls: Option<(PathBuf, PathBuf)>, upstream: Option<u16>) -> Option<Nginx> {
         let mut n = Nginx::configure(tls, upstream, 1)?;
