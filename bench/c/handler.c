@@ -70,6 +70,60 @@ static inline void resolve(int uffd, int zero, const char *source, uint64_t addr
 	}
 }
 
+/* The handler's loop: serves `n` faults, by ZEROPAGE if `zero` (a constant at each call, so
+ * that each loop is compiled for one mode), reading one message per read(2) if `batch` is 1,
+ * else up to `batch`; returns how many reads it took. */
+static inline __attribute__((always_inline)) size_t serve(int uffd, int zero, const char *source,
+							  size_t n, size_t batch)
+{
+	size_t reads = 0;
+	if (batch == 1) {
+		for (size_t served = 0; served < n; served++) {
+			struct uffd_msg msg;
+			ssize_t r;
+			while ((r = read(uffd, &msg, sizeof(msg))) != sizeof(msg))
+				if (r >= 0 || errno != EINTR)
+					die("read");
+			if (msg.event != UFFD_EVENT_PAGEFAULT)
+				die("event");
+			resolve(uffd, zero, source, msg.arg.pagefault.address);
+		}
+		reads = n;
+	} else {
+		struct uffd_msg *msgs = calloc(batch, sizeof(*msgs));
+		for (size_t served = 0; served < n; reads++) {
+			ssize_t r = read(uffd, msgs, batch * sizeof(*msgs));
+			if (r <= 0 || r % sizeof(*msgs)) {
+				if (r < 0 && errno == EINTR)
+					continue;
+				die("read");
+			}
+			size_t count = r / sizeof(*msgs);
+			for (size_t i = 0; i < count; i++) {
+				if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
+					die("event");
+				resolve(uffd, zero, source, msgs[i].arg.pagefault.address);
+			}
+			served += count;
+		}
+		free(msgs);
+	}
+	return reads;
+}
+
+/* Each mode's loop is a function of its own, never inlined (as in the Rust handlers). */
+static __attribute__((noinline)) size_t serve_copy(int uffd, const char *source, size_t n,
+						   size_t batch)
+{
+	return serve(uffd, 0, source, n, batch);
+}
+
+static __attribute__((noinline)) size_t serve_zeropage(int uffd, const char *source, size_t n,
+						       size_t batch)
+{
+	return serve(uffd, 1, source, n, batch);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc != 5) {
@@ -121,38 +175,9 @@ int main(int argc, char **argv)
 			die("pthread_create");
 	}
 
-	size_t reads = 0;
-	if (batch == 1) {
-		for (size_t served = 0; served < n; served++) {
-			struct uffd_msg msg;
-			ssize_t r;
-			while ((r = read(uffd, &msg, sizeof(msg))) != sizeof(msg))
-				if (r >= 0 || errno != EINTR)
-					die("read");
-			if (msg.event != UFFD_EVENT_PAGEFAULT)
-				die("event");
-			resolve(uffd, zero, source, msg.arg.pagefault.address);
-		}
-		reads = n;
-	} else {
-		struct uffd_msg *msgs = calloc(batch, sizeof(*msgs));
-		for (size_t served = 0; served < n; reads++) {
-			ssize_t r = read(uffd, msgs, batch * sizeof(*msgs));
-			if (r <= 0 || r % sizeof(*msgs)) {
-				if (r < 0 && errno == EINTR)
-					continue;
-				die("read");
-			}
-			size_t count = r / sizeof(*msgs);
-			for (size_t i = 0; i < count; i++) {
-				if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
-					die("event");
-				resolve(uffd, zero, source, msgs[i].arg.pagefault.address);
-			}
-			served += count;
-		}
-		free(msgs);
-	}
+	/* The mode is a constant of each loop, as in the Rust handlers (bench/src/scenarios.rs):
+	 * no loop tests it per fault. */
+	size_t reads = zero ? serve_zeropage(uffd, source, n, batch) : serve_copy(uffd, source, n, batch);
 
 	for (size_t t = 0; t < threads; t++)
 		pthread_join(tids[t], NULL);

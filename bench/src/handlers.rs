@@ -28,7 +28,41 @@ impl Impl {
     }
 }
 
-/// What a scenario needs from an implementation.
+/// What failed in a handler's loop, for [`die`].
+#[repr(u8)]
+#[derive(Clone, Copy, Debug)]
+pub enum Failed {
+    Read,
+    NotAFault,
+    Copy,
+    Zeropage,
+}
+
+/// Ends the benchmark when a handler's loop fails, as the C handler's `die()` does: by
+/// ending the process, not by unwinding. A call to an `extern "C"` function cannot unwind, so
+/// the loops that call it have no cleanup path, like a handler that passes its errors on
+/// with `?`. (A loop that may panic while it holds an event keeps the event for the cleanup
+/// that drops it: with `unwrap()` on each result and a fallback arm that prints the event,
+/// `read_event` costs this crate 28 instructions per fault instead of 25; see BENCHMARKS.md.)
+#[cold]
+pub extern "C" fn die(what: Failed) -> ! {
+    eprintln!("the handler failed: {what:?}");
+    std::process::exit(1)
+}
+
+/// [`die`] for an error of a crate under test. The error is not dropped: the process ends,
+/// and a drop of either crate's error may unwind (it can hold an `io::Error`), which would
+/// give the loop a cleanup path after all.
+#[cold]
+#[inline(always)]
+pub fn fail<E>(error: E, what: Failed) -> ! {
+    std::mem::forget(error);
+    die(what)
+}
+
+/// What a scenario needs from an implementation. Its methods are `#[inline(always)]`, as the C
+/// handler's are inlined: what is measured is the loop a compiler makes of a handler, the same
+/// in every build, not whether it chose to inline a method of the benchmark.
 pub trait Server: Send + Sync + Sized + 'static {
     /// Reusable storage for batched reads.
     type Batch: Send;
@@ -104,7 +138,7 @@ impl Server for Raw {
         );
     }
 
-    #[inline]
+    #[inline(always)]
     fn next_fault(&self) -> usize {
         let mut msg = sys::uffd_msg::default();
         loop {
@@ -113,9 +147,13 @@ impl Server for Raw {
             if n == 32 {
                 break;
             }
-            assert!(n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR));
+            if n >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                die(Failed::Read);
+            }
         }
-        assert_eq!(msg.event, sys::UFFD_EVENT_PAGEFAULT);
+        if msg.event != sys::UFFD_EVENT_PAGEFAULT {
+            die(Failed::NotAFault);
+        }
         // SAFETY: a pagefault message.
         unsafe { msg.arg.pagefault.address as usize }
     }
@@ -124,7 +162,7 @@ impl Server for Raw {
         vec![sys::uffd_msg::default(); capacity]
     }
 
-    #[inline]
+    #[inline(always)]
     fn faults(&self, batch: &mut Vec<sys::uffd_msg>, mut f: impl FnMut(usize)) -> usize {
         // SAFETY: reads whole messages into the buffer.
         let n = unsafe {
@@ -134,17 +172,21 @@ impl Server for Raw {
                 batch.len() * 32,
             )
         };
-        assert!(n > 0 && n % 32 == 0, "read: {n}");
+        if n <= 0 || n % 32 != 0 {
+            die(Failed::Read);
+        }
         let count = n as usize / 32;
         for msg in &batch[..count] {
-            assert_eq!(msg.event, sys::UFFD_EVENT_PAGEFAULT);
+            if msg.event != sys::UFFD_EVENT_PAGEFAULT {
+                die(Failed::NotAFault);
+            }
             // SAFETY: a pagefault message.
             f(unsafe { msg.arg.pagefault.address } as usize);
         }
         count
     }
 
-    #[inline]
+    #[inline(always)]
     fn copy(&self, src: *const c_void, dst: usize, len: usize) {
         let mut copy = sys::uffdio_copy {
             dst: dst as u64,
@@ -154,13 +196,12 @@ impl Server for Raw {
             copy: 0,
         };
         // SAFETY: a valid uffdio_copy into a benchmark mapping.
-        check(
-            unsafe { libc::ioctl(self.0.as_raw_fd(), sys::UFFDIO_COPY, &mut copy) },
-            "COPY",
-        );
+        if unsafe { libc::ioctl(self.0.as_raw_fd(), sys::UFFDIO_COPY, &mut copy) } < 0 {
+            die(Failed::Copy);
+        }
     }
 
-    #[inline]
+    #[inline(always)]
     fn zeropage(&self, dst: usize, len: usize) {
         let mut z = sys::uffdio_zeropage {
             range: sys::uffdio_range {
@@ -171,10 +212,9 @@ impl Server for Raw {
             zeropage: 0,
         };
         // SAFETY: a valid uffdio_zeropage into a benchmark mapping.
-        check(
-            unsafe { libc::ioctl(self.0.as_raw_fd(), sys::UFFDIO_ZEROPAGE, &mut z) },
-            "ZEROPAGE",
-        );
+        if unsafe { libc::ioctl(self.0.as_raw_fd(), sys::UFFDIO_ZEROPAGE, &mut z) } < 0 {
+            die(Failed::Zeropage);
+        }
     }
 
     fn move_pages(&self, src: *const c_void, dst: usize, len: usize) {
@@ -214,11 +254,12 @@ impl Server for Ours {
         self.0.register(addr, len).unwrap();
     }
 
-    #[inline]
+    #[inline(always)]
     fn next_fault(&self) -> usize {
-        match self.0.read_event().unwrap() {
-            Some(userfaultfd::Event::Pagefault { addr, .. }) => addr as usize,
-            other => panic!("{other:?}"),
+        match self.0.read_event() {
+            Ok(Some(userfaultfd::Event::Pagefault { addr, .. })) => addr as usize,
+            Ok(_) => die(Failed::NotAFault),
+            Err(e) => fail(e, Failed::Read),
         }
     }
 
@@ -226,29 +267,38 @@ impl Server for Ours {
         userfaultfd::EventBuffer::new(capacity)
     }
 
-    #[inline]
+    #[inline(always)]
     fn faults(&self, batch: &mut userfaultfd::EventBuffer, mut f: impl FnMut(usize)) -> usize {
-        let events = self.0.read_events(batch).unwrap();
+        let events = match self.0.read_events(batch) {
+            Ok(events) => events,
+            Err(e) => fail(e, Failed::Read),
+        };
         let n = events.len();
         for event in events {
-            match event.unwrap() {
-                userfaultfd::Event::Pagefault { addr, .. } => f(addr as usize),
-                other => panic!("{other:?}"),
-            }
+            let addr = match event {
+                Ok(userfaultfd::Event::Pagefault { addr, .. }) => addr,
+                Ok(_) => die(Failed::NotAFault),
+                Err(e) => fail(e, Failed::Read),
+            };
+            f(addr as usize);
         }
         n
     }
 
-    #[inline]
+    #[inline(always)]
     fn copy(&self, src: *const c_void, dst: usize, len: usize) {
         // SAFETY: the destination is a benchmark mapping holding no Rust object.
-        unsafe { self.0.copy(src, dst as *mut c_void, len, true) }.unwrap();
+        if let Err(e) = unsafe { self.0.copy(src, dst as *mut c_void, len, true) } {
+            fail(e, Failed::Copy);
+        }
     }
 
-    #[inline]
+    #[inline(always)]
     fn zeropage(&self, dst: usize, len: usize) {
         // SAFETY: as for copy.
-        unsafe { self.0.zeropage(dst as *mut c_void, len, true) }.unwrap();
+        if let Err(e) = unsafe { self.0.zeropage(dst as *mut c_void, len, true) } {
+            fail(e, Failed::Zeropage);
+        }
     }
 
     fn move_pages(&self, src: *const c_void, dst: usize, len: usize) {
@@ -280,11 +330,12 @@ impl Server for V09 {
         self.0.register(addr, len).unwrap();
     }
 
-    #[inline]
+    #[inline(always)]
     fn next_fault(&self) -> usize {
-        match self.0.read_event().unwrap() {
-            Some(userfaultfd09::Event::Pagefault { addr, .. }) => addr as usize,
-            other => panic!("{other:?}"),
+        match self.0.read_event() {
+            Ok(Some(userfaultfd09::Event::Pagefault { addr, .. })) => addr as usize,
+            Ok(_) => die(Failed::NotAFault),
+            Err(e) => fail(e, Failed::Read),
         }
     }
 
@@ -292,29 +343,39 @@ impl Server for V09 {
         userfaultfd09::EventBuffer::new(capacity)
     }
 
-    #[inline]
+    #[inline(always)]
     fn faults(&self, batch: &mut userfaultfd09::EventBuffer, mut f: impl FnMut(usize)) -> usize {
         let mut n = 0;
-        for event in self.0.read_events(batch).unwrap() {
-            match event.unwrap() {
-                userfaultfd09::Event::Pagefault { addr, .. } => f(addr as usize),
-                other => panic!("{other:?}"),
-            }
+        let events = match self.0.read_events(batch) {
+            Ok(events) => events,
+            Err(e) => fail(e, Failed::Read),
+        };
+        for event in events {
+            let addr = match event {
+                Ok(userfaultfd09::Event::Pagefault { addr, .. }) => addr,
+                Ok(_) => die(Failed::NotAFault),
+                Err(e) => fail(e, Failed::Read),
+            };
+            f(addr as usize);
             n += 1;
         }
         n
     }
 
-    #[inline]
+    #[inline(always)]
     fn copy(&self, src: *const c_void, dst: usize, len: usize) {
         // SAFETY: the destination is a benchmark mapping holding no Rust object.
-        unsafe { self.0.copy(src, dst as *mut c_void, len, true) }.unwrap();
+        if let Err(e) = unsafe { self.0.copy(src, dst as *mut c_void, len, true) } {
+            fail(e, Failed::Copy);
+        }
     }
 
-    #[inline]
+    #[inline(always)]
     fn zeropage(&self, dst: usize, len: usize) {
         // SAFETY: as for copy.
-        unsafe { self.0.zeropage(dst as *mut c_void, len, true) }.unwrap();
+        if let Err(e) = unsafe { self.0.zeropage(dst as *mut c_void, len, true) } {
+            fail(e, Failed::Zeropage);
+        }
     }
 
     fn move_pages(&self, _: *const c_void, _: usize, _: usize) {

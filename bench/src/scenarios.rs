@@ -1,6 +1,7 @@
 //! The scenarios, each run for the three implementations in rotating order per repetition, so
 //! that machine noise hits all of them alike.
 
+use std::ffi::c_void;
 use std::ptr;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -185,6 +186,15 @@ pub fn table(reps: usize) {
             resolve: Resolve::Copy,
         },
         Faults {
+            name: "4 KiB faults from 4 threads, one event per read",
+            chunk: PAGE,
+            faults: 4 * k,
+            huge: false,
+            threads: 4,
+            batch: 1,
+            resolve: Resolve::Copy,
+        },
+        Faults {
             name: "4 KiB faults from 4 threads, batched reads (64)",
             chunk: PAGE,
             faults: 4 * k,
@@ -342,32 +352,75 @@ fn serve_populate_with<S: Server>(zero: bool, n: usize, batch: usize, threads: u
     server.register(region.addr(), region.len);
     let source = Mapping::populated(PAGE, false);
     let touchers = populate_in_threads(&region, threads);
-    let resolve = |addr| {
-        if zero {
-            server.zeropage(addr, PAGE)
-        } else {
-            server.copy(source.ptr.cast(), addr, PAGE)
-        }
-    };
-    let mut reads = 0;
-    if batch == 1 {
-        for _ in 0..n {
-            resolve(server.next_fault());
-        }
-        reads = n;
+    // The mode is a constant of each loop (as in bench/c/handler.c), so that no loop tests
+    // it per fault: whether the compiler moves such a test out of a loop changes from build
+    // to build, and would move the counts by a few instructions.
+    let reads = if zero {
+        serve_loop::<S, true>(&server, source.ptr.cast(), n, batch)
     } else {
-        let mut buf = server.batch(batch);
-        let mut served = 0;
-        while served < n {
-            served += server.faults(&mut buf, resolve);
-            reads += 1;
-        }
-    }
+        serve_loop::<S, false>(&server, source.ptr.cast(), n, batch)
+    };
     for toucher in touchers {
         toucher.join().unwrap();
     }
     // How many events each read returned on average (ci/callgrind prints it).
     println!("reads {reads} events {n}");
+}
+
+/// The handler's loop: serves `n` faults, by ZEROPAGE if `ZERO`, else by COPY from `source`;
+/// returns how many reads it took.
+fn serve_loop<S: Server, const ZERO: bool>(
+    server: &S,
+    source: *const c_void,
+    n: usize,
+    batch: usize,
+) -> usize {
+    if batch == 1 {
+        serve_single::<S, ZERO>(server, source, n)
+    } else {
+        serve_batch::<S, ZERO>(server, source, n, batch)
+    }
+}
+
+/// Resolves the fault at `addr`: by ZEROPAGE if `ZERO`, else by a COPY from `source`.
+#[inline(always)]
+fn resolve<S: Server, const ZERO: bool>(server: &S, source: *const c_void, addr: usize) {
+    if ZERO {
+        server.zeropage(addr, PAGE)
+    } else {
+        server.copy(source, addr, PAGE)
+    }
+}
+
+// Each loop is a function of its own for each implementation and mode, never inlined: what
+// the compiler inlines into it, and how it allocates registers, is then decided for this loop
+// alone, not for a caller that holds all of them (as bench/c/handler.c).
+
+/// Serves `n` faults reading one event per `read(2)`.
+#[inline(never)]
+fn serve_single<S: Server, const ZERO: bool>(server: &S, source: *const c_void, n: usize) -> usize {
+    for _ in 0..n {
+        resolve::<S, ZERO>(server, source, server.next_fault());
+    }
+    n
+}
+
+/// Serves `n` faults reading up to `batch` events per `read(2)`; returns how many reads it
+/// took.
+#[inline(never)]
+fn serve_batch<S: Server, const ZERO: bool>(
+    server: &S,
+    source: *const c_void,
+    n: usize,
+    batch: usize,
+) -> usize {
+    let mut buf = server.batch(batch);
+    let (mut served, mut reads) = (0, 0);
+    while served < n {
+        served += server.faults(&mut buf, |addr| resolve::<S, ZERO>(server, source, addr));
+        reads += 1;
+    }
+    reads
 }
 
 /// Serves `n` faults raised by `MADV_POPULATE_READ` from `threads` threads with

@@ -91,8 +91,10 @@ impl Drop for Events<'_> {
     fn drop(&mut self) {
         // Handlers iterate every event, so there is usually nothing left: the check stays
         // inline, the closing loop does not.
+        // The slice goes by value: a reference to the iterator would keep it in memory (its
+        // position stored at every step) for the sake of this rare call.
         if self.msgs.len() != 0 {
-            close_unread(&mut self.msgs);
+            close_unread(self.msgs.as_slice());
         }
     }
 }
@@ -102,7 +104,7 @@ impl Drop for Events<'_> {
 /// decoded for messages nobody will see.
 #[cold]
 #[inline(never)]
-fn close_unread(msgs: &mut std::slice::Iter<'_, sys::uffd_msg>) {
+fn close_unread(msgs: &[sys::uffd_msg]) {
     for msg in msgs {
         if msg.event == sys::UFFD_EVENT_FORK {
             // SAFETY: the event code says the union holds `fork`, a plain integer.
@@ -123,14 +125,16 @@ impl Uffd {
     ///
     /// The `read(2)` is issued directly (on x86-64), not through the C library: it is not a
     /// `pthread_cancel(3)` cancellation point, and a failure's `errno` is in the returned
-    /// error, not in the thread's `errno`. That cuts the user-space cost of a fault to a
-    /// quarter (27 instructions with a `copy`, against 103 for the same loop in C over
-    /// glibc).
+    /// error, not in the thread's `errno`. With the decoding inlined, a fault served by
+    /// `copy` costs 25 user-space instructions, against 102 for the same loop in C over
+    /// glibc (`ci/callgrind`; the table is in [`read_events`](Self::read_events)).
     ///
     /// # Errors
     ///
     /// [`Error::SystemError`] for a failed `read(2)`, [`Error::ReadEof`],
-    /// [`Error::IncompleteMsg`], [`Error::UnrecognizedEvent`].
+    /// [`Error::IncompleteMsg`], [`Error::UnrecognizedEvent`]; `SystemError(EBADF)` for a
+    /// fork event without a descriptor (which the kernel does not send: it fails the read
+    /// instead).
     #[inline]
     pub fn read_event(&self) -> Result<Option<Event>> {
         // The hot path of every handler: one read of one message into the stack, no
@@ -159,30 +163,37 @@ impl Uffd {
     /// [`Error::UnrecognizedEvent`] of one message.
     ///
     /// Which to use, in user-space instructions per served fault (the handler thread,
-    /// counted by callgrind with `ci/callgrind`: the same minimal handler on this crate, in
-    /// C over glibc's `read`/`ioctl`, each fault one 4 KiB `COPY`):
+    /// counted by callgrind with `ci/callgrind`: the same minimal handler on this crate, each
+    /// fault resolved by one 4 KiB `copy` or one `zeropage`):
     ///
-    /// | reading | events per read | this crate | C |
-    /// |---|---|---|---|
-    /// | `read_event` | 1 | 27 | 103 |
-    /// | `read_events`, buffer of 64 | 1 | 49 | 122 |
-    /// | `read_events`, buffer of 64, four faulting threads | 1.8 to 3.9 | 28 to 38 | 60 to 69 |
+    /// | reading | faulting threads | events per read | `copy` | `zeropage` |
+    /// |---|---|---|---|---|
+    /// | `read_event` | 1, 4 or 8 | 1 | 25 | 24 |
+    /// | `read_events`, buffer of 64 | 1 | 1 | 43 | 40 |
+    /// | `read_events`, buffer of 64 | 4 | 2.1 and 2.5 | 32 | 28 |
+    /// | `read_events`, buffer of 64 | 8 | 3.0 and 5.6 | 29 | 23 |
     ///
-    /// (With four faulting threads, how many events a read finds depends on scheduling; the
-    /// more, the lower the count: 28 at 3.2 events per read, 38 at 1.8.)
+    /// (The same loop in C over glibc's `read` and `ioctl`: 102 and 120 for the first two
+    /// rows with `copy`. With several faulting threads, how many events a read finds depends
+    /// on scheduling.)
     ///
-    /// Decision: the batch path is made as cheap as it can be, not cheaper than a single
-    /// read when each read finds one event. Both issue `read(2)` directly (no C-library
-    /// wrapper, no cancellation point: what made C's reads cost some 50 instructions more),
-    /// decode in place, and build the iterator from the byte count the kernel returned.
-    /// What a batch still pays over [`read_event`](Self::read_event) is its own: the test
-    /// of the byte count, the end of the batch, and a loop whose state outlives the
-    /// handler's calls (an iterator dropped early closes the unread fork descriptors, so its
-    /// position is kept for that); at one event per read that is about 20 instructions, the
-    /// same as C's batch loop over its single read (19). A batch pays off when faults arrive
-    /// together (several faulting threads): then one system call serves several faults,
-    /// which is where its gain is, in the kernel (a system call costs far more than the
-    /// user-space loop), not in these counts. Nothing is allocated either way.
+    /// Decision: use `read_event` where faults come one at a time, `read_events` where they
+    /// come together, and do not expect a batch to save user-space instructions. Once a
+    /// message is read, serving it from a batch costs about 20 instructions (test the code,
+    /// take the address, resolve, advance) against 25 for a whole `read_event` round: the
+    /// read itself costs this crate only the few instructions around the `syscall`
+    /// instruction, so a batch has little to share. What a batch adds per `read(2)` (testing
+    /// the byte count, finding the end, the handler's loop around its loop) is about 18
+    /// instructions, as much as C's own batch loop adds over its single reads (18); so at
+    /// one event per read a batch costs more, and it draws level at about five (23 against 24
+    /// at 5.6 events per read, `zeropage`). Its gain is elsewhere: one system call (a kernel
+    /// entry and exit, which these counts leave out and which cost far more than the loop)
+    /// for several faults. Nothing is allocated either way.
+    ///
+    /// The figures hold for a loop that passes errors on with `?`, or ends the process on
+    /// one. A loop that can panic while it holds an event (an `unwrap()` of each result, a
+    /// fallback arm that panics) makes the compiler keep the event's fields for the cleanup
+    /// that would drop it: measured so, `read_event` costs 28.
     ///
     /// # Errors
     ///

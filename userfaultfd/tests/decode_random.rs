@@ -2,8 +2,10 @@
 //!
 //! The kernel only ever writes well-formed messages, but the decoder is the one place where
 //! bytes from outside become Rust values, so it is held to "any input": known event codes
-//! decode, every other code is `Error::UnrecognizedEvent(code)`, nothing panics, and a fork
-//! message's descriptor number is never acted on (`decode_untrusted` does not adopt it).
+//! decode, every other code is `Error::UnrecognizedEvent(code)`, a fork message whose
+//! descriptor is negative is `Error::SystemError(EBADF)` (adopting -1 would panic in
+//! `OwnedFd::from_raw_fd`), nothing panics, and a fork message's descriptor number is never
+//! acted on (`decode_untrusted` does not adopt it).
 //! The cargo-fuzz target in fuzz/ explores the same function without a fixed seed.
 //!
 //! `decode_untrusted` exists only with the cargo feature `fuzzing` (Cargo.toml makes this test
@@ -12,7 +14,7 @@
 use userfaultfd::sys::{
     UFFD_EVENT_FORK, UFFD_EVENT_PAGEFAULT, UFFD_EVENT_REMAP, UFFD_EVENT_REMOVE, UFFD_EVENT_UNMAP,
 };
-use userfaultfd::{decode_untrusted, Error, FeatureFlags};
+use userfaultfd::{decode_untrusted, Errno, Error, FeatureFlags};
 
 const KNOWN: [u8; 5] = [
     UFFD_EVENT_PAGEFAULT,
@@ -21,6 +23,24 @@ const KNOWN: [u8; 5] = [
     UFFD_EVENT_REMOVE,
     UFFD_EVENT_UNMAP,
 ];
+
+/// Whether `msg`, with a known event code, is a fork message with a negative descriptor (its
+/// `ufd`, a 32-bit field at offset 8).
+fn fork_without_descriptor(msg: &[u8; 32]) -> bool {
+    msg[0] == UFFD_EVENT_FORK && i32::from_le_bytes(msg[8..12].try_into().unwrap()) < 0
+}
+
+/// Checks the outcome for a message with a known event code.
+fn check_known(msg: &[u8; 32], result: Result<(), Error>) {
+    if fork_without_descriptor(msg) {
+        assert!(
+            matches!(result, Err(Error::SystemError(Errno::EBADF))),
+            "fork without a descriptor: {result:?}"
+        );
+    } else {
+        assert!(result.is_ok(), "code {:#x}: {result:?}", msg[0]);
+    }
+}
 
 /// splitmix64: a tiny, well-mixed generator; the seed makes every run identical.
 struct SplitMix(u64);
@@ -51,7 +71,7 @@ fn a_million_random_messages_decode_or_are_unrecognized() {
         let features = FeatureFlags::from_bits_retain(rng.next());
         let result = decode_untrusted(&msg, features);
         if KNOWN.contains(&msg[0]) {
-            assert!(result.is_ok(), "code {:#x}: {result:?}", msg[0]);
+            check_known(&msg, result);
             known += 1;
         } else {
             assert!(
@@ -76,11 +96,34 @@ fn every_code_outside_the_five_events_is_unrecognized() {
         msg[0] = code;
         let result = decode_untrusted(&msg, FeatureFlags::all());
         if KNOWN.contains(&code) {
-            assert!(result.is_ok(), "code {code:#x}: {result:?}");
+            check_known(&msg, result);
         } else {
             assert!(
                 matches!(result, Err(Error::UnrecognizedEvent(c)) if c == code),
                 "code {code:#x}: {result:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_fork_message_with_a_negative_descriptor_is_ebadf() {
+    for (ufd, ok) in [
+        (-1i32, false),
+        (i32::MIN, false),
+        (0, true),
+        (i32::MAX, true),
+    ] {
+        let mut msg = [0u8; 32];
+        msg[0] = UFFD_EVENT_FORK;
+        msg[8..12].copy_from_slice(&ufd.to_le_bytes());
+        let result = decode_untrusted(&msg, FeatureFlags::all());
+        if ok {
+            assert!(result.is_ok(), "ufd {ufd}: {result:?}");
+        } else {
+            assert!(
+                matches!(result, Err(Error::SystemError(Errno::EBADF))),
+                "ufd {ufd}: {result:?}"
             );
         }
     }
