@@ -109,6 +109,11 @@ fn close_unread(msgs: &[sys::uffd_msg]) {
         if msg.event == sys::UFFD_EVENT_FORK {
             // SAFETY: the event code says the union holds `fork`, a plain integer.
             let fd = unsafe { msg.arg.fork.ufd } as RawFd;
+            // A negative number is no descriptor (decoding it is an error: see `decode`);
+            // `OwnedFd::from_raw_fd(-1)` would panic, here in a drop.
+            if fd < 0 {
+                continue;
+            }
             // SAFETY: the kernel installed this descriptor for us and it was never handed
             // out; closing it is its only use.
             drop(unsafe { OwnedFd::from_raw_fd(fd) });
@@ -257,5 +262,57 @@ fn read_outcome(n: isize) -> Result<ReadOutcome> {
             expected: MSG_SIZE,
         }),
         n => Ok(ReadOutcome::Messages(n as usize / MSG_SIZE)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fork message as the kernel writes it, with descriptor `fd`.
+    fn fork_msg(fd: RawFd) -> sys::uffd_msg {
+        let mut msg = sys::uffd_msg {
+            event: sys::UFFD_EVENT_FORK,
+            ..Default::default()
+        };
+        msg.arg.fork.ufd = fd as u32;
+        msg
+    }
+
+    #[test]
+    fn dropping_unread_fork_events_closes_their_descriptors_and_skips_negative_ones() {
+        // The descriptor handed over is a pipe's write end: once it is closed, reading the
+        // read end gives end of file (whatever reuses the number meanwhile).
+        let mut ends = [0; 2];
+        // SAFETY: `pipe2` writes two descriptors into `ends`.
+        let made = unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) };
+        assert_eq!(made, 0, "pipe2: {}", std::io::Error::last_os_error());
+        // SAFETY: the read end is ours, owned once.
+        let read_end = unsafe { OwnedFd::from_raw_fd(ends[0]) };
+        let mut buf = EventBuffer::new(3);
+        buf.0[0] = fork_msg(-1);
+        buf.0[1] = fork_msg(ends[1]);
+        buf.0[2] = fork_msg(i32::MIN);
+        // SAFETY: three whole messages; the write end is ours to hand over, and the negative
+        // ones are what this test is about.
+        let events = unsafe { buf.events(3 * MSG_SIZE, FeatureFlags::empty()) };
+        drop(events);
+        let mut byte = 0u8;
+        // SAFETY: reads at most one byte into `byte`.
+        let n = unsafe { libc::read(read_end.as_raw_fd(), (&raw mut byte).cast(), 1) };
+        assert_eq!(n, 0, "the unread fork event's descriptor was not closed");
+    }
+
+    #[test]
+    fn a_fork_event_without_a_descriptor_reads_as_ebadf() {
+        let mut buf = EventBuffer::new(1);
+        buf.0[0] = fork_msg(-1);
+        // SAFETY: one whole message, with no descriptor in it.
+        let mut events = unsafe { buf.events(MSG_SIZE, FeatureFlags::empty()) };
+        assert!(matches!(
+            events.next(),
+            Some(Err(Error::SystemError(Errno::EBADF)))
+        ));
+        assert!(events.next().is_none());
     }
 }
