@@ -175,8 +175,8 @@ impl Uffd {
     /// |---|---|---|---|---|
     /// | `read_event` | 1, 4 or 8 | 1 | 25 | 24 |
     /// | `read_events`, buffer of 64 | 1 | 1 | 43 | 40 |
-    /// | `read_events`, buffer of 64 | 4 | 2.1 and 2.5 | 32 | 28 |
-    /// | `read_events`, buffer of 64 | 8 | 3.0 and 5.6 | 29 | 23 |
+    /// | `read_events`, buffer of 64 | 4 | 2.6 and 2.8 | 28 | 27 |
+    /// | `read_events`, buffer of 64 | 8 | 6.2 and 4.4 | 24 | 24 |
     ///
     /// (The same loop in C over glibc's `read` and `ioctl`: 102 and 120 for the first two
     /// rows with `copy`. With several faulting threads, how many events a read finds depends
@@ -188,12 +188,13 @@ impl Uffd {
     /// take the address, resolve, advance) against 25 for a whole `read_event` round: the
     /// read itself costs this crate only the few instructions around the `syscall`
     /// instruction, so a batch has little to share. What a batch adds per `read(2)` (testing
-    /// the byte count, finding the end, the handler's loop around its loop) is about 18
-    /// instructions, as much as C's own batch loop adds over its single reads (18); so at
-    /// one event per read a batch costs more, and it draws level at about five (23 against 24
-    /// at 5.6 events per read, `zeropage`). Its gain is elsewhere: one system call (a kernel
-    /// entry and exit, which these counts leave out and which cost far more than the loop)
-    /// for several faults. Nothing is allocated either way.
+    /// the byte count, finding the end, the handler's loop around its loop) makes a fault at
+    /// one event per read cost 43, 18 more than `read_event`: as much as C's own batch loop
+    /// adds over its single reads (120 against 102). A batch draws level at about five events
+    /// per read (24 against 25 at 6.2 with `copy`, 24 against 24 at 4.4 with `zeropage`).
+    /// Its gain is elsewhere: one system call (a kernel entry and exit, which these counts
+    /// leave out and which cost far more than the loop) for several faults. Nothing is
+    /// allocated either way.
     ///
     /// The figures hold for a loop that passes errors on with `?`, or ends the process on
     /// one. A loop that can panic while it holds an event (an `unwrap()` of each result, a
