@@ -38,6 +38,13 @@ static void die(const char *what)
 	exit(1);
 }
 
+/* For an event other than a page fault: errno says nothing then. */
+static void die_event(unsigned code)
+{
+	fprintf(stderr, "event: code %#x, not a page fault\n", code);
+	exit(1);
+}
+
 struct share {
 	char *start;
 	size_t len;
@@ -70,58 +77,73 @@ static inline void resolve(int uffd, int zero, const char *source, uint64_t addr
 	}
 }
 
-/* The handler's loop: serves `n` faults, by ZEROPAGE if `zero` (a constant at each call, so
- * that each loop is compiled for one mode), reading one message per read(2) if `batch` is 1,
- * else up to `batch`; returns how many reads it took. */
-static inline __attribute__((always_inline)) size_t serve(int uffd, int zero, const char *source,
-							  size_t n, size_t batch)
+/* Serves `n` faults reading one message per read(2), by ZEROPAGE if `zero` (a constant at
+ * each call, so that each loop is compiled for one mode). */
+static inline __attribute__((always_inline)) size_t serve_single(int uffd, int zero,
+								  const char *source, size_t n)
+{
+	for (size_t served = 0; served < n; served++) {
+		struct uffd_msg msg;
+		ssize_t r;
+		while ((r = read(uffd, &msg, sizeof(msg))) != sizeof(msg))
+			if (r >= 0 || errno != EINTR)
+				die("read");
+		if (msg.event != UFFD_EVENT_PAGEFAULT)
+			die_event(msg.event);
+		resolve(uffd, zero, source, msg.arg.pagefault.address);
+	}
+	return n;
+}
+
+/* Serves `n` faults reading up to `batch` messages per read(2) into `msgs`; returns how many
+ * reads it took. */
+static inline __attribute__((always_inline)) size_t serve_batch(int uffd, int zero,
+								 const char *source, size_t n,
+								 struct uffd_msg *msgs, size_t batch)
 {
 	size_t reads = 0;
-	if (batch == 1) {
-		for (size_t served = 0; served < n; served++) {
-			struct uffd_msg msg;
-			ssize_t r;
-			while ((r = read(uffd, &msg, sizeof(msg))) != sizeof(msg))
-				if (r >= 0 || errno != EINTR)
-					die("read");
-			if (msg.event != UFFD_EVENT_PAGEFAULT)
-				die("event");
-			resolve(uffd, zero, source, msg.arg.pagefault.address);
+	for (size_t served = 0; served < n; reads++) {
+		ssize_t r = read(uffd, msgs, batch * sizeof(*msgs));
+		if (r <= 0 || r % sizeof(*msgs)) {
+			if (r < 0 && errno == EINTR)
+				continue;
+			die("read");
 		}
-		reads = n;
-	} else {
-		struct uffd_msg *msgs = calloc(batch, sizeof(*msgs));
-		for (size_t served = 0; served < n; reads++) {
-			ssize_t r = read(uffd, msgs, batch * sizeof(*msgs));
-			if (r <= 0 || r % sizeof(*msgs)) {
-				if (r < 0 && errno == EINTR)
-					continue;
-				die("read");
-			}
-			size_t count = r / sizeof(*msgs);
-			for (size_t i = 0; i < count; i++) {
-				if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
-					die("event");
-				resolve(uffd, zero, source, msgs[i].arg.pagefault.address);
-			}
-			served += count;
+		size_t count = r / sizeof(*msgs);
+		for (size_t i = 0; i < count; i++) {
+			if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
+				die_event(msgs[i].event);
+			resolve(uffd, zero, source, msgs[i].arg.pagefault.address);
 		}
-		free(msgs);
+		served += count;
 	}
 	return reads;
 }
 
-/* Each mode's loop is a function of its own, never inlined (as in the Rust handlers). */
-static __attribute__((noinline)) size_t serve_copy(int uffd, const char *source, size_t n,
-						   size_t batch)
+/* Each mode's and each reading's loop is a function of its own, never inlined (as in the
+ * Rust handlers). */
+static __attribute__((noinline)) size_t serve_copy_single(int uffd, const char *source, size_t n)
 {
-	return serve(uffd, 0, source, n, batch);
+	return serve_single(uffd, 0, source, n);
 }
 
-static __attribute__((noinline)) size_t serve_zeropage(int uffd, const char *source, size_t n,
-						       size_t batch)
+static __attribute__((noinline)) size_t serve_zeropage_single(int uffd, const char *source,
+							      size_t n)
 {
-	return serve(uffd, 1, source, n, batch);
+	return serve_single(uffd, 1, source, n);
+}
+
+static __attribute__((noinline)) size_t serve_copy_batch(int uffd, const char *source, size_t n,
+							 struct uffd_msg *msgs, size_t batch)
+{
+	return serve_batch(uffd, 0, source, n, msgs, batch);
+}
+
+static __attribute__((noinline)) size_t serve_zeropage_batch(int uffd, const char *source,
+							     size_t n, struct uffd_msg *msgs,
+							     size_t batch)
+{
+	return serve_batch(uffd, 1, source, n, msgs, batch);
 }
 
 int main(int argc, char **argv)
@@ -177,7 +199,17 @@ int main(int argc, char **argv)
 
 	/* The mode is a constant of each loop, as in the Rust handlers (bench/src/scenarios.rs):
 	 * no loop tests it per fault. */
-	size_t reads = zero ? serve_zeropage(uffd, source, n, batch) : serve_copy(uffd, source, n, batch);
+	size_t reads;
+	if (batch == 1) {
+		reads = zero ? serve_zeropage_single(uffd, source, n) : serve_copy_single(uffd, source, n);
+	} else {
+		struct uffd_msg *msgs = calloc(batch, sizeof(*msgs));
+		if (!msgs)
+			die("calloc");
+		reads = zero ? serve_zeropage_batch(uffd, source, n, msgs, batch)
+			     : serve_copy_batch(uffd, source, n, msgs, batch);
+		free(msgs);
+	}
 
 	for (size_t t = 0; t < threads; t++)
 		pthread_join(tids[t], NULL);

@@ -39,25 +39,26 @@ pub enum Failed {
 }
 
 /// Ends the benchmark when a handler's loop fails, as the C handler's `die()` does: by
-/// ending the process, not by unwinding. A call to an `extern "C"` function cannot unwind, so
-/// the loops that call it have no cleanup path, like a handler that passes its errors on
-/// with `?`. (A loop that may panic while it holds an event keeps the event for the cleanup
-/// that drops it: with `unwrap()` on each result and a fallback arm that prints the event,
-/// `read_event` costs this crate 28 instructions per fault instead of 25; see BENCHMARKS.md.)
+/// ending the process (status 1), not by unwinding. A call to an `extern "C"` function cannot
+/// unwind (a panic inside one aborts), so the loops that call it have no cleanup path. (A
+/// loop that may unwind while it holds an event keeps the event for the cleanup that drops
+/// it: with `unwrap()` on each result and a fallback arm that prints the event, `read_event`
+/// costs this crate 28 instructions per fault instead of 25; see BENCHMARKS.md.)
 #[cold]
+#[inline(never)]
 pub extern "C" fn die(what: Failed) -> ! {
     eprintln!("the handler failed: {what:?}");
     std::process::exit(1)
 }
 
-/// [`die`] for an error of a crate under test. The error is not dropped: the process ends,
-/// and a drop of either crate's error may unwind (it can hold an `io::Error`), which would
-/// give the loop a cleanup path after all.
+/// [`die`], printing the error that made the loop fail. It takes the error by reference and
+/// never returns, so the error is never dropped: a drop of either crate's error may unwind
+/// (it can hold an `io::Error`), which would give the loop a cleanup path after all.
 #[cold]
-#[inline(always)]
-pub fn fail<E>(error: E, what: Failed) -> ! {
-    std::mem::forget(error);
-    die(what)
+#[inline(never)]
+pub extern "C" fn fail<E: std::fmt::Debug>(error: &E, what: Failed) -> ! {
+    eprintln!("the handler failed: {what:?}: {error:?}");
+    std::process::exit(1)
 }
 
 /// What a scenario needs from an implementation. Its methods are `#[inline(always)]`, as the C
@@ -140,17 +141,21 @@ impl Server for Raw {
 
     #[inline(always)]
     fn next_fault(&self) -> usize {
-        let mut msg = sys::uffd_msg::default();
+        // Not zeroed, as in C: the kernel writes the whole message.
+        let mut msg = std::mem::MaybeUninit::<sys::uffd_msg>::uninit();
         loop {
             // SAFETY: reads one message into `msg`.
-            let n = unsafe { libc::read(self.0.as_raw_fd(), (&raw mut msg).cast(), 32) };
+            let n = unsafe { libc::read(self.0.as_raw_fd(), msg.as_mut_ptr().cast(), 32) };
             if n == 32 {
                 break;
             }
-            if n >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-                die(Failed::Read);
+            let errno = std::io::Error::last_os_error();
+            if n >= 0 || errno.raw_os_error() != Some(libc::EINTR) {
+                fail(&(n, errno), Failed::Read);
             }
         }
+        // SAFETY: the kernel wrote the whole message.
+        let msg = unsafe { msg.assume_init() };
         if msg.event != sys::UFFD_EVENT_PAGEFAULT {
             die(Failed::NotAFault);
         }
@@ -164,17 +169,24 @@ impl Server for Raw {
 
     #[inline(always)]
     fn faults(&self, batch: &mut Vec<sys::uffd_msg>, mut f: impl FnMut(usize)) -> usize {
-        // SAFETY: reads whole messages into the buffer.
-        let n = unsafe {
-            libc::read(
-                self.0.as_raw_fd(),
-                batch.as_mut_ptr().cast(),
-                batch.len() * 32,
-            )
+        let n = loop {
+            // SAFETY: reads whole messages into the buffer.
+            let n = unsafe {
+                libc::read(
+                    self.0.as_raw_fd(),
+                    batch.as_mut_ptr().cast(),
+                    batch.len() * 32,
+                )
+            };
+            if n > 0 && n % 32 == 0 {
+                break n;
+            }
+            // As in C: retried on EINTR.
+            let errno = std::io::Error::last_os_error();
+            if n >= 0 || errno.raw_os_error() != Some(libc::EINTR) {
+                fail(&(n, errno), Failed::Read);
+            }
         };
-        if n <= 0 || n % 32 != 0 {
-            die(Failed::Read);
-        }
         let count = n as usize / 32;
         for msg in &batch[..count] {
             if msg.event != sys::UFFD_EVENT_PAGEFAULT {
@@ -197,7 +209,7 @@ impl Server for Raw {
         };
         // SAFETY: a valid uffdio_copy into a benchmark mapping.
         if unsafe { libc::ioctl(self.0.as_raw_fd(), sys::UFFDIO_COPY, &mut copy) } < 0 {
-            die(Failed::Copy);
+            fail(&std::io::Error::last_os_error(), Failed::Copy);
         }
     }
 
@@ -213,7 +225,7 @@ impl Server for Raw {
         };
         // SAFETY: a valid uffdio_zeropage into a benchmark mapping.
         if unsafe { libc::ioctl(self.0.as_raw_fd(), sys::UFFDIO_ZEROPAGE, &mut z) } < 0 {
-            die(Failed::Zeropage);
+            fail(&std::io::Error::last_os_error(), Failed::Zeropage);
         }
     }
 
@@ -259,7 +271,7 @@ impl Server for Ours {
         match self.0.read_event() {
             Ok(Some(userfaultfd::Event::Pagefault { addr, .. })) => addr as usize,
             Ok(_) => die(Failed::NotAFault),
-            Err(e) => fail(e, Failed::Read),
+            Err(e) => fail(&e, Failed::Read),
         }
     }
 
@@ -271,14 +283,14 @@ impl Server for Ours {
     fn faults(&self, batch: &mut userfaultfd::EventBuffer, mut f: impl FnMut(usize)) -> usize {
         let events = match self.0.read_events(batch) {
             Ok(events) => events,
-            Err(e) => fail(e, Failed::Read),
+            Err(e) => fail(&e, Failed::Read),
         };
         let n = events.len();
         for event in events {
             let addr = match event {
                 Ok(userfaultfd::Event::Pagefault { addr, .. }) => addr,
                 Ok(_) => die(Failed::NotAFault),
-                Err(e) => fail(e, Failed::Read),
+                Err(e) => fail(&e, Failed::Read),
             };
             f(addr as usize);
         }
@@ -289,7 +301,7 @@ impl Server for Ours {
     fn copy(&self, src: *const c_void, dst: usize, len: usize) {
         // SAFETY: the destination is a benchmark mapping holding no Rust object.
         if let Err(e) = unsafe { self.0.copy(src, dst as *mut c_void, len, true) } {
-            fail(e, Failed::Copy);
+            fail(&e, Failed::Copy);
         }
     }
 
@@ -297,7 +309,7 @@ impl Server for Ours {
     fn zeropage(&self, dst: usize, len: usize) {
         // SAFETY: as for copy.
         if let Err(e) = unsafe { self.0.zeropage(dst as *mut c_void, len, true) } {
-            fail(e, Failed::Zeropage);
+            fail(&e, Failed::Zeropage);
         }
     }
 
@@ -335,7 +347,7 @@ impl Server for V09 {
         match self.0.read_event() {
             Ok(Some(userfaultfd09::Event::Pagefault { addr, .. })) => addr as usize,
             Ok(_) => die(Failed::NotAFault),
-            Err(e) => fail(e, Failed::Read),
+            Err(e) => fail(&e, Failed::Read),
         }
     }
 
@@ -348,13 +360,13 @@ impl Server for V09 {
         let mut n = 0;
         let events = match self.0.read_events(batch) {
             Ok(events) => events,
-            Err(e) => fail(e, Failed::Read),
+            Err(e) => fail(&e, Failed::Read),
         };
         for event in events {
             let addr = match event {
                 Ok(userfaultfd09::Event::Pagefault { addr, .. }) => addr,
                 Ok(_) => die(Failed::NotAFault),
-                Err(e) => fail(e, Failed::Read),
+                Err(e) => fail(&e, Failed::Read),
             };
             f(addr as usize);
             n += 1;
@@ -366,7 +378,7 @@ impl Server for V09 {
     fn copy(&self, src: *const c_void, dst: usize, len: usize) {
         // SAFETY: the destination is a benchmark mapping holding no Rust object.
         if let Err(e) = unsafe { self.0.copy(src, dst as *mut c_void, len, true) } {
-            fail(e, Failed::Copy);
+            fail(&e, Failed::Copy);
         }
     }
 
@@ -374,7 +386,7 @@ impl Server for V09 {
     fn zeropage(&self, dst: usize, len: usize) {
         // SAFETY: as for copy.
         if let Err(e) = unsafe { self.0.zeropage(dst as *mut c_void, len, true) } {
-            fail(e, Failed::Zeropage);
+            fail(&e, Failed::Zeropage);
         }
     }
 

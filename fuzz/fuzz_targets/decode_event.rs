@@ -1,5 +1,6 @@
 //! Decodes arbitrary bytes as a `uffd_msg`: must never panic; an unknown event code must be
-//! `Error::UnrecognizedEvent` with that code.
+//! `Error::UnrecognizedEvent` with that code, and a fork message with a negative descriptor
+//! `Error::ForkWithoutDescriptor`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -16,6 +17,10 @@ fuzz_target!(|input: &[u8]| {
     match decode_untrusted(msg, features) {
         Ok(()) => assert!((18..=22).contains(&msg[0]), "code {:#x} decoded", msg[0]),
         Err(Error::UnrecognizedEvent(code)) => assert_eq!(code, msg[0]),
+        Err(Error::ForkWithoutDescriptor(fd)) => {
+            assert_eq!(msg[0], 19, "not a fork message");
+            assert!(fd < 0, "descriptor {fd}");
+        }
         Err(e) => panic!("unexpected error {e:?}"),
     }
 });

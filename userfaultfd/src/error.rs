@@ -72,6 +72,12 @@ pub enum Error {
     /// The kernel sent an event code this crate does not know.
     UnrecognizedEvent(u8),
 
+    /// A fork event arrived whose descriptor (the message's `ufd`, here) is negative. The
+    /// kernel does not send one (when it cannot install the descriptor, the `read(2)` fails
+    /// instead); a message that says so all the same is an error, not the panic of adopting
+    /// -1 as a descriptor.
+    ForkWithoutDescriptor(i32),
+
     /// [`UffdBuilder::require_ioctls`](crate::UffdBuilder::require_ioctls) asked for ioctls
     /// the descriptor does not allow; these are the ones it does allow.
     UnsupportedIoctls(IoctlFlags),
@@ -296,6 +302,7 @@ impl Error {
             Error::IncompleteMsg { .. }
             | Error::ReadEof
             | Error::UnrecognizedEvent(_)
+            | Error::ForkWithoutDescriptor(_)
             | Error::UnsupportedIoctls(_) => None,
         }
     }
@@ -362,6 +369,10 @@ impl fmt::Display for Error {
             Error::UnrecognizedEvent(code) => write!(
                 f,
                 "the userfaultfd sent an event this crate does not know: code {code:#x}"
+            ),
+            Error::ForkWithoutDescriptor(ufd) => write!(
+                f,
+                "the userfaultfd sent a fork event without a descriptor (ufd {ufd})"
             ),
             Error::UnsupportedIoctls(supported) => write!(
                 f,

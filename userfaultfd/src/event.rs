@@ -4,7 +4,7 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 use libc::c_void;
 
-use crate::{Errno, Error, FeatureFlags, Result, Uffd};
+use crate::{Error, FeatureFlags, Result, Uffd};
 use userfaultfd_sys as sys;
 
 /// Whether a faulting access was a read or a write.
@@ -174,12 +174,12 @@ pub(crate) fn decode(msg: &sys::uffd_msg, features: FeatureFlags) -> Result<Deco
             let fork = unsafe { msg.arg.fork };
             let fd = fork.ufd as RawFd;
             // The kernel fails the read rather than send a fork event without a descriptor.
-            // Should a message say -1 all the same, it is an error, not the panic of
+            // Should a message say so all the same, it is an error, not the panic of
             // `OwnedFd::from_raw_fd(-1)`: which also keeps every handler's loop free of a
             // panic path (one would make the loop keep its iterator's position in memory
             // for the cleanup).
             if fd < 0 {
-                return Err(Error::SystemError(Errno::EBADF));
+                return Err(Error::ForkWithoutDescriptor(fd));
             }
             return Ok(Decoded::Fork(fd));
         }

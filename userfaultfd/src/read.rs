@@ -137,9 +137,8 @@ impl Uffd {
     /// # Errors
     ///
     /// [`Error::SystemError`] for a failed `read(2)`, [`Error::ReadEof`],
-    /// [`Error::IncompleteMsg`], [`Error::UnrecognizedEvent`]; `SystemError(EBADF)` for a
-    /// fork event without a descriptor (which the kernel does not send: it fails the read
-    /// instead).
+    /// [`Error::IncompleteMsg`], [`Error::UnrecognizedEvent`],
+    /// [`Error::ForkWithoutDescriptor`].
     #[inline]
     pub fn read_event(&self) -> Result<Option<Event>> {
         // The hot path of every handler: one read of one message into the stack, no
@@ -164,8 +163,8 @@ impl Uffd {
     /// Reads up to `buf.capacity()` events with one `read(2)`. Blocks until at least one is
     /// pending, unless the descriptor is non-blocking: then the iterator may be empty.
     ///
-    /// Decoding happens as the iterator advances; each item is an [`Event`] or the
-    /// [`Error::UnrecognizedEvent`] of one message.
+    /// Decoding happens as the iterator advances; each item is an [`Event`], or the
+    /// [`Error::UnrecognizedEvent`] or [`Error::ForkWithoutDescriptor`] of one message.
     ///
     /// Which to use, in user-space instructions per served fault (the handler thread,
     /// counted by callgrind with `ci/callgrind`: the same minimal handler on this crate, each
@@ -283,10 +282,11 @@ mod tests {
     #[test]
     fn dropping_unread_fork_events_closes_their_descriptors_and_skips_negative_ones() {
         // The descriptor handed over is a pipe's write end: once it is closed, reading the
-        // read end gives end of file (whatever reuses the number meanwhile).
+        // read end gives end of file (whatever reuses the number meanwhile); while it is
+        // open, the non-blocking read fails with EAGAIN.
         let mut ends = [0; 2];
         // SAFETY: `pipe2` writes two descriptors into `ends`.
-        let made = unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) };
+        let made = unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) };
         assert_eq!(made, 0, "pipe2: {}", std::io::Error::last_os_error());
         // SAFETY: the read end is ours, owned once.
         let read_end = unsafe { OwnedFd::from_raw_fd(ends[0]) };
@@ -305,14 +305,14 @@ mod tests {
     }
 
     #[test]
-    fn a_fork_event_without_a_descriptor_reads_as_ebadf() {
+    fn a_fork_event_without_a_descriptor_is_an_error() {
         let mut buf = EventBuffer::new(1);
         buf.0[0] = fork_msg(-1);
         // SAFETY: one whole message, with no descriptor in it.
         let mut events = unsafe { buf.events(MSG_SIZE, FeatureFlags::empty()) };
         assert!(matches!(
             events.next(),
-            Some(Err(Error::SystemError(Errno::EBADF)))
+            Some(Err(Error::ForkWithoutDescriptor(-1)))
         ));
         assert!(events.next().is_none());
     }

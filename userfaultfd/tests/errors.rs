@@ -402,6 +402,10 @@ fn every_variant_names_its_operation() {
         (Error::ReadEof, "end of file"),
         (Error::UnrecognizedEvent(0x42), "0x42"),
         (
+            Error::ForkWithoutDescriptor(-1),
+            "fork event without a descriptor (ufd -1)",
+        ),
+        (
             Error::IncompleteMsg {
                 read: 5,
                 expected: 32,
