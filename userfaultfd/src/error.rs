@@ -284,6 +284,10 @@ fn explain(op: Op, e: Errno) -> &'static str {
 impl Error {
     /// The `errno` behind this error, where there is one. `PartiallyCopied` reports `EAGAIN`,
     /// the `errno` the kernel returned for it; `CreateFailed` reports the system call's.
+    // `#[inline]`: a handler's loop may ask it on an error path; a call into this crate that
+    // the compiler cannot see into may unwind, which makes a batch loop keep its iterator for
+    // a cleanup (`read_events`' documentation).
+    #[inline]
     pub fn errno(&self) -> Option<Errno> {
         match self {
             Error::CopyFailed(e)
