@@ -60,7 +60,7 @@ macro_rules! errno_enum {
             // `#[inline]`: it is on the error path of every ioctl, inlined into the caller's
             // loop. A call into another crate's code that the compiler cannot see may unwind,
             // so a handler's loop would keep what it holds (the events of a batch) for a
-            // cleanup path: 71 instructions per fault through `read_events` without it, 43
+            // cleanup path: 70 instructions per fault through `read_events` without it, 43
             // with it (`ci/callgrind`).
             #[inline]
             pub const fn from_raw(raw: i32) -> Errno {

@@ -131,7 +131,7 @@ impl Uffd {
     /// The `read(2)` is issued directly (on x86-64), not through the C library: it is not a
     /// `pthread_cancel(3)` cancellation point, and a failure's `errno` is in the returned
     /// error, not in the thread's `errno`. With the decoding inlined, a fault served by
-    /// `copy` costs 25 user-space instructions, against 102 for the same loop in C over
+    /// `copy` costs 25 user-space instructions, against 101 for the same loop in C over
     /// glibc (`ci/callgrind`; the table is in [`read_events`](Self::read_events)).
     ///
     /// # Errors
@@ -170,14 +170,14 @@ impl Uffd {
     /// counted by callgrind with `ci/callgrind`: the same minimal handler on this crate, each
     /// fault resolved by one 4 KiB `copy` or one `zeropage`):
     ///
-    /// | reading | faulting threads | events per read | `copy` | `zeropage` |
+    /// | reading | faulting threads | events per read (`copy`, `zeropage`) | `copy` | `zeropage` |
     /// |---|---|---|---|---|
     /// | `read_event` | 1, 4 or 8 | 1 | 25 | 24 |
     /// | `read_events`, buffer of 64 | 1 | 1 | 43 | 40 |
-    /// | `read_events`, buffer of 64 | 4 | 2.6 and 2.8 | 28 | 27 |
-    /// | `read_events`, buffer of 64 | 8 | 6.2 and 4.4 | 24 | 24 |
+    /// | `read_events`, buffer of 64 | 4 | 3.0, 2.1 | 28 | 28 |
+    /// | `read_events`, buffer of 64 | 8 | 5.0, 4.9 | 25 | 24 |
     ///
-    /// (The same loop in C over glibc's `read` and `ioctl`: 102 and 120 for the first two
+    /// (The same loop in C over glibc's `read` and `ioctl`: 101 and 120 for the first two
     /// rows with `copy`. With several faulting threads, how many events a read finds depends
     /// on scheduling.)
     ///
@@ -188,17 +188,20 @@ impl Uffd {
     /// read itself costs this crate only the few instructions around the `syscall`
     /// instruction, so a batch has little to share. What a batch adds per `read(2)` (testing
     /// the byte count, finding the end, the handler's loop around its loop) makes a fault at
-    /// one event per read cost 43, 18 more than `read_event`: as much as C's own batch loop
-    /// adds over its single reads (120 against 102). A batch draws level at about five events
-    /// per read (24 against 25 at 6.2 with `copy`, 24 against 24 at 4.4 with `zeropage`).
+    /// one event per read cost 43, 18 more than `read_event`: about what C's own batch loop
+    /// adds over its single reads (120 against 101). A batch draws level at about five events
+    /// per read (25 against 25 at 5.0 with `copy`, 24 against 24 at 4.9 with `zeropage`).
     /// Its gain is elsewhere: one system call (a kernel entry and exit, which these counts
-    /// leave out and which cost far more than the loop) for several faults. Nothing is
-    /// allocated either way.
+    /// leave out) for several faults. Nothing is allocated either way.
     ///
-    /// The figures hold for a loop that passes errors on with `?`, or ends the process on
-    /// one. A loop that can panic while it holds an event (an `unwrap()` of each result, a
-    /// fallback arm that panics) makes the compiler keep the event's fields for the cleanup
-    /// that would drop it: measured so, `read_event` costs 28.
+    /// The figures are for a loop in which nothing can unwind while it holds an event or a
+    /// batch (the benchmark ends the process on an error, as the C handler does). Anything
+    /// that may unwind there (an `unwrap()`, a fallback arm that panics, a call into code the
+    /// compiler cannot see, such as formatting or logging an error) makes the compiler keep
+    /// the events, and the iterator's position, for the cleanup that would drop them:
+    /// measured with `unwrap()` of each result and a fallback arm that prints the event, 28
+    /// for `read_event` and 43 for a batch; with a loop that reads the error it fails on, 39
+    /// and 55 to 71.
     ///
     /// # Errors
     ///
