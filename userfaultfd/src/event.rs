@@ -140,6 +140,27 @@ fn fault_kind_and_access(flags: u64) -> (FaultKind, ReadWrite) {
     TABLE[(flags & 7) as usize]
 }
 
+/// The descriptor of a fork message, or [`Error::ForkWithoutDescriptor`] if the number is
+/// negative. The kernel fails the read rather than send a fork event without a descriptor;
+/// should a message say so all the same, it is an error, not the panic of
+/// `OwnedFd::from_raw_fd(-1)`, which also keeps every handler's loop free of a panic path
+/// (one would make the loop keep its iterator's position in memory for the cleanup).
+///
+/// # Safety
+///
+/// `msg.event` is `UFFD_EVENT_FORK`.
+#[inline]
+pub(crate) unsafe fn fork_descriptor(msg: &sys::uffd_msg) -> Result<RawFd> {
+    debug_assert_eq!(msg.event, sys::UFFD_EVENT_FORK);
+    // SAFETY: the event code says the union holds `fork` (the caller's contract), a plain
+    // integer.
+    let fd = unsafe { msg.arg.fork.ufd } as RawFd;
+    if fd < 0 {
+        return Err(Error::ForkWithoutDescriptor(fd));
+    }
+    Ok(fd)
+}
+
 /// A message decoded without taking ownership of anything: a fork's descriptor is a number.
 pub(crate) enum Decoded {
     Event(Event),
@@ -169,20 +190,8 @@ pub(crate) fn decode(msg: &sys::uffd_msg, features: FeatureFlags) -> Result<Deco
                 thread_id,
             }
         }
-        sys::UFFD_EVENT_FORK => {
-            // SAFETY: the event code says the union holds `fork`, a plain integer.
-            let fork = unsafe { msg.arg.fork };
-            let fd = fork.ufd as RawFd;
-            // The kernel fails the read rather than send a fork event without a descriptor.
-            // Should a message say so all the same, it is an error, not the panic of
-            // `OwnedFd::from_raw_fd(-1)`: which also keeps every handler's loop free of a
-            // panic path (one would make the loop keep its iterator's position in memory
-            // for the cleanup).
-            if fd < 0 {
-                return Err(Error::ForkWithoutDescriptor(fd));
-            }
-            return Ok(Decoded::Fork(fd));
-        }
+        // SAFETY: the event code is a fork's.
+        sys::UFFD_EVENT_FORK => return unsafe { fork_descriptor(msg) }.map(Decoded::Fork),
         sys::UFFD_EVENT_REMAP => {
             // SAFETY: the event code says the union holds `remap`, plain integers.
             let remap = unsafe { msg.arg.remap };

@@ -3,7 +3,7 @@
 //! stack) and decoded in place.
 
 use std::mem::{size_of, MaybeUninit};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use crate::{syscall, Errno, Error, Event, FeatureFlags, Result, Uffd};
 use userfaultfd_sys as sys;
@@ -106,14 +106,13 @@ impl Drop for Events<'_> {
 #[inline(never)]
 fn close_unread(msgs: &[sys::uffd_msg]) {
     for msg in msgs {
-        if msg.event == sys::UFFD_EVENT_FORK {
-            // SAFETY: the event code says the union holds `fork`, a plain integer.
-            let fd = unsafe { msg.arg.fork.ufd } as RawFd;
-            // A negative number is no descriptor (decoding it is an error: see `decode`);
-            // `OwnedFd::from_raw_fd(-1)` would panic, here in a drop.
-            if fd < 0 {
-                continue;
-            }
+        if msg.event != sys::UFFD_EVENT_FORK {
+            continue;
+        }
+        // A negative number is no descriptor (`fork_descriptor` says so with an error,
+        // ignored here: there is nothing to close).
+        // SAFETY: the event code is a fork's.
+        if let Ok(fd) = unsafe { crate::event::fork_descriptor(msg) } {
             // SAFETY: the kernel installed this descriptor for us and it was never handed
             // out; closing it is its only use.
             drop(unsafe { OwnedFd::from_raw_fd(fd) });
@@ -271,6 +270,7 @@ fn read_outcome(n: isize) -> Result<ReadOutcome> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::RawFd;
 
     /// A fork message as the kernel writes it, with descriptor `fd`.
     fn fork_msg(fd: RawFd) -> sys::uffd_msg {
